@@ -406,10 +406,12 @@ class TrialConfig:
                     f"{too_small} at {preset.unet_size}px; choose fusion.grid <= "
                     f"{preset.unet_size // 2 ** (max(too_small) - 1)}"
                 )
-        if "decoder" in self.film.placement and self.unet.aux_seg_weight == 0:
+        seg_only = [s for s in ("bottleneck", "decoder") if s in self.film.placement]
+        if seg_only and self.unet.aux_seg_weight == 0:
             problems.append(
-                "film.placement: 'decoder' only changes the segmentation output, which is unused while "
-                "unet.aux_seg_weight is 0; set unet.aux_seg_weight > 0 or drop 'decoder'"
+                f"film.placement: {seg_only} only change the segmentation output (the fused skip features "
+                "come before the bottleneck), which is unused while unet.aux_seg_weight is 0; set "
+                "unet.aux_seg_weight > 0 or use encoder sites (enc, enc1..enc4)"
             )
         if self.unet.init == "pretrained" and not self.unet.weights:
             problems.append("unet.weights: unet.init=pretrained needs a U-Net state dict path in unet.weights")

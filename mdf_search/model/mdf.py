@@ -1,0 +1,177 @@
+"""The joint MDF-MLLM: U-Net (+FiLM from the text) → fusion tokens → Mllama cross-attention → heads.
+
+One forward, in order:
+
+1. text vector for FiLM (pooled prompt embedding, or pooled hidden state of a text-only LLM pass);
+2. U-Net on the high-resolution image, modulated by FiLM; decoder only when its output is used;
+3. fusion tokens per cross-attention layer (``fusion.py``), placed in a :class:`FusionContext`;
+4. vision tower + projector (under ``no_grad`` when frozen), then the Mllama text model;
+5. heads on the pooled final hidden state (last non-padding token): linear heads, or label-token
+   scoring with the LM head.
+
+With no fused levels and no FiLM sites the model *is* the plain ``MllamaForConditionalGeneration`` plus a
+head: nothing is wrapped, and its logits are identical to the library's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mdf_search.config import TrialConfig
+from mdf_search.model.freezing import apply_freezing, inject_lora
+from mdf_search.model.fusion import Fusion, FusionContext, install_fusion
+from mdf_search.model.presets import get_preset
+from mdf_search.model.unet import FiLM, UNet
+from mdf_search.model.wiring import layers_to_levels, resolve_layer_map
+
+TYPE_CLASSES = ("healthy", "acquired", "inherited")
+BATCH_MLLAMA_KEYS = ("input_ids", "attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
+
+
+def task_classes(task: str, diseases: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Head name → class names for a task (``dual`` has both heads)."""
+    heads = {"disease": diseases, "type": TYPE_CLASSES}
+    return {name: heads[name] for name in (("disease", "type") if task == "dual" else (task,))}
+
+
+@dataclass
+class MDFOutput:
+    logits: dict[str, torch.Tensor]  # head name → (B, classes)
+    seg_logits: torch.Tensor | None  # (B, 1, H, W) when the U-Net decoder ran
+
+
+class MDFModel(nn.Module):
+    def __init__(
+        self,
+        mllama: nn.Module,
+        cfg: TrialConfig,
+        classes: dict[str, tuple[str, ...]],
+        label_ids: dict[str, list[int]] | None = None,
+    ) -> None:
+        super().__init__()
+        preset = get_preset(cfg.model.preset)
+        self.cfg = cfg
+        self.classes = classes
+        self.mllama = mllama
+        hidden = mllama.config.text_config.hidden_size
+        if cfg.freeze.strategy == "lora":
+            inject_lora(mllama, cfg.freeze)
+
+        self.unet = UNet(preset.unet_channels, preset.unet_bottleneck)
+        self.film = FiLM(cfg.film.placement, self.unet.site_channels, hidden) if cfg.film.placement else None
+        self.layer_map = resolve_layer_map(cfg.fusion.layer_map, cfg.fusion.levels, preset.cross_attention_layers)
+        self.fusion: Fusion | None = None
+        self.context = FusionContext()
+        if cfg.fusion.levels:
+            layer_levels = layers_to_levels(self.layer_map)
+            level_channels = {lv: preset.unet_channels[lv - 1] for lv in cfg.fusion.levels}
+            self.fusion = Fusion(level_channels, layer_levels, hidden, cfg.fusion.grid)
+            self.context = install_fusion(mllama, layer_levels, cfg.fusion.injection, cfg.fusion.scale_init)
+
+        if cfg.head.kind == "linear":
+            self.heads = nn.ModuleDict({f"{name}_head": nn.Linear(hidden, len(n)) for name, n in classes.items()})
+        else:
+            if label_ids is None or set(label_ids) != set(classes):
+                raise ValueError("head=label_token needs the label token ids of every head's classes")
+            self.heads = nn.ModuleDict()
+            for name, ids in label_ids.items():
+                self.register_buffer(f"label_ids_{name}", torch.tensor(ids, dtype=torch.long), persistent=False)
+        self.decode_unet = cfg.unet.aux_seg_weight > 0
+        apply_freezing(self, cfg.freeze.strategy)
+
+    # -- pieces -------------------------------------------------------------------------------------
+    @staticmethod
+    def _trainable(module: nn.Module) -> bool:
+        return any(p.requires_grad for p in module.parameters())
+
+    def _grad_if(self, module: nn.Module) -> contextlib.AbstractContextManager[None]:
+        """``no_grad`` for a frozen module whose output needs no gradient (exact: nothing upstream trains)."""
+        return contextlib.nullcontext() if self._trainable(module) else torch.no_grad()
+
+    def text_vector(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        weights = attention_mask.unsqueeze(-1).float()
+        if self.cfg.film.source == "prompt":
+            embed = self.mllama.get_input_embeddings()
+            with self._grad_if(embed):
+                states = embed(input_ids)
+        else:
+            language_model = self.mllama.model.language_model
+            with self._grad_if(language_model):
+                states = language_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return (states.float() * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def vision_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Vision tower + projector, as ``MllamaModel.forward`` does, with ``no_grad`` where frozen."""
+        inner = self.mllama.model
+        with self._grad_if(inner.vision_model):
+            vision = inner.vision_model(
+                pixel_values=batch["pixel_values"],
+                aspect_ratio_ids=batch["aspect_ratio_ids"],
+                aspect_ratio_mask=batch["aspect_ratio_mask"],
+            ).last_hidden_state
+        with self._grad_if(inner.multi_modal_projector):
+            states = inner.multi_modal_projector(vision)
+        return states.reshape(-1, vision.shape[-2], inner.hidden_size)
+
+    def fusion_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+        if self.fusion is None and not self.decode_unet and self.film is None:
+            return {}, None
+        film = self.film(self.text_vector(batch["input_ids"], batch["attention_mask"])) if self.film else None
+        with contextlib.nullcontext() if film is not None else self._grad_if(self.unet):
+            out = self.unet(batch["unet_pixels"], film, decode=self.decode_unet)
+        tokens = self.fusion(out.skips) if self.fusion is not None else {}
+        return tokens, out.seg_logits
+
+    # -- forward ------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> MDFOutput:
+        tokens, seg = self.fusion_tokens(batch)
+        with self.context.use(tokens):
+            out = self.mllama.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                cross_attention_states=self.vision_states(batch),
+                cross_attention_mask=batch["cross_attention_mask"],
+                use_cache=False,
+            )
+        hidden = out.last_hidden_state
+        last = batch["attention_mask"].sum(1).clamp_min(1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        if self.cfg.head.kind == "linear":
+            logits = {name: self.heads[f"{name}_head"](pooled).float() for name in self.classes}
+        else:
+            vocab_logits = self.mllama.lm_head(pooled).float()
+            logits = {name: vocab_logits[:, getattr(self, f"label_ids_{name}")] for name in self.classes}
+        return MDFOutput(logits=logits, seg_logits=seg)
+
+    def lm_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The backbone's own LM logits with fusion active (used to compare against plain Mllama)."""
+        tokens, _ = self.fusion_tokens(batch)
+        with self.context.use(tokens):
+            return self.mllama(**{k: batch[k] for k in BATCH_MLLAMA_KEYS}, use_cache=False).logits
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], **kwargs: object) -> torch.Tensor:
+        """Greedy/sampled generation with the U-Net tokens injected at every step (cached decode included)."""
+        tokens, _ = self.fusion_tokens(batch)
+        with self.context.use(tokens):
+            return self.mllama.generate(**{k: batch[k] for k in BATCH_MLLAMA_KEYS}, **kwargs)
+
+
+def mdf_loss(
+    output: MDFOutput, batch: dict[str, torch.Tensor], aux_seg_weight: float = 0.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Summed cross-entropy over heads (``dual`` = sum of both) plus the optional vessel loss."""
+    parts = {name: F.cross_entropy(logits, batch[f"labels_{name}"]) for name, logits in output.logits.items()}
+    total = sum(parts.values(), torch.zeros((), device=next(iter(parts.values())).device))
+    if aux_seg_weight > 0 and output.seg_logits is not None:
+        has = batch["has_mask"].to(output.seg_logits.dtype)[:, None, None, None]
+        per_pixel = F.binary_cross_entropy_with_logits(output.seg_logits.float(), batch["vessel_mask"], reduction="none")
+        seg = (per_pixel * has).sum() / (has.sum() * per_pixel[0].numel()).clamp_min(1.0)
+        parts["seg"] = seg
+        total = total + aux_seg_weight * seg
+    return total, parts
