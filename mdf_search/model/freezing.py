@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import Any, cast
 
 from torch import nn
 
@@ -71,7 +72,9 @@ def _trainable(name: str, strategy: str, xattn_layers: set[int]) -> bool:
 
 def apply_freezing(model: nn.Module, strategy: str) -> None:
     """Set ``requires_grad`` of every parameter of an ``MDFModel`` for the strategy."""
-    xattn = set(model.mllama.config.text_config.cross_attention_layers)  # type: ignore[union-attr]
+    from mdf_search.model.mllama import xattn_layer_ids
+
+    xattn = set(xattn_layer_ids(cast(Any, model).mllama))
     for name, param in model.named_parameters():
         param.requires_grad_(_trainable(name, strategy, xattn))
 
@@ -81,7 +84,10 @@ def inject_lora(mllama: nn.Module, cfg: FreezeConfig) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(
-        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=LORA_TARGETS
+        r=cfg.lora_rank,
+        lora_alpha=cast(Any, cfg.lora_alpha),
+        lora_dropout=cfg.lora_dropout,
+        target_modules=LORA_TARGETS,
     )
     inject_adapter_in_model(config, mllama)
 

@@ -72,7 +72,9 @@ class Fusion(nn.Module):
     ) -> None:
         super().__init__()
         self.layer_levels = layer_levels
-        self.projectors = nn.ModuleDict({str(lv): LevelProjector(c, hidden, grid) for lv, c in level_channels.items()})
+        self.projectors = nn.ModuleDict(
+            {str(lv): LevelProjector(c, hidden, grid) for lv, c in level_channels.items()}
+        )
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -80,13 +82,17 @@ class Fusion(nn.Module):
 
     def forward(self, skips: list[torch.Tensor]) -> dict[int, torch.Tensor]:
         per_level = {lv: self.projectors[str(lv)](skips[lv - 1]) for lv in self.levels}
-        return {layer: torch.cat([per_level[lv] for lv in lvs], dim=1) for layer, lvs in self.layer_levels.items()}
+        return {
+            layer: torch.cat([per_level[lv] for lv in lvs], dim=1) for layer, lvs in self.layer_levels.items()
+        }
 
 
 class FusedCrossAttention(nn.Module):
     """Wraps one ``MllamaTextCrossAttention`` and adds the U-Net tokens of its layer."""
 
-    def __init__(self, inner: nn.Module, layer_idx: int, mode: str, scale_init: float, context: FusionContext) -> None:
+    def __init__(
+        self, inner: nn.Module, layer_idx: int, mode: str, scale_init: float, context: FusionContext
+    ) -> None:
         super().__init__()
         if mode not in ("concat", "parallel"):
             raise ValueError(f"injection mode must be 'concat' or 'parallel', but got {mode!r}")
@@ -106,7 +112,9 @@ class FusedCrossAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         tokens = self._context.tokens.get(self.layer_idx)
         if tokens is None:  # no fusion in this call (e.g. a text-only pass)
-            return self.inner(hidden_states, cross_attention_states, cache=cache, attention_mask=attention_mask, **kwargs)
+            return self.inner(
+                hidden_states, cross_attention_states, cache=cache, attention_mask=attention_mask, **kwargs
+            )
         gate = self.fusion_scale.tanh()
         if tokens.shape[0] != hidden_states.shape[0]:
             raise ValueError(
@@ -119,20 +127,28 @@ class FusedCrossAttention(nn.Module):
                 cross_attention_states = torch.cat([cross_attention_states, gate * tokens], dim=1)
             if attention_mask is not None:
                 attention_mask = F.pad(attention_mask, (0, tokens.shape[1]), value=0.0)
-            return self.inner(hidden_states, cross_attention_states, cache=cache, attention_mask=attention_mask, **kwargs)
+            return self.inner(
+                hidden_states, cross_attention_states, cache=cache, attention_mask=attention_mask, **kwargs
+            )
         out, weights = self.inner(
             hidden_states, cross_attention_states, cache=cache, attention_mask=attention_mask, **kwargs
         )
         # No mask: every text token sees every U-Net token. is_causal must be explicit, or SDPA treats a
         # missing mask as causal and hides all but the first tokens from the first queries.
-        unet_out, _ = self.inner(hidden_states, tokens, cache=None, attention_mask=None, **{**kwargs, "is_causal": False})
+        unet_out, _ = self.inner(
+            hidden_states, tokens, cache=None, attention_mask=None, **{**kwargs, "is_causal": False}
+        )
         return out + gate * unet_out, weights
 
 
-def install_fusion(mllama: nn.Module, layer_levels: dict[int, tuple[int, ...]], mode: str, scale_init: float) -> FusionContext:
+def install_fusion(
+    mllama: nn.Module, layer_levels: dict[int, tuple[int, ...]], mode: str, scale_init: float
+) -> FusionContext:
     """Wrap the cross-attention of every fused layer; returns the context the wrappers read."""
+    from mdf_search.model.mllama import text_layers
+
     context = FusionContext()
-    layers = mllama.model.language_model.layers
+    layers: Any = text_layers(mllama)
     for layer_idx in layer_levels:
         layer = layers[layer_idx]
         if not hasattr(layer, "cross_attn"):

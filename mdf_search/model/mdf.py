@@ -21,16 +21,25 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import MllamaForConditionalGeneration
 
 from mdf_search.config import TrialConfig
 from mdf_search.model.freezing import apply_freezing, inject_lora
 from mdf_search.model.fusion import Fusion, FusionContext, install_fusion
+from mdf_search.model.mllama import text_hidden_size
 from mdf_search.model.presets import get_preset
 from mdf_search.model.unet import FiLM, UNet
 from mdf_search.model.wiring import layers_to_levels, resolve_layer_map
 
 TYPE_CLASSES = ("healthy", "acquired", "inherited")
-BATCH_MLLAMA_KEYS = ("input_ids", "attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
+BATCH_MLLAMA_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "pixel_values",
+    "aspect_ratio_ids",
+    "aspect_ratio_mask",
+    "cross_attention_mask",
+)
 
 
 def task_classes(task: str, diseases: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
@@ -48,7 +57,7 @@ class MDFOutput:
 class MDFModel(nn.Module):
     def __init__(
         self,
-        mllama: nn.Module,
+        mllama: MllamaForConditionalGeneration,
         cfg: TrialConfig,
         classes: dict[str, tuple[str, ...]],
         label_ids: dict[str, list[int]] | None = None,
@@ -58,13 +67,15 @@ class MDFModel(nn.Module):
         self.cfg = cfg
         self.classes = classes
         self.mllama = mllama
-        hidden = mllama.config.text_config.hidden_size
+        hidden = text_hidden_size(mllama)
         if cfg.freeze.strategy == "lora":
             inject_lora(mllama, cfg.freeze)
 
         self.unet = UNet(preset.unet_channels, preset.unet_bottleneck)
         self.film = FiLM(cfg.film.placement, self.unet.site_channels, hidden) if cfg.film.placement else None
-        self.layer_map = resolve_layer_map(cfg.fusion.layer_map, cfg.fusion.levels, preset.cross_attention_layers)
+        self.layer_map = resolve_layer_map(
+            cfg.fusion.layer_map, cfg.fusion.levels, preset.cross_attention_layers
+        )
         self.fusion: Fusion | None = None
         self.context = FusionContext()
         if cfg.fusion.levels:
@@ -74,13 +85,17 @@ class MDFModel(nn.Module):
             self.context = install_fusion(mllama, layer_levels, cfg.fusion.injection, cfg.fusion.scale_init)
 
         if cfg.head.kind == "linear":
-            self.heads = nn.ModuleDict({f"{name}_head": nn.Linear(hidden, len(n)) for name, n in classes.items()})
+            self.heads = nn.ModuleDict(
+                {f"{name}_head": nn.Linear(hidden, len(n)) for name, n in classes.items()}
+            )
         else:
             if label_ids is None or set(label_ids) != set(classes):
                 raise ValueError("head=label_token needs the label token ids of every head's classes")
             self.heads = nn.ModuleDict()
             for name, ids in label_ids.items():
-                self.register_buffer(f"label_ids_{name}", torch.tensor(ids, dtype=torch.long), persistent=False)
+                self.register_buffer(
+                    f"label_ids_{name}", torch.tensor(ids, dtype=torch.long), persistent=False
+                )
         self.decode_unet = cfg.unet.aux_seg_weight > 0
         apply_freezing(self, cfg.freeze.strategy)
 
@@ -102,7 +117,9 @@ class MDFModel(nn.Module):
         else:
             language_model = self.mllama.model.language_model
             with self._grad_if(language_model):
-                states = language_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+                states = language_model(
+                    input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                ).last_hidden_state
         return (states.float() * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
     def vision_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -118,7 +135,9 @@ class MDFModel(nn.Module):
             states = inner.multi_modal_projector(vision)
         return states.reshape(-1, vision.shape[-2], inner.hidden_size)
 
-    def fusion_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+    def fusion_tokens(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
         if self.fusion is None and not self.decode_unet and self.film is None:
             return {}, None
         film = self.film(self.text_vector(batch["input_ids"], batch["attention_mask"])) if self.film else None
@@ -170,7 +189,9 @@ def mdf_loss(
     total = sum(parts.values(), torch.zeros((), device=next(iter(parts.values())).device))
     if aux_seg_weight > 0 and output.seg_logits is not None:
         has = batch["has_mask"].to(output.seg_logits.dtype)[:, None, None, None]
-        per_pixel = F.binary_cross_entropy_with_logits(output.seg_logits.float(), batch["vessel_mask"], reduction="none")
+        per_pixel = F.binary_cross_entropy_with_logits(
+            output.seg_logits.float(), batch["vessel_mask"], reduction="none"
+        )
         seg = (per_pixel * has).sum() / (has.sum() * per_pixel[0].numel()).clamp_min(1.0)
         parts["seg"] = seg
         total = total + aux_seg_weight * seg

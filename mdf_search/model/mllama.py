@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
 import torch
+from torch import nn
 from transformers import (
     AutoProcessor,
     MllamaConfig,
@@ -39,22 +41,39 @@ def mllama_config(preset: Preset, *, image_token_index: int | None = None) -> Ml
     return cfg
 
 
-def build_mllama(preset: Preset, *, gate_init: float, image_token_index: int | None = None) -> MllamaForConditionalGeneration:
+def build_mllama(
+    preset: Preset, *, gate_init: float, image_token_index: int | None = None
+) -> MllamaForConditionalGeneration:
     """A randomly initialised backbone of the preset's architecture.
 
     The library initialises the cross-attention tanh gates to zero, which makes the image (and anything
     fused into those layers) invisible to the loss. For random-init presets they are set to ``gate_init``
     (an ASSUMPTION, ``model.xattn_gate_init``), as if the backbone had been pretrained.
     """
-    model = MllamaForConditionalGeneration._from_config(mllama_config(preset, image_token_index=image_token_index))
+    model = MllamaForConditionalGeneration._from_config(
+        mllama_config(preset, image_token_index=image_token_index)
+    )
     set_xattn_gates(model, gate_init)
     return model
 
 
+def text_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of an Mllama backbone (transformers 5.x module layout)."""
+    return cast(Any, model).model.language_model.layers
+
+
+def xattn_layer_ids(model: nn.Module) -> list[int]:
+    return list(cast(Any, model).config.text_config.cross_attention_layers)
+
+
+def text_hidden_size(model: nn.Module) -> int:
+    return int(cast(Any, model).config.text_config.hidden_size)
+
+
 def set_xattn_gates(model: MllamaForConditionalGeneration, value: float) -> None:
-    layers = model.model.language_model.layers
+    layers: Any = text_layers(model)
     with torch.no_grad():
-        for idx in model.config.text_config.cross_attention_layers:
+        for idx in xattn_layer_ids(model):
             layers[idx].cross_attn_attn_gate.fill_(value)
             layers[idx].cross_attn_mlp_gate.fill_(value)
 
@@ -84,7 +103,9 @@ def load_pretrained(
     return model, tokenizer
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, extra_tokens: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, extra_tokens: Iterable[str] = ()
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer offline (deterministic for the same texts and size).
 
     ``extra_tokens`` (e.g. class names for label-token scoring) become single tokens.
@@ -128,5 +149,7 @@ def label_token_ids(tokenizer: PreTrainedTokenizerFast, labels: Iterable[str]) -
         else:
             ids.append(tokenizer(f" {label}", add_special_tokens=False)["input_ids"][0])
     if len(set(ids)) != len(ids):
-        raise ValueError(f"labels {list(labels)} share first tokens {ids}; use head=linear for this label set")
+        raise ValueError(
+            f"labels {list(labels)} share first tokens {ids}; use head=linear for this label set"
+        )
     return ids

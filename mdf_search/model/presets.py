@@ -44,7 +44,9 @@ class Preset:
         return int(self.text["vocab_size"])
 
 
-def _vision(hidden: int, layers: int, global_layers: int, heads: int, image: int, patch: int, inter: int) -> dict[str, Any]:
+def _vision(
+    hidden: int, layers: int, global_layers: int, heads: int, image: int, patch: int, inter: int
+) -> dict[str, Any]:
     indices = [max(0, layers * k // 4 - 1) for k in (1, 2, 3, 4)][: min(4, layers)]
     indices = sorted(set(indices))
     return {

@@ -85,7 +85,9 @@ class UNet(nn.Module):
             sites[f"dec{4 - i}"] = c
         return sites
 
-    def forward(self, x: torch.Tensor, film_params: FilmParams | None = None, decode: bool = True) -> UNetOutput:
+    def forward(
+        self, x: torch.Tensor, film_params: FilmParams | None = None, decode: bool = True
+    ) -> UNetOutput:
         if x.shape[-1] % 16 or x.shape[-2] % 16:
             raise ValueError(f"U-Net input sides must be multiples of 16, but got {tuple(x.shape[-2:])}")
         skips: list[torch.Tensor] = []
@@ -113,7 +115,9 @@ class FiLM(nn.Module):
 
     def __init__(self, sites: tuple[str, ...], site_channels: dict[str, int], text_dim: int) -> None:
         super().__init__()
-        expanded = [s for site in sites for s in (("dec1", "dec2", "dec3", "dec4") if site == "decoder" else (site,))]
+        expanded = [
+            s for site in sites for s in (("dec1", "dec2", "dec3", "dec4") if site == "decoder" else (site,))
+        ]
         self.generators = nn.ModuleDict()
         for site in expanded:
             layer = nn.Linear(text_dim, 2 * site_channels[site])

@@ -13,7 +13,9 @@ from mdf_search.model.presets import get_preset
 DISEASES = ("normal", "dr", "amd", "glaucoma", "rp", "stargardt")
 
 
-def make_batch(batch: int = 2, length: int = 16, preset: str = "tiny", pad: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(
+    batch: int = 2, length: int = 16, preset: str = "tiny", pad: bool = True, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """A model batch with the shapes the data layer produces (random content)."""
     p = get_preset(preset)
     g = torch.Generator().manual_seed(seed)

@@ -47,7 +47,9 @@ def test_frozen_vision_tower_runs_without_autograd(batch: dict) -> None:
     states = model.vision_states(batch)
     assert states.requires_grad  # the projector trains
     vision = model.mllama.model.vision_model(
-        pixel_values=batch["pixel_values"], aspect_ratio_ids=batch["aspect_ratio_ids"], aspect_ratio_mask=batch["aspect_ratio_mask"]
+        pixel_values=batch["pixel_values"],
+        aspect_ratio_ids=batch["aspect_ratio_ids"],
+        aspect_ratio_mask=batch["aspect_ratio_mask"],
     ).last_hidden_state
     assert vision.requires_grad is False
     frozen_all = make_model(freeze="mllm", **{"film.placement": "none"})

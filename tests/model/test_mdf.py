@@ -34,11 +34,15 @@ def test_forward_backward_every_injection(flat: dict[str, object], batch: dict[s
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is None or torch.isfinite(g).all() for g in grads)
     wrapped = [m for m in model.modules() if isinstance(m, FusedCrossAttention)]
-    assert len(wrapped) == (0 if flat is BASELINE else len({ly for lys in model.layer_map.values() for ly in lys}))
+    assert len(wrapped) == (
+        0 if flat is BASELINE else len({ly for lys in model.layer_map.values() for ly in lys})
+    )
 
 
 @pytest.mark.parametrize("injection", ["concat", "parallel"])
-def test_gradients_reach_unet_projection_scale_and_film(injection: str, batch: dict[str, torch.Tensor]) -> None:
+def test_gradients_reach_unet_projection_scale_and_film(
+    injection: str, batch: dict[str, torch.Tensor]
+) -> None:
     model = make_model(gate_init=0.5, **{"fusion.injection": injection, "film.placement": "enc"})
     loss, _ = mdf_loss(model(batch), batch)
     loss.backward()
@@ -47,8 +51,15 @@ def test_gradients_reach_unet_projection_scale_and_film(injection: str, batch: d
     def grad_norm(prefix: str) -> float:
         return sum(float(p.grad.abs().sum()) for n, p in named.items() if prefix in n and p.grad is not None)
 
-    for part in ("unet.encoders.0.", "unet.encoders.3.", "fusion.projectors.1.", "fusion.projectors.4.",
-                 ".fusion_scale", "film.generators.enc1.", "film.generators.enc4."):
+    for part in (
+        "unet.encoders.0.",
+        "unet.encoders.3.",
+        "fusion.projectors.1.",
+        "fusion.projectors.4.",
+        ".fusion_scale",
+        "film.generators.enc1.",
+        "film.generators.enc4.",
+    ):
         assert grad_norm(part) > 0, f"no gradient reaches {part}"
     # without a segmentation loss the bottleneck and decoder do not run, so they get no gradient
     assert grad_norm("unet.mid.") == 0 and grad_norm("unet.decoders.") == 0
@@ -72,7 +83,14 @@ def _plain_copy(model: torch.nn.Module) -> MllamaForConditionalGeneration:
 def test_baseline_logits_identical_to_plain_mllama(batch: dict[str, torch.Tensor]) -> None:
     model = make_model(**BASELINE).eval()
     plain = _plain_copy(model)
-    keys = ("input_ids", "attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
+    keys = (
+        "input_ids",
+        "attention_mask",
+        "pixel_values",
+        "aspect_ratio_ids",
+        "aspect_ratio_mask",
+        "cross_attention_mask",
+    )
     with torch.no_grad():
         expected = plain(**{k: batch[k] for k in keys}).logits
         assert torch.equal(model.lm_logits(batch), expected)
@@ -84,9 +102,18 @@ def test_baseline_logits_identical_to_plain_mllama(batch: dict[str, torch.Tensor
 
 
 def test_parallel_fusion_with_zero_scale_is_the_baseline(batch: dict[str, torch.Tensor]) -> None:
-    fused = make_model(**{"fusion.injection": "parallel", "fusion.scale_init": 0.0, "film.placement": "none"}).eval()
+    fused = make_model(
+        **{"fusion.injection": "parallel", "fusion.scale_init": 0.0, "film.placement": "none"}
+    ).eval()
     plain = _plain_copy(fused)
-    keys = ("input_ids", "attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
+    keys = (
+        "input_ids",
+        "attention_mask",
+        "pixel_values",
+        "aspect_ratio_ids",
+        "aspect_ratio_mask",
+        "cross_attention_mask",
+    )
     with torch.no_grad():
         assert torch.equal(fused.lm_logits(batch), plain(**{k: batch[k] for k in keys}).logits)
         for module in fused.modules():
@@ -121,7 +148,9 @@ def test_label_token_head_scores_lm_head_rows(batch: dict[str, torch.Tensor]) ->
     from mdf_search.model.presets import get_preset
 
     cfg = TrialConfig.from_flat({"head": "label_token", "task": "type"})
-    model = MDFModel(build_mllama(get_preset("tiny"), gate_init=0.5), cfg, task_classes("type", ()), {"type": [7, 9, 11]})
+    model = MDFModel(
+        build_mllama(get_preset("tiny"), gate_init=0.5), cfg, task_classes("type", ()), {"type": [7, 9, 11]}
+    )
     assert sum(p.numel() for p in model.heads.parameters()) == 0
     out = model(batch)
     assert out.logits["type"].shape == (2, 3)
@@ -130,7 +159,9 @@ def test_label_token_head_scores_lm_head_rows(batch: dict[str, torch.Tensor]) ->
 
 
 def test_dual_task_sums_two_heads_and_aux_segmentation(batch: dict[str, torch.Tensor]) -> None:
-    model = make_model(**{"task": "dual", "unet.aux_seg_weight": 0.5, "film.placement": "enc+bottleneck+decoder"})
+    model = make_model(
+        **{"task": "dual", "unet.aux_seg_weight": 0.5, "film.placement": "enc+bottleneck+decoder"}
+    )
     out = model(batch)
     assert set(out.logits) == {"disease", "type"} and out.seg_logits is not None
     loss, parts = mdf_loss(out, batch, aux_seg_weight=0.5)

@@ -33,7 +33,9 @@ def test_11b_on_meta_device_has_the_published_parameter_count() -> None:
     assert get_preset("11b").cross_attention_layers == (3, 8, 13, 18, 23, 28, 33, 38)
 
 
-@pytest.mark.parametrize(("name", "low", "high"), [("tiny", 1e5, 1e6), ("small", 1e7, 1e8), ("1b", 0.9e9, 1.5e9)])
+@pytest.mark.parametrize(
+    ("name", "low", "high"), [("tiny", 1e5, 1e6), ("small", 1e7, 1e8), ("1b", 0.9e9, 1.5e9)]
+)
 def test_preset_sizes(name: str, low: float, high: float) -> None:
     assert low <= meta_parameter_count(PRESETS[name]) <= high
 
@@ -53,7 +55,10 @@ def test_trained_tokenizer_is_deterministic_and_places_special_tokens() -> None:
     assert ids[:2] == [1, 2]  # <|begin_of_text|> <|image|>
     assert a.pad_token_id == 0 and a.convert_tokens_to_ids(IMAGE) == 2
     assert len(a) <= 512
-    assert label_token_ids(a, ["rp", "stargardt"]) == [a.convert_tokens_to_ids("rp"), a.convert_tokens_to_ids("stargardt")]
+    assert label_token_ids(a, ["rp", "stargardt"]) == [
+        a.convert_tokens_to_ids("rp"),
+        a.convert_tokens_to_ids("stargardt"),
+    ]
 
 
 def test_label_tokens_must_be_distinct() -> None:
@@ -66,18 +71,29 @@ def test_pretrained_loading_is_the_same_code_for_a_tiny_checkpoint(tmp_path: Pat
     preset = get_preset("tiny")
     tokenizer = train_tokenizer(CORPUS, vocab_size=preset.vocab_size)
     model = build_mllama(preset, gate_init=0.5).eval()
-    image_processor = MllamaImageProcessor(size={"height": preset.vision_size, "width": preset.vision_size}, max_image_tiles=1)
+    image_processor = MllamaImageProcessor(
+        size={"height": preset.vision_size, "width": preset.vision_size}, max_image_tiles=1
+    )
     MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp_path)
     model.save_pretrained(tmp_path)
 
     loaded, loaded_tokenizer = load_pretrained(tmp_path)
     batch = make_batch()
-    keys = ("input_ids", "attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
+    keys = (
+        "input_ids",
+        "attention_mask",
+        "pixel_values",
+        "aspect_ratio_ids",
+        "aspect_ratio_mask",
+        "cross_attention_mask",
+    )
     with torch.no_grad():
-        assert torch.equal(loaded.eval()(**{k: batch[k] for k in keys}).logits, model(**{k: batch[k] for k in keys}).logits)
+        assert torch.equal(
+            loaded.eval()(**{k: batch[k] for k in keys}).logits, model(**{k: batch[k] for k in keys}).logits
+        )
     assert loaded_tokenizer("RHO")["input_ids"] == tokenizer("RHO")["input_ids"]
 
 
 def test_missing_checkpoint_directory_names_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="model.weights must be a local directory"):
+    with pytest.raises(FileNotFoundError, match=r"model\.weights must be a local directory"):
         load_pretrained(tmp_path / "nope")
