@@ -120,7 +120,9 @@ def _levels(value: Any) -> tuple[int, ...]:
     try:
         levels = sorted({int(v) for v in items})
     except ValueError:
-        raise ValueError(f"must be digits from 1..4 such as '1234' or '13', or 'none', but got {value!r}") from None
+        raise ValueError(
+            f"must be digits from 1..4 such as '1234' or '13', or 'none', but got {value!r}"
+        ) from None
     if any(level not in LEVELS for level in levels):
         raise ValueError(f"levels must be in 1..4, but got {value!r}")
     return tuple(levels)
@@ -193,9 +195,14 @@ def _f(key: str, default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    preset: str = _f("model.preset", "tiny", _choice(PRESETS), "tiny | small | 1b | 11b (see model/mllama.py)")
+    preset: str = _f(
+        "model.preset", "tiny", _choice(PRESETS), "tiny | small | 1b | 11b (see model/mllama.py)"
+    )
     weights: str | None = _f(
-        "model.weights", None, _optional_str, "local directory of a pretrained Mllama checkpoint (required by 11b)"
+        "model.weights",
+        None,
+        _optional_str,
+        "local directory of a pretrained Mllama checkpoint (required by 11b)",
     )
     xattn_gate_init: float = _f(
         "model.xattn_gate_init",
@@ -211,14 +218,20 @@ class UNetConfig:
     init: str = _f("unet.init", "random", _choice(UNET_INITS), "random | pretrained (vessel segmentation)")
     weights: str | None = _f("unet.weights", None, _optional_str, "U-Net state dict for unet.init=pretrained")
     aux_seg_weight: float = _f(
-        "unet.aux_seg_weight", 0.0, _float_range(0.0, 100.0), "weight of the auxiliary vessel-segmentation loss"
+        "unet.aux_seg_weight",
+        0.0,
+        _float_range(0.0, 100.0),
+        "weight of the auxiliary vessel-segmentation loss",
     )
 
 
 @dataclass(frozen=True)
 class FusionConfig:
     levels: tuple[int, ...] = _f(
-        "fusion.levels", (1, 2, 3, 4), _levels, "fused U-Net encoder levels: '1234', '13', or 'none' (baseline)"
+        "fusion.levels",
+        (1, 2, 3, 4),
+        _levels,
+        "fused U-Net encoder levels: '1234', '13', or 'none' (baseline)",
     )
     layer_map: str = _f(
         "fusion.map",
@@ -244,10 +257,16 @@ class FusionConfig:
 @dataclass(frozen=True)
 class FilmConfig:
     placement: tuple[str, ...] = _f(
-        "film.placement", ("enc1", "enc2", "enc3", "enc4"), _film_sites, "none | enc | bottleneck | decoder | a+b"
+        "film.placement",
+        ("enc1", "enc2", "enc3", "enc4"),
+        _film_sites,
+        "none | enc | bottleneck | decoder | a+b",
     )
     source: str = _f(
-        "film.source", "prompt", _choice(FILM_SOURCES), "prompt (pooled prompt embedding) | hidden (LLM hidden)"
+        "film.source",
+        "prompt",
+        _choice(FILM_SOURCES),
+        "prompt (pooled prompt embedding) | hidden (LLM hidden)",
     )
 
 
@@ -269,8 +288,12 @@ class HeadConfig:
 class OptimConfig:
     lr: float = _f("optim.lr", 3e-4, _float_range(0.0, 1.0, open_low=True), "base learning rate (LLM)")
     lr_unet_mult: float = _f("optim.lr_unet_mult", 10.0, _float_range(0.0, 1e4), "U-Net lr = lr x this")
-    lr_fusion_mult: float = _f("optim.lr_fusion_mult", 10.0, _float_range(0.0, 1e4), "fusion+FiLM lr multiplier")
-    lr_vision_mult: float = _f("optim.lr_vision_mult", 1.0, _float_range(0.0, 1e4), "vision tower lr multiplier")
+    lr_fusion_mult: float = _f(
+        "optim.lr_fusion_mult", 10.0, _float_range(0.0, 1e4), "fusion+FiLM lr multiplier"
+    )
+    lr_vision_mult: float = _f(
+        "optim.lr_vision_mult", 1.0, _float_range(0.0, 1e4), "vision tower lr multiplier"
+    )
     lr_head_mult: float = _f("optim.lr_head_mult", 10.0, _float_range(0.0, 1e4), "head lr multiplier")
     weight_decay: float = _f("optim.weight_decay", 0.01, _float_range(0.0, 1.0), "decoupled weight decay")
     warmup_frac: float = _f("optim.warmup_frac", 0.1, _float_range(0.0, 0.9), "warmup steps / total steps")
@@ -280,7 +303,9 @@ class OptimConfig:
     grad_accum: int = _f("optim.grad_accum", 1, _int_range(1, 4096), "gradient accumulation steps")
     epochs: int = _f("optim.epochs", 3, _int_range(1, 10_000), "epochs")
     zero_stage: int = _f("optim.zero_stage", 3, _int_range(0, 3), "DeepSpeed ZeRO stage")
-    offload_optimizer: bool = _f("optim.offload_optimizer", False, _bool, "ZeRO optimizer-state offload to CPU")
+    offload_optimizer: bool = _f(
+        "optim.offload_optimizer", False, _bool, "ZeRO optimizer-state offload to CPU"
+    )
     offload_param: bool = _f("optim.offload_param", False, _bool, "ZeRO-3 parameter offload to CPU")
     precision: str = _f("optim.precision", "fp32", _choice(PRECISIONS), "fp32 | bf16")
 
@@ -288,9 +313,14 @@ class OptimConfig:
 @dataclass(frozen=True)
 class DataConfig:
     manifest: str | None = _f(
-        "data.manifest", None, _optional_str, "manifest Parquet; empty = synthetic data generated on first use"
+        "data.manifest",
+        None,
+        _optional_str,
+        "manifest Parquet; empty = synthetic data generated on first use",
     )
-    synthetic_images: int = _f("data.synthetic_images", 240, _int_range(12, 1_000_000), "synthetic image count")
+    synthetic_images: int = _f(
+        "data.synthetic_images", 240, _int_range(12, 1_000_000), "synthetic image count"
+    )
     synthetic_size: int = _f("data.synthetic_size", 160, _int_range(32, 4096), "synthetic image side (px)")
     synthetic_severity: float = _f(
         "data.synthetic_severity", 1.0, _float_range(0.0, 1.0), "synthetic sign strength (0 = invisible)"
@@ -302,7 +332,12 @@ class DataConfig:
     test_frac: float = _f("data.test_frac", 0.2, _float_range(0.0, 0.5), "test fraction")
     max_text_tokens: int = _f("data.max_text_tokens", 64, _int_range(8, 8192), "prompt length in tokens")
     augment: bool = _f("data.augment", True, _bool, "flip / small rotation / colour jitter in training")
-    cache_dir: str | None = _f("data.cache_dir", None, _optional_str, "preprocessed cache (default ~/.cache)")
+    split_seed: int = _f(
+        "data.split_seed", 0, _int_range(0, 2**31 - 1), "seed of the split (fixed across trial seeds on purpose)"
+    )
+    cache_dir: str | None = _f(
+        "data.cache_dir", None, _optional_str, "synthetic data, splits, caches, tokenizers ($MDF_SEARCH_CACHE)"
+    )
 
 
 @dataclass(frozen=True)
@@ -399,7 +434,9 @@ class TrialConfig:
                 resolve_layer_map(self.fusion.layer_map, self.fusion.levels, preset.cross_attention_layers)
             except ValueError as err:
                 problems.append(f"fusion.map: {err}")
-            too_small = [lv for lv in self.fusion.levels if preset.unet_size // 2 ** (lv - 1) < self.fusion.grid]
+            too_small = [
+                lv for lv in self.fusion.levels if preset.unet_size // 2 ** (lv - 1) < self.fusion.grid
+            ]
             if too_small:
                 problems.append(
                     f"fusion.grid: a {self.fusion.grid}x{self.fusion.grid} grid is finer than U-Net level(s) "
@@ -414,14 +451,18 @@ class TrialConfig:
                 "unet.aux_seg_weight > 0 or use encoder sites (enc, enc1..enc4)"
             )
         if self.unet.init == "pretrained" and not self.unet.weights:
-            problems.append("unet.weights: unet.init=pretrained needs a U-Net state dict path in unet.weights")
+            problems.append(
+                "unet.weights: unet.init=pretrained needs a U-Net state dict path in unet.weights"
+            )
         if self.model.preset == "11b" and not self.model.weights:
             problems.append(
                 "model.weights: the 11b preset loads LLaMA 3.2 11B Vision from a local directory; set "
                 "model.weights to it (use preset tiny/small/1b for random init)"
             )
         if self.freeze.strategy == "unet" and self.unet.init == "random" and self.unet.aux_seg_weight > 0:
-            problems.append("unet.aux_seg_weight: the U-Net is frozen (freeze=unet), so a segmentation loss cannot train it")
+            problems.append(
+                "unet.aux_seg_weight: the U-Net is frozen (freeze=unet), so a segmentation loss cannot train it"
+            )
         if self.head.kind == "label_token" and self.head.task == "dual":
             problems.append("head: label_token scoring supports one task; use head=linear for task=dual")
         if self.optim.offload_param and self.optim.zero_stage != 3:

@@ -17,8 +17,14 @@ def test_defaults_are_valid_and_round_trip() -> None:
 
 def test_flat_values_are_parsed_to_types() -> None:
     cfg = TrialConfig.from_flat(
-        {"fusion.levels": "31", "film.placement": "bottleneck+enc2", "unet.aux_seg_weight": "0.5", "optim.epochs": "4",
-         "optim.offload_optimizer": "true", "seed": 7}
+        {
+            "fusion.levels": "31",
+            "film.placement": "bottleneck+enc2",
+            "unet.aux_seg_weight": "0.5",
+            "optim.epochs": "4",
+            "optim.offload_optimizer": "true",
+            "seed": 7,
+        }
     )
     assert cfg.fusion.levels == (1, 3)
     assert cfg.film.placement == ("enc2", "bottleneck")
@@ -28,14 +34,22 @@ def test_flat_values_are_parsed_to_types() -> None:
 def test_every_problem_is_reported_at_once_with_key_and_fix() -> None:
     with pytest.raises(ConfigError) as info:
         TrialConfig.from_flat(
-            {"fusion.levels": "none", "fusion.injection": "parallel", "freeze": "half", "optim.lr": -1,
-             "optim.lrr": 1e-4}, source="space.yaml"
+            {
+                "fusion.levels": "none",
+                "fusion.injection": "parallel",
+                "freeze": "half",
+                "optim.lr": -1,
+                "optim.lrr": 1e-4,
+            },
+            source="space.yaml",
         )
     err = info.value
     text = str(err)
     assert text.startswith("space.yaml: 4 invalid")
     assert "fusion.injection: 'parallel' needs fused levels" in text and "set fusion.injection=none" in text
-    assert "freeze: must be one of ['none', 'unet', 'mllm', 'mllm_except_xattn', 'vision_tower', 'lora']" in text
+    assert (
+        "freeze: must be one of ['none', 'unet', 'mllm', 'mllm_except_xattn', 'vision_tower', 'lora']" in text
+    )
     assert "optim.lr: must be a number in (0.0, 1.0]" in text
     assert "optim.lrr: unknown key; did you mean 'optim.lr'?" in text
 
@@ -43,12 +57,18 @@ def test_every_problem_is_reported_at_once_with_key_and_fix() -> None:
 @pytest.mark.parametrize(
     ("flat", "needle"),
     [
-        ({"fusion.levels": "12", "fusion.map": "1:2,2:3"}, "text layers [2] are not cross-attention layers of this preset; choose among [1, 3]"),
+        (
+            {"fusion.levels": "12", "fusion.map": "1:2,2:3"},
+            "text layers [2] are not cross-attention layers of this preset; choose among [1, 3]",
+        ),
         ({"fusion.levels": "12", "fusion.map": "1:1"}, "levels [2] are fused but have no layers"),
         ({"fusion.levels": "1", "fusion.map": "1:1,3:3"}, "names levels [3] that are not in fusion.levels"),
         ({"fusion.levels": "5"}, "levels must be in 1..4"),
         ({"fusion.levels": "12", "fusion.injection": "none"}, "injection cannot be 'none'"),
-        ({"fusion.map": "bottom_up"}, "must be one of ['shallow_early', 'deep_early', 'all', 'single'] or an explicit map"),
+        (
+            {"fusion.map": "bottom_up"},
+            "must be one of ['shallow_early', 'deep_early', 'all', 'single'] or an explicit map",
+        ),
         ({"fusion.grid": 32}, "finer than U-Net level(s) [4] at 128px; choose fusion.grid <= 16"),
         ({"film.placement": "enc9"}, "unknown FiLM site 'enc9'"),
         ({"film.placement": "decoder"}, "only change the segmentation output"),

@@ -80,11 +80,15 @@ class Fusion(nn.Module):
     def levels(self) -> tuple[int, ...]:
         return tuple(int(k) for k in self.projectors)
 
-    def forward(self, skips: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+    @property
+    def layer_ids(self) -> tuple[int, ...]:
+        return tuple(self.layer_levels)
+
+    def forward(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Token sets in the order of :attr:`layer_ids` (a list, not a dict: ZeRO-3's post-forward hook
+        walks the output and expects string keys)."""
         per_level = {lv: self.projectors[str(lv)](skips[lv - 1]) for lv in self.levels}
-        return {
-            layer: torch.cat([per_level[lv] for lv in lvs], dim=1) for layer, lvs in self.layer_levels.items()
-        }
+        return [torch.cat([per_level[lv] for lv in lvs], dim=1) for lvs in self.layer_levels.values()]
 
 
 class FusedCrossAttention(nn.Module):

@@ -143,7 +143,9 @@ class MDFModel(nn.Module):
         film = self.film(self.text_vector(batch["input_ids"], batch["attention_mask"])) if self.film else None
         with contextlib.nullcontext() if film is not None else self._grad_if(self.unet):
             out = self.unet(batch["unet_pixels"], film, decode=self.decode_unet)
-        tokens = self.fusion(out.skips) if self.fusion is not None else {}
+        tokens: dict[int, torch.Tensor] = {}
+        if self.fusion is not None:
+            tokens = dict(zip(self.fusion.layer_ids, self.fusion(out.skips), strict=True))
         return tokens, out.seg_logits
 
     # -- forward ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -72,10 +73,21 @@ def text_hidden_size(model: nn.Module) -> int:
 
 def set_xattn_gates(model: MllamaForConditionalGeneration, value: float) -> None:
     layers: Any = text_layers(model)
-    with torch.no_grad():
-        for idx in xattn_layer_ids(model):
-            layers[idx].cross_attn_attn_gate.fill_(value)
-            layers[idx].cross_attn_mlp_gate.fill_(value)
+    gates = [
+        g
+        for idx in xattn_layer_ids(model)
+        for g in (layers[idx].cross_attn_attn_gate, layers[idx].cross_attn_mlp_gate)
+    ]
+    gather: Any = contextlib.nullcontext()
+    if any(
+        hasattr(g, "ds_id") for g in gates
+    ):  # partitioned by ZeRO-3 at construction: gather, set, re-partition
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(gates, modifier_rank=0)
+    with gather, torch.no_grad():
+        for gate in gates:
+            gate.fill_(value)
 
 
 def meta_parameter_count(preset: Preset) -> int:

@@ -1,0 +1,97 @@
+"""Connecting to Ray: an embedded local instance by default, a cluster when an address is given.
+
+- no address and no ``RAY_ADDRESS``: start a local Ray with this machine's CPUs/GPUs, a temp dir the
+  caller may choose (tests own theirs), and the ``trial_slot`` custom resource that places trial drivers
+  and caps concurrent trials (FACTS.md: a driver cannot ask for 0 CPUs);
+- ``--address`` / ``RAY_ADDRESS`` (``ray job submit`` sets it): connect; never pass ``num_cpus`` then.
+
+Ray 2.60 local clusters use token auth by default: a client outside the job needs ``RAY_AUTH_MODE=token``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+TRIAL_SLOT = "trial_slot"
+
+
+def worker_env() -> dict[str, str]:
+    """Environment every Ray Train worker gets: CPU DeepSpeed where there is no GPU, caches we own."""
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
+    for key in (
+        "TORCH_EXTENSIONS_DIR",
+        "MDF_SEARCH_CACHE",
+        "HF_HOME",
+        "HF_HUB_OFFLINE",
+        "DS_ACCELERATOR",
+        "AWS_ENDPOINT_URL",
+        "AWS_DEFAULT_REGION",
+        "AWS_EC2_METADATA_DISABLED",
+    ):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    address: str
+    embedded: bool
+    cpus: float
+    gpus: float
+    trial_slots: float
+
+
+def connect(
+    address: str | None = None,
+    *,
+    trial_slots: int | None = None,
+    temp_dir: str | None = None,
+    num_cpus: int | None = None,
+) -> ClusterInfo:
+    """Start or join Ray (idempotent within a process)."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    embedded = address is None
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+        if embedded:
+            import torch
+
+            if not torch.cuda.is_available():
+                os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            cpus = num_cpus or os.cpu_count() or 1
+            kwargs.update(
+                num_cpus=cpus,
+                resources={TRIAL_SLOT: float(trial_slots or max(1, cpus // 2))},
+                include_dashboard=True,  # the state API: without it stopped trials leak placement groups
+                dashboard_host="127.0.0.1",
+                _temp_dir=temp_dir or os.environ.get("RAY_TMPDIR"),
+            )
+            if kwargs["_temp_dir"] is None:
+                del kwargs["_temp_dir"]
+        else:
+            kwargs["address"] = address
+        ray.init(**kwargs)
+    resources = ray.cluster_resources()
+    info = ClusterInfo(
+        address=address or "embedded",
+        embedded=embedded,
+        cpus=resources.get("CPU", 0.0),
+        gpus=resources.get("GPU", 0.0),
+        trial_slots=resources.get(TRIAL_SLOT, 0.0),
+    )
+    log.info("ray: %s", info)
+    return info
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

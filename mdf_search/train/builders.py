@@ -1,0 +1,147 @@
+"""Everything a trial builds before its first step: data artefacts (driver side) and the model (ranks).
+
+Driver side, once per trial and safe to race: :func:`prepare_trial_data` makes (or finds) the synthetic
+study, the manifest, the split file, the preprocessed cache and the tokenizer, each under a
+content-addressed name with an atomic commit, so workers only read. Rank side: :func:`build_model`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mdf_search.config import TrialConfig
+from mdf_search.data.batches import prompt_text
+from mdf_search.data.cache import build_cache, cache_size_for
+from mdf_search.data.schema import LabelSpace, commit_dir, read_manifest, temp_sibling
+from mdf_search.data.splits import make_split, write_split
+from mdf_search.data.synthetic import ensure_synthetic
+from mdf_search.model.mdf import MDFModel, task_classes
+from mdf_search.model.mllama import IMAGE, build_mllama, label_token_ids, load_pretrained, train_tokenizer
+from mdf_search.model.presets import get_preset
+
+SYNTHETIC_SEED = 0  # the synthetic *dataset* is the same for every trial; trial seeds vary the training
+
+
+def cache_root(cfg: TrialConfig) -> Path:
+    root = cfg.data.cache_dir or os.environ.get("MDF_SEARCH_CACHE") or "~/.cache/mdf-search"
+    return Path(root).expanduser()
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """Paths and identities of a trial's data artefacts (plain strings: travels to Ray workers)."""
+
+    manifest: str
+    split: str
+    split_hash: str
+    cache: str
+    tokenizer: str  # directory; "" when the tokenizer comes with model.weights
+    label_space: str  # LabelSpace JSON
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def prepare_tokenizer(texts: list[str], space: LabelSpace, vocab_size: int, root: Path) -> Path:
+    """Train (or find) the byte-level BPE tokenizer of these texts; class names become whole tokens."""
+    extras = sorted({*space.diseases, *space.types})
+    digest = hashlib.sha256(f"{vocab_size}\0{extras}\0".encode() + "\0".join(texts).encode()).hexdigest()[:16]
+    final = root / f"bpe-{vocab_size}-{digest}"
+    if (final / "tokenizer.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(final)
+    try:
+        train_tokenizer(texts, vocab_size, extra_tokens=extras).save_pretrained(tmp)
+        commit_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def prepare_trial_data(cfg: TrialConfig, *, workers: int = 2, progress: Any = None) -> TrialData:
+    root = cache_root(cfg)
+    data = cfg.data
+    manifest = (
+        Path(data.manifest)
+        if data.manifest
+        else ensure_synthetic(
+            root / "synthetic",
+            images=data.synthetic_images,
+            size=data.synthetic_size,
+            severity=data.synthetic_severity,
+            seed=SYNTHETIC_SEED,
+            progress=progress,
+        )
+    )
+    table, space = read_manifest(manifest)
+    split = make_split(
+        table,
+        data.split,
+        seed=data.split_seed,
+        val_frac=data.val_frac,
+        test_frac=data.test_frac,
+        folds=data.folds,
+        fold=data.fold,
+    )
+    split_path = write_split(split, root / "splits")
+    preset = get_preset(cfg.model.preset)
+    cache = build_cache(
+        manifest,
+        root / "cache",
+        cache_size_for(preset.unet_size, preset.vision_size),
+        workers=workers,
+        progress=progress,
+    )
+    tokenizer = ""
+    if not cfg.model.weights:
+        texts = table.column("clinical_text").to_pylist()
+        train_rows = split.rows("train")
+        corpus = [prompt_text(texts[i] or "") for i in train_rows]
+        tokenizer = str(prepare_tokenizer(corpus, space, preset.vocab_size, root / "tokenizers"))
+    return TrialData(str(manifest), str(split_path), split.hash, str(cache), tokenizer, space.to_json())
+
+
+def load_tokenizer(directory: str | Path) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def build_model(
+    cfg: TrialConfig, label_space: str, *, tokenizer_dir: str | Path | None = None
+) -> tuple[MDFModel, Any]:
+    """The trial's joint model and tokenizer (under ZeRO-3 call it inside ``zero3_construction``)."""
+    space = LabelSpace.from_json(label_space)
+    preset = get_preset(cfg.model.preset)
+    classes = task_classes(cfg.head.task, space.diseases)
+    if cfg.model.weights:
+        dtype = torch.bfloat16 if cfg.optim.precision == "bf16" else torch.float32
+        mllama, tokenizer = load_pretrained(cfg.model.weights, dtype=dtype)
+        tokenizer.padding_side = "right"
+    else:
+        if tokenizer_dir is None:
+            raise ValueError("a random-init preset needs the trial's trained tokenizer (tokenizer_dir)")
+        tokenizer = load_tokenizer(tokenizer_dir)
+        mllama = build_mllama(
+            preset,
+            gate_init=cfg.model.xattn_gate_init,
+            image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
+        )
+    label_ids = None
+    if cfg.head.kind == "label_token":
+        label_ids = {name: label_token_ids(tokenizer, names) for name, names in classes.items()}
+    model = MDFModel(mllama, cfg, classes, label_ids)
+    if cfg.unet.init == "pretrained" and cfg.unet.weights:
+        state = torch.load(cfg.unet.weights, map_location="cpu", weights_only=True)
+        model.unet.load_state_dict(state)
+    return model, tokenizer

@@ -1,0 +1,154 @@
+"""DeepSpeed for one trial: a pure config builder, the optimiser's parameter groups, and the one
+``deepspeed.initialize`` call of the code base.
+
+The config builder is a pure function of the typed config and the run's shape, so it is covered by
+table-driven unit tests without a process group. GPU-only choices sit behind ``on_gpu``:
+
+- optimiser: AdamW. On CPU the torch implementation (``torch_adam``), because DeepSpeed's FusedAdam and
+  DeepSpeedCPUAdam JIT-compile for ~60 s each (FACTS.md). With optimiser offload DeepSpeed picks
+  DeepSpeedCPUAdam itself.
+- schedule: linear warmup then cosine decay (DeepSpeed's ``WarmupCosineLR``), which scales every
+  parameter group's own learning rate, so per-group rates survive.
+- ZeRO-3 models are constructed under ``HfDeepSpeedConfig`` (see :func:`zero3_construction`), so an 11B
+  backbone is partitioned as it is built and never materialises whole on one rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+from mdf_search.config import OptimConfig, TrialConfig
+from mdf_search.model.freezing import param_role
+
+COS_MIN_RATIO = 0.1  # ASSUMPTION: cosine decays to 10 % of each group's peak rate
+ADAM_EPS = 1e-8
+
+
+def role_learning_rates(optim: OptimConfig) -> dict[str, float]:
+    return {
+        "llm": optim.lr,
+        "vision": optim.lr * optim.lr_vision_mult,
+        "unet": optim.lr * optim.lr_unet_mult,
+        "fusion": optim.lr * optim.lr_fusion_mult,
+        "head": optim.lr * optim.lr_head_mult,
+    }
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases, norms, gates, scales and position embeddings are not decayed (1-D or explicitly named)."""
+    shape = getattr(param, "ds_shape", param.shape)
+    return len(shape) < 2 or name.endswith((".pos", "_gate", ".fusion_scale"))
+
+
+def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
+    """Trainable parameters only, grouped by role × decay, each group with its own lr and weight decay."""
+    rates = role_learning_rates(optim)
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((param_role(name), _no_decay(name, param)), []).append(param)
+    out = []
+    for (role, no_decay), params in sorted(groups.items()):
+        out.append(
+            {
+                "params": params,
+                "lr": rates[role],
+                "weight_decay": 0.0 if no_decay else optim.weight_decay,
+                "name": f"{role}{'.no_decay' if no_decay else ''}",
+            }
+        )
+    return out
+
+
+def optimizer_steps(samples: int, world_size: int, optim: OptimConfig) -> int:
+    """Optimiser steps per epoch when each rank sees ``ceil(samples / world)`` samples (padded sampler)."""
+    per_rank = math.ceil(samples / world_size)
+    micro_steps = math.ceil(per_rank / optim.micro_batch)
+    return max(1, micro_steps // optim.grad_accum)
+
+
+def build_ds_config(
+    cfg: TrialConfig, *, world_size: int, steps_per_epoch: int, on_gpu: bool
+) -> dict[str, Any]:
+    """The DeepSpeed config dict for one trial (pure)."""
+    optim = cfg.optim
+    total = max(1, steps_per_epoch * optim.epochs)
+    zero: dict[str, Any] = {"stage": optim.zero_stage}
+    if optim.zero_stage >= 1:
+        zero["overlap_comm"] = on_gpu
+        zero["contiguous_gradients"] = True
+    if optim.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = False  # consolidate offline with zero_to_fp32
+    if optim.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if optim.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    adam: dict[str, Any] = {
+        "lr": optim.lr,
+        "betas": [0.9, optim.beta2],
+        "eps": ADAM_EPS,
+        "weight_decay": optim.weight_decay,
+    }
+    if not on_gpu and not optim.offload_optimizer:
+        adam["torch_adam"] = True
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": optim.micro_batch,
+        "gradient_accumulation_steps": optim.grad_accum,
+        "train_batch_size": optim.micro_batch * optim.grad_accum * world_size,
+        "optimizer": {"type": "AdamW", "params": adam},
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": total,
+                "warmup_num_steps": int(round(optim.warmup_frac * total)),
+                "warmup_min_ratio": 0.0,
+                "cos_min_ratio": COS_MIN_RATIO,
+                "warmup_type": "linear",
+            },
+        },
+        "zero_optimization": zero,
+        "bf16": {"enabled": optim.precision == "bf16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+    if optim.grad_clip > 0:
+        config["gradient_clipping"] = optim.grad_clip
+    return config
+
+
+@contextlib.contextmanager
+def zero3_construction(ds_config: dict[str, Any]) -> Iterator[None]:
+    """Keep an ``HfDeepSpeedConfig`` alive while the model is built, so ZeRO-3 partitions it at init.
+
+    ``deepspeed.zero.Init`` + the plain Mllama constructor fails (FACTS.md); transformers' own hook,
+    active while an ``HfDeepSpeedConfig`` object with stage 3 is alive, works with ``_from_config`` and
+    ``from_pretrained``.
+    """
+    if ds_config["zero_optimization"]["stage"] != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    holder = HfDeepSpeedConfig(ds_config)
+    try:
+        yield
+    finally:
+        del holder
+        unset_hf_deepspeed_config()
+
+
+def initialize(model: nn.Module, cfg: TrialConfig, ds_config: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The one ``deepspeed.initialize`` call: returns (engine, optimizer, scheduler)."""
+    import deepspeed
+
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, cfg.optim), config=ds_config
+    )
+    return engine, optimizer, scheduler

@@ -1,0 +1,78 @@
+"""Driver side of one trial: prepare data, then a Ray Train ``TorchTrainer`` over ``train_loop_per_worker``.
+
+The same function runs a trial for ``mdf-search train`` and inside a Ray Tune trial (``search/``), where
+the Train run is named after the Tune trial id, so a restored trial resumes its own checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mdf_search.cluster import worker_env
+from mdf_search.config import TrialConfig
+from mdf_search.train.builders import TrialData, prepare_trial_data
+from mdf_search.train.loop import train_loop_per_worker
+
+CHECKPOINTS_TO_KEEP = 2
+
+
+def use_gpu(cfg: TrialConfig) -> bool:
+    import ray
+
+    if cfg.run.device == "cpu":
+        return False
+    if cfg.run.device == "cuda":
+        return True
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def make_trainer(
+    cfg: TrialConfig,
+    data: TrialData,
+    *,
+    name: str,
+    storage_path: str,
+    callbacks: Sequence[Any] = (),
+    hooks: dict[str, Any] | None = None,
+    progress: Any = None,
+    max_failures: int = 0,
+    storage_filesystem: Any = None,
+) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    gpu = use_gpu(cfg)
+    env = worker_env()
+    if not gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "params": cfg.to_flat(),
+            "data": data.to_dict(),
+            "hooks": hooks or {},
+            "progress": progress,
+        },
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.run.workers, use_gpu=gpu, resources_per_worker={"CPU": 1}
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
+            failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=list(callbacks),
+            worker_runtime_env={"env_vars": env},
+        ),
+    )
+
+
+def run_trial(
+    cfg: TrialConfig, *, name: str, storage_path: str, data: TrialData | None = None, **kwargs: Any
+) -> Any:
+    """Prepare data (idempotent) and train; returns Ray Train's ``Result``."""
+    data = data or prepare_trial_data(cfg)
+    return make_trainer(cfg, data, name=name, storage_path=storage_path, **kwargs).fit()
