@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -123,6 +124,199 @@ def model_summary(
     console.print(
         f"FiLM: {film_sites} (source: {cfg.film.source}); head: {cfg.head.kind}; task: {cfg.head.task}"
     )
+
+
+def _storage_path(storage: str) -> str:
+    """Local paths become absolute (Ray requires it); URIs (s3://, gs://) pass through."""
+    from pathlib import Path
+
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def _trial_config(config: Path | None, sets: list[str] | None, *, meta_weights: bool = False) -> TrialConfig:
+    from mdf_search.model.presets import get_preset
+    from mdf_search.yamlio import read_trial_yaml
+
+    try:
+        flat: dict[str, object] = read_trial_yaml(config) if config else {}
+        flat.update(parse_sets(sets))
+        if meta_weights and get_preset(str(flat.get("model.preset", "tiny"))).pretrained_only:
+            flat.setdefault("model.weights", "(meta: not loaded)")
+        return TrialConfig.from_flat(flat, source=str(config) if config else "--set")
+    except ConfigError as err:
+        raise fail(str(err)) from None
+    except ValueError as err:  # unknown preset
+        raise fail(f"{config}: {err}") from None
+
+
+@app.command()
+def train(
+    config: Annotated[
+        Path, typer.Argument(help="trial YAML (flat keys) or a search space (its fixed: block)")
+    ],
+    storage: Annotated[str, typer.Option(help="where Ray Train writes the run (path or URI)")] = "runs",
+    name: Annotated[str | None, typer.Option(help="run name (default: train-<config hash>-s<seed>)")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray address (default: RAY_ADDRESS or an embedded Ray)")
+    ] = None,
+    sets: SetOption = None,
+) -> None:
+    """Run one trial on a local (or given) Ray Train, with a progress bar: debug a config before sweeping it."""
+    import threading
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    from mdf_search.cluster import connect
+    from mdf_search.data.schema import DataError
+    from mdf_search.train.builders import prepare_trial_data
+    from mdf_search.train.progress import progress_actor
+    from mdf_search.train.trainer import EpochLog, make_trainer
+
+    cfg = _trial_config(config, sets)
+    name = name or f"train-{cfg.config_hash()[:8]}-s{cfg.run.seed}"
+    root = _storage_path(storage)
+    console.print(
+        f"[bold]trial[/] {name}: preset={cfg.model.preset} levels={''.join(map(str, cfg.fusion.levels)) or 'none'} "
+        f"injection={cfg.fusion.injection} freeze={cfg.freeze.strategy} workers={cfg.run.workers}"
+    )
+    try:
+        data = prepare_trial_data(cfg)
+    except (DataError, FileNotFoundError) as err:
+        raise fail(str(err)) from None
+    connect(address)
+    actor = progress_actor()
+    log_path = f"{root}/{name}/epochs.jsonl" if "://" not in root else None
+    callbacks = [EpochLog(log_path)] if log_path else []
+    trainer = make_trainer(cfg, data, name=name, storage_path=root, progress=actor, callbacks=callbacks)
+    outcome: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=_fit(trainer)), daemon=True)
+    thread.start()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Bar(*columns, console=console, transient=False) as bar:
+        epochs = bar.add_task("epochs", total=cfg.optim.epochs, info="")
+        steps = bar.add_task("steps", total=None, info="starting workers")
+        while thread.is_alive():
+            thread.join(0.5)
+            state = actor.get.remote()
+            import ray
+
+            current = ray.get(state)
+            if current:
+                bar.update(
+                    steps,
+                    completed=current["step"],
+                    total=current["steps"],
+                    info=f"loss {current['loss']:.4f}",
+                )
+                bar.update(epochs, completed=current["epoch"] + (current["step"] == current["steps"]))
+            time.sleep(0.2)
+    result = outcome.get("result")
+    if isinstance(result, BaseException):
+        raise fail(f"trial {name} failed: {result}", code=1)
+    metrics = getattr(result, "metrics", None) or {}
+    _print_trial_metrics(metrics)
+    status = metrics.get("status")
+    if status != "completed":
+        raise fail(f"trial {name} ended {status}: {metrics.get('message', '')}", code=1)
+    console.print(f"checkpoint: {getattr(result, 'checkpoint', None)}")
+
+
+def _fit(trainer: object) -> object:
+    try:
+        return trainer.fit()  # type: ignore[attr-defined]
+    except Exception as err:  # surfaced to the CLI thread
+        return err
+
+
+def _print_trial_metrics(metrics: dict[str, object]) -> None:
+    table = Table(title="final epoch")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if key.startswith(
+            ("val/", "test/", "train_loss", "samples_per_s", "step_time_s", "startup_s", "peak_mem")
+        ) and not isinstance(value, list):
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@app.command("export")
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="a trial checkpoint directory")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+    dtype: Annotated[str, typer.Option(help="fp32 | bf16")] = "fp32",
+) -> None:
+    """Consolidate a ZeRO checkpoint into one safetensors state dict that loads without DeepSpeed."""
+    from mdf_search.train.checkpoint import export_checkpoint
+
+    if dtype not in ("fp32", "bf16"):
+        raise fail(f"--dtype must be fp32 or bf16, but got {dtype!r}")
+    try:
+        path = export_checkpoint(checkpoint, out, dtype=dtype)
+    except FileNotFoundError as err:
+        raise fail(str(err)) from None
+    console.print(
+        f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); load with mdf_search.train.checkpoint.load_exported"
+    )
+
+
+@app.command()
+def plan(
+    config: Annotated[
+        Path | None, typer.Argument(help="trial YAML or search space (default: the tiny preset)")
+    ] = None,
+    gpus: Annotated[int, typer.Option(help="GPUs for the trial")] = 1,
+    gpu_mem: Annotated[float, typer.Option("--gpu-mem", help="GiB per GPU")] = 80.0,
+    nodes: Annotated[int, typer.Option(help="nodes the GPUs span")] = 1,
+    sets: SetOption = None,
+) -> None:
+    """Per-GPU memory estimate (model states per ZeRO stage + activations): does the trial fit?"""
+    from mdf_search.train.memory import plan_freeze_table, plan_trial
+
+    cfg = _trial_config(config, sets, meta_weights=True)
+    result = plan_trial(cfg, gpus=gpus, gpu_mem_gb=gpu_mem, nodes=nodes)
+    table = Table(
+        title=f"{cfg.model.preset}: {gpus} GPU(s) x {gpu_mem:g} GiB, ZeRO-{cfg.optim.zero_stage}, "
+        f"{cfg.optim.precision}, freeze={cfg.freeze.strategy}"
+    )
+    table.add_column("component")
+    table.add_column("GiB per GPU", justify="right")
+    for component, nbytes in result.rows:
+        table.add_row(component, f"{nbytes / 2**30:.2f}")
+    table.add_section()
+    table.add_row(
+        "[bold]total[/]", f"[bold]{result.total_gb:.2f}[/] of {result.usable_bytes / 2**30:.1f} usable"
+    )
+    console.print(table)
+    console.print(f"trainable {result.trainable_params:,} of {result.total_params:,} parameters")
+    if cfg.model.preset in ("11b", "1b"):
+        needed = Table(
+            title=f"GPUs of {gpu_mem:g} GiB needed ({cfg.model.preset}, ZeRO-{cfg.optim.zero_stage})"
+        )
+        for column in ("strategy", "trainable", "GPUs", "GiB per GPU"):
+            needed.add_column(column, justify="right" if column != "strategy" else "left")
+        labels = {"none": "full fine-tune", "mllm": "frozen LLM", "lora": "LoRA"}
+        for row in plan_freeze_table(cfg, gpu_mem):
+            fits = row.min_gpus is not None
+            needed.add_row(
+                labels.get(row.strategy, row.strategy),
+                f"{row.plan.trainable_params:,}" if fits else "-",
+                str(row.min_gpus) if fits else "> max",
+                f"{row.plan.total_gb:.1f}" if fits else "-",
+            )
+        console.print(needed)
+    if result.fits:
+        console.print(f"[green]fits[/] on {gpus} x {gpu_mem:g} GiB")
+    else:
+        raise fail(f"does not fit: {result.reason}", code=1)
 
 
 def main() -> None:

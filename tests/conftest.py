@@ -13,3 +13,24 @@ os.environ.setdefault("HF_HOME", str(_SESSION_TMP / "hf"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_TMPDIR", str(_SESSION_TMP / "ray"))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    return _SESSION_TMP
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(session_tmp: Path):  # type: ignore[no-untyped-def]
+    """One embedded Ray for the whole session (start-up ~6 s), with a temp dir the tests own; stopped at the end."""
+    from mdf_search.cluster import connect, shutdown
+
+    os.environ["MDF_SEARCH_CACHE"] = str(session_tmp / "cache")
+    # AF_UNIX socket paths must stay short: a fresh dir directly under /tmp.
+    temp_dir = tempfile.mkdtemp(prefix="mdfray-", dir="/tmp")
+    info = connect(temp_dir=temp_dir, trial_slots=2)
+    yield info
+    shutdown()

@@ -242,6 +242,21 @@ def _evaluate(run: Run, name: str) -> dict[str, Any]:
     return prefixed(metrics, name)
 
 
+@torch.no_grad()
+def _save_probe(run: Run, directory: Path) -> None:
+    """Test hook: every rank runs one eval batch (ZeRO-3 needs them in step); rank 0 saves batch + logits."""
+    run.engine.eval()
+    batch = next(iter(run.loader("val")))
+    out = run.engine(_to(batch, run.device, run.dtype))
+    if run.rank == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        logits = {k: v.float().cpu() for k, v in out.logits.items()}
+        torch.save(
+            {"batch": batch, "logits": logits[next(iter(logits))], "all_logits": logits},
+            directory / "batch.pt",
+        )
+
+
 def _report(run: Run, metrics: dict[str, Any], *, with_checkpoint: bool) -> None:
     import ray.train
 
@@ -330,6 +345,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if last and len(run.sets["test"]):
             metrics.update(_evaluate(run, "test"))
         _report(run, metrics, with_checkpoint=True)
+        if last and run.hooks.get("save_logits"):
+            _save_probe(run, Path(run.hooks["save_logits"]))
         kill_after = run.hooks.get("kill_after_epoch")
         if kill_after is not None and epoch + 1 == kill_after and run.rank == 1 % run.world:
             marker = Path(run.hooks["kill_marker"])

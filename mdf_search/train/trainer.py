@@ -9,12 +9,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ray.train import UserCallback
+
 from mdf_search.cluster import worker_env
 from mdf_search.config import TrialConfig
 from mdf_search.train.builders import TrialData, prepare_trial_data
 from mdf_search.train.loop import train_loop_per_worker
 
 CHECKPOINTS_TO_KEEP = 2
+
+
+class EpochLog(UserCallback):  # type: ignore[misc]
+    """A Train callback appending rank 0's metrics of every report as one JSON line (``epochs.jsonl``).
+
+    It runs in Ray Train's controller actor, not in the driver, so it writes to a path, not to memory.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        import json
+        from pathlib import Path
+
+        record = {**metrics[0], "checkpoint": checkpoint.path if checkpoint is not None else None}
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        return None
 
 
 def use_gpu(cfg: TrialConfig) -> bool:

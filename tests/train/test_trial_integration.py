@@ -1,0 +1,116 @@
+"""One trial end to end: real Ray Train, real DeepSpeed ZeRO-3 on 2 gloo workers, tiny preset, synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from mdf_search.config import TrialConfig
+from mdf_search.train.builders import TrialData, prepare_trial_data
+from mdf_search.train.checkpoint import export_checkpoint, load_exported
+from mdf_search.train.metrics import metrics_for_tasks
+from mdf_search.train.trainer import EpochLog, make_trainer
+
+pytestmark = pytest.mark.integration
+
+SMALL = {"data.synthetic_images": 72, "data.synthetic_size": 128, "optim.micro_batch": 4, "optim.lr": 1e-3}
+
+
+def _run(
+    cfg: TrialConfig, data: TrialData, storage: Path, name: str, **kwargs: Any
+) -> tuple[Any, list[dict]]:
+    log = storage / name / "epochs.jsonl"
+    trainer = make_trainer(
+        cfg, data, name=name, storage_path=str(storage), callbacks=[EpochLog(str(log))], **kwargs
+    )
+    try:
+        result = trainer.fit()
+    except Exception as err:  # a killed run surfaces as TrainingFailedError
+        result = err
+    epochs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return result, epochs
+
+
+@pytest.fixture(scope="module")
+def data(ray_cluster: Any) -> TrialData:
+    return prepare_trial_data(TrialConfig.from_flat(SMALL))
+
+
+def test_loss_decreases_and_metrics_match_saved_predictions(data: TrialData, tmp_path: Path) -> None:
+    cfg = TrialConfig.from_flat({**SMALL, "optim.epochs": 3})
+    preds = tmp_path / "preds"
+    result, epochs = _run(cfg, data, tmp_path, "learn", hooks={"save_predictions": str(preds)})
+    assert result.error is None
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert epochs[-1]["status"] == "completed" and "test/accuracy" in epochs[-1]
+    assert all("test/accuracy" not in e for e in epochs[:-1])  # test metrics only once, at the end
+    # whole-split metrics equal a recomputation from the saved (gathered, de-duplicated) predictions
+    saved = np.load(preds / "val-epoch2.npz")
+    recomputed = metrics_for_tasks(
+        {"type": saved["pred_type"]},
+        {"type": saved["label_type"]},
+        {"type": ("healthy", "acquired", "inherited")},
+    )
+    for key, value in recomputed.items():
+        assert (
+            epochs[-1][f"val/{key}"] == pytest.approx(value)
+            if not isinstance(value, list)
+            else epochs[-1][f"val/{key}"] == value
+        )
+    assert epochs[-1]["val/n"] == len(saved["index"]) == len(set(saved["index"].tolist()))
+    for key in ("samples_per_s", "step_time_s", "peak_mem_mb", "startup_s"):
+        assert epochs[-1][key] > 0
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_run(data: TrialData, tmp_path: Path) -> None:
+    cfg = TrialConfig.from_flat({**SMALL, "optim.epochs": 3, "seed": 3})
+    _, straight = _run(cfg, data, tmp_path, "straight")
+    hooks = {"kill_after_epoch": 1, "kill_marker": str(tmp_path / "killed")}
+    first, before = _run(cfg, data, tmp_path, "killed", hooks=hooks)
+    assert (tmp_path / "killed").exists() and [e["epoch"] for e in before] == [1]
+    resumed, after = _run(cfg, data, tmp_path, "killed", hooks=hooks)
+    assert [e["epoch"] for e in after] == [1, 2, 3]  # same log: epoch 1 from the first run, then 2 and 3
+    final, reference = after[-1], straight[-1]
+    for key, value in reference.items():
+        if key.startswith(("val/", "test/", "train_loss", "best_val")):
+            assert final[key] == value, key  # bit for bit: same seed, config and world size
+
+
+def test_export_reloads_without_deepspeed_with_identical_logits(data: TrialData, tmp_path: Path) -> None:
+    cfg = TrialConfig.from_flat({**SMALL, "optim.epochs": 1, "fusion.injection": "concat"})
+    probe = tmp_path / "probe"
+    result, _ = _run(cfg, data, tmp_path, "export", hooks={"save_logits": str(probe)})
+    assert result.error is None
+    with result.checkpoint.as_directory() as directory:
+        export_checkpoint(directory, tmp_path / "exported")
+    model = load_exported(tmp_path / "exported")
+    saved = torch.load(probe / "batch.pt", weights_only=False)
+    with torch.no_grad():
+        logits = model(saved["batch"]).logits["type"]
+    torch.testing.assert_close(logits, saved["logits"], rtol=0, atol=1e-5)
+
+
+def test_injected_nan_ends_the_trial_as_diverged(data: TrialData, tmp_path: Path) -> None:
+    cfg = TrialConfig.from_flat({**SMALL, "optim.epochs": 2})
+    result, epochs = _run(cfg, data, tmp_path, "nan", hooks={"nan_at_step": 2})
+    assert result.error is None  # a divergence is a result, not a crash
+    assert epochs[-1]["status"] == "diverged" and "non-finite loss" in epochs[-1]["message"]
+
+
+@pytest.mark.parametrize("strategy", ["none", "unet", "mllm", "mllm_except_xattn", "vision_tower", "lora"])
+def test_every_freezing_strategy_trains_under_zero3(strategy: str, data: TrialData, tmp_path: Path) -> None:
+    cfg = TrialConfig.from_flat({**SMALL, "optim.epochs": 1, "freeze": strategy})
+    result, epochs = _run(cfg, data, tmp_path, f"freeze-{strategy}")
+    assert result.error is None, result.error
+    assert epochs[-1]["status"] == "completed" and np.isfinite(epochs[-1]["train_loss"])
+    assert 0 < epochs[-1]["trainable_params"] <= epochs[-1]["total_params"]
+    if strategy == "none":
+        assert epochs[-1]["trainable_params"] == epochs[-1]["total_params"]
+    else:
+        assert epochs[-1]["trainable_params"] < epochs[-1]["total_params"]
