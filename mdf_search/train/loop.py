@@ -284,6 +284,15 @@ def _epochs(run: Run) -> Iterator[int]:
     yield from range(start, run.cfg.optim.epochs)
 
 
+def _wait_for_lines(path: Path, lines: int, timeout_s: float = 60.0) -> None:
+    """Test hook helper: wait until the controller has recorded ``lines`` reports."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= lines:
+            return
+        time.sleep(0.2)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: ``{"params": flat trial params, "data": TrialData dict}``."""
     import deepspeed
@@ -351,5 +360,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if kill_after is not None and epoch + 1 == kill_after and run.rank == 1 % run.world:
             marker = Path(run.hooks["kill_marker"])
             if not marker.exists():
+                _wait_for_lines(Path(run.hooks["kill_wait_for"]), kill_after)
                 marker.write_text("killed")
-                os.kill(os.getpid(), 9)  # test hook: a real SIGKILL of one rank after the epoch-1 checkpoint
+                os.kill(os.getpid(), 9)  # test hook: a real SIGKILL of one rank once the report was recorded
