@@ -114,5 +114,5 @@ def test_param_groups_have_role_learning_rates_and_only_trainable_params() -> No
         assert all(p.requires_grad for p in group["params"])
     grouped = sum(p.numel() for g in groups for p in g["params"])
     assert grouped == sum(p.numel() for p in model.parameters() if p.requires_grad)
-    scales = [g for g in groups if g["name"] == "fusion.no_decay"][0]["params"]
+    scales = next(g for g in groups if g["name"] == "fusion.no_decay")["params"]
     assert any(p.numel() == 1 for p in scales)  # the tanh-gated fusion scales are not decayed
