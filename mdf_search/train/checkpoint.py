@@ -119,7 +119,7 @@ def load_exported(directory: str | Path) -> torch.nn.Module:
     state = read_state(src)
     cfg = TrialConfig.from_flat(state.params)
     tokenizer_dir = src / "tokenizer" if (src / "tokenizer").is_dir() else None
-    model = build_model(cfg, state.label_space, tokenizer_dir=tokenizer_dir)
+    model, _ = build_model(cfg, state.label_space, tokenizer_dir=tokenizer_dir)
     tensors = load_file(str(src / "model.safetensors"))
     reference = model.state_dict()
     missing = sorted(set(reference) - set(tensors))

@@ -1,0 +1,116 @@
+"""Arrow schemas of the results tables.
+
+Core columns have fixed types; every trial parameter is a typed column named by its flat key
+(``fusion.levels``, ``optim.lr``, ...), typed from :mod:`mdf_search.config`; every scalar metric a
+trial reports is a ``float64`` column under its own name (``val/macro_f1``, ``val/recall/inherited``);
+list-valued metrics (confusion matrices) are stored as JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from mdf_search.config import flat_fields
+
+KEYS: dict[str, tuple[str, ...]] = {"trials": ("trial_id", "attempt"), "epochs": ("trial_id", "attempt", "epoch")}
+
+STATUSES = ("running", "completed", "stopped_early", "diverged", "oom", "infeasible", "error")
+
+TRIAL_CORE = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("trial_id", pa.string()),
+        ("attempt", pa.int64()),
+        ("status", pa.string()),
+        ("message", pa.string()),
+        ("arm", pa.string()),
+        ("epochs", pa.int64()),
+        ("wall_s", pa.float64()),
+        ("gpu_hours", pa.float64()),
+        ("cpu_hours", pa.float64()),
+        ("world_size", pa.int64()),
+        ("split_hash", pa.string()),
+        ("config_hash", pa.string()),
+        ("git_sha", pa.string()),
+        ("versions", pa.string()),
+        ("host", pa.string()),
+        ("written_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+EPOCH_CORE = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("trial_id", pa.string()),
+        ("attempt", pa.int64()),
+        ("arm", pa.string()),
+        ("epoch", pa.int64()),
+        ("status", pa.string()),
+        ("written_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def _param_type(default: Any) -> pa.DataType:
+    if isinstance(default, bool):
+        return pa.bool_()
+    if isinstance(default, int):
+        return pa.int64()
+    if isinstance(default, float):
+        return pa.float64()
+    return pa.string()  # strings, None-able paths and tuples (stored in their flat spelling)
+
+
+def param_schema() -> pa.Schema:
+    """One typed column per flat trial parameter (``seed`` included)."""
+    fields = []
+    for key, (_, f) in sorted(flat_fields().items()):
+        default = f.default
+        fields.append((key, pa.float64() if key.startswith("optim.") and isinstance(default, float) else _param_type(default)))
+    return pa.schema(fields)
+
+
+_PARAMS = param_schema()
+
+
+def _coerce(value: Any, kind: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_string(kind):
+        return value if isinstance(value, str) else json.dumps(value) if isinstance(value, list | dict) else str(value)
+    if pa.types.is_boolean(kind):
+        return bool(value)
+    if pa.types.is_integer(kind):
+        return int(value)
+    if pa.types.is_floating(kind):
+        return float(value)
+    return value
+
+
+def to_table(rows: Iterable[Mapping[str, Any]], table: str) -> pa.Table:
+    """Rows → an Arrow table: core and parameter columns typed, other scalars float64, lists as JSON."""
+    core = TRIAL_CORE if table == "trials" else EPOCH_CORE
+    rows = [dict(r) for r in rows]
+    now = int(time.time() * 1e6)
+    for r in rows:
+        r.setdefault("written_at", now)
+    names: list[str] = []
+    for r in rows:
+        names.extend(k for k in r if k not in names)
+    fields = []
+    for name in names:
+        if name in core.names:
+            fields.append(core.field(name))
+        elif name in _PARAMS.names:
+            fields.append(_PARAMS.field(name))
+        else:
+            sample = next((r[name] for r in rows if r.get(name) is not None), None)
+            is_number = isinstance(sample, int | float) and not isinstance(sample, bool)
+            fields.append(pa.field(name, pa.float64() if is_number or sample is None else pa.string()))
+    schema = pa.schema(fields)
+    columns = {f.name: [_coerce(r.get(f.name), f.type) for r in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)

@@ -1,0 +1,139 @@
+"""Parquet results of an experiment: atomic part files written by one writer, read with polars.
+
+Layout under ``<storage>/<experiment>/`` (a local path or any pyarrow filesystem URI: ``s3://``, ``gs://``)::
+
+    trials/<trial_id>-a<attempt>.parquet       one row: the latest state of that trial attempt
+    epochs/<trial_id>-a<attempt>-e<epoch>.parquet   one row per reported epoch
+    trials/compact-<seq>.parquet, epochs/compact-<seq>.parquet   parts folded together (see below)
+
+Writes are atomic: a part is written under a ``.tmp`` name that no reader globs, then renamed over its
+final name. A part's name is its key, so rewriting a trial's state or a resumed epoch replaces the row
+instead of duplicating it, and readers also de-duplicate by key keeping the newest ``written_at``.
+
+Compaction keeps reads fast for large studies: after every ``COMPACT_EVERY`` new parts the writer folds
+the compact file and the parts into one new compact file (written atomically), then deletes the folded
+parts. A reader that lists a part just before it is deleted retries once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from mdf_search.results.schema import KEYS, to_table
+
+log = logging.getLogger(__name__)
+COMPACT_EVERY = 256
+TABLES = ("trials", "epochs")
+
+
+def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it for a local path or a URI."""
+    if "://" in root:
+        fs, path = pafs.FileSystem.from_uri(root)
+        return fs, path.rstrip("/")
+    from pathlib import Path
+
+    return pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
+
+
+@dataclass
+class ResultsStore:
+    """Writer and reader of one experiment's results (``root`` = ``<storage>/<experiment>``)."""
+
+    root: str
+    fs: pafs.FileSystem = field(init=False)
+    path: str = field(init=False)
+    _since_compaction: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+
+    def __post_init__(self) -> None:
+        self.fs, self.path = filesystem(self.root)
+
+    # -- writing (one writer per experiment: the sweep driver) -------------------------------------
+    def _write(self, table_name: str, name: str, table: pa.Table) -> None:
+        directory = f"{self.path}/{table_name}"
+        self.fs.create_dir(directory, recursive=True)
+        final = f"{directory}/{name}.parquet"
+        tmp = f"{directory}/.{name}.{uuid.uuid4().hex[:8]}.parquet.tmp"
+        with self.fs.open_output_stream(tmp) as sink:
+            pq.write_table(table, sink)
+        self.fs.move(tmp, final)
+        self._since_compaction[table_name] += 1
+        if self._since_compaction[table_name] >= COMPACT_EVERY:
+            self.compact(table_name)
+
+    def write_trial(self, row: Mapping[str, Any]) -> None:
+        table = to_table([row], "trials")
+        self._write("trials", f"{row['trial_id']}-a{row['attempt']}", table)
+
+    def write_epoch(self, row: Mapping[str, Any]) -> None:
+        table = to_table([row], "epochs")
+        self._write("epochs", f"{row['trial_id']}-a{row['attempt']}-e{row['epoch']}", table)
+
+    def compact(self, table_name: str) -> None:
+        """Fold every part (and the previous compact file) into one new compact file, then delete them."""
+        files = self._files(table_name)
+        if len(files) <= 1:
+            return
+        frame = self._read_files(table_name, files)
+        seq = time.time_ns()
+        name = f"compact-{seq}"
+        directory = f"{self.path}/{table_name}"
+        tmp = f"{directory}/.{name}.parquet.tmp"
+        with self.fs.open_output_stream(tmp) as sink:
+            pq.write_table(frame.to_arrow(), sink)
+        self.fs.move(tmp, f"{directory}/{name}.parquet")
+        for info in files:
+            self.fs.delete_file(info)
+        self._since_compaction[table_name] = 0
+
+    # -- reading --------------------------------------------------------------------------------------
+    def _files(self, table_name: str) -> list[str]:
+        selector = pafs.FileSelector(f"{self.path}/{table_name}", allow_not_found=True)
+        return sorted(
+            info.path for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+            and not info.base_name.startswith(".")
+        )
+
+    def _read_files(self, table_name: str, files: Iterable[str]) -> pl.DataFrame:
+        frames = []
+        for path in files:
+            with self.fs.open_input_file(path) as source:
+                frames.append(pl.from_arrow(pq.read_table(source)))
+        if not frames:
+            return pl.DataFrame()
+        frame = pl.concat([f for f in frames if isinstance(f, pl.DataFrame)], how="diagonal_relaxed")
+        keys = KEYS[table_name]
+        return frame.sort("written_at").unique(subset=list(keys), keep="last", maintain_order=True).sort(list(keys))
+
+    def read(self, table_name: str) -> pl.DataFrame:
+        """The whole table, de-duplicated by its key (newest ``written_at`` wins)."""
+        if table_name not in TABLES:
+            raise ValueError(f"table must be one of {list(TABLES)}, but got {table_name!r}")
+        for attempt in range(3):
+            try:
+                return self._read_files(table_name, self._files(table_name))
+            except FileNotFoundError:  # a part was compacted away between listing and reading
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def trials(self, *, latest_attempt: bool = True) -> pl.DataFrame:
+        """One row per trial (its latest attempt) unless ``latest_attempt`` is False."""
+        frame = self.read("trials")
+        if frame.is_empty() or not latest_attempt:
+            return frame
+        return frame.sort(["trial_id", "attempt"]).unique(subset=["trial_id"], keep="last", maintain_order=True)
+
+    def epochs(self) -> pl.DataFrame:
+        return self.read("epochs")
