@@ -1,0 +1,245 @@
+"""Tune-side pieces of a sweep that run in the driver: the results writer, the error guard, the budget
+stopper, and a per-arm ASHA scheduler.
+
+The results writer is the *one* writer of an experiment's Parquet tables. Trial status mapping:
+
+- ``completed`` / ``diverged`` / ``oom`` / ``infeasible``: the trial's last reported ``status``;
+- ``stopped_early``: Tune ended the trial (ASHA) while its last report still said ``running``;
+- ``error``: the trial raised (after Tune's retries); the message is the first line of the error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ray.tune import Callback, Stopper
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from mdf_search.config import TrialConfig
+from mdf_search.results.store import ResultsStore
+
+log = logging.getLogger(__name__)
+TUNE_KEYS = (
+    "config",
+    "trial_id",
+    "experiment_id",
+    "date",
+    "timestamp",
+    "pid",
+    "hostname",
+    "node_ip",
+    "done",
+    "training_iteration",
+    "time_this_iter_s",
+    "time_total_s",
+    "time_since_restore",
+    "iterations_since_restore",
+    "checkpoint_dir_name",
+    "should_checkpoint",
+    "experiment_tag",
+)
+
+
+def _scalar_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if key in TUNE_KEYS or key in ("status", "message", "epoch", "world_size", "split_hash"):
+            continue
+        if isinstance(value, bool | int | float) or value is None:
+            out[key] = value
+        elif isinstance(value, list | dict):
+            out[key] = json.dumps(value)
+    return out
+
+
+class ResultsWriter(Callback):  # type: ignore[misc]
+    """Writes ``trials`` and ``epochs`` Parquet parts as Tune reports arrive (driver process)."""
+
+    def __init__(
+        self,
+        store_root: str,
+        experiment: str,
+        provenance: dict[str, str],
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.store = ResultsStore(store_root)
+        self.experiment = experiment
+        self.provenance = provenance
+        self.on_event = on_event
+        self.errors: list[tuple[str, str]] = []
+        self.finished = 0
+
+    def _base(self, trial: Any) -> dict[str, Any]:
+        config = trial.config
+        params = dict(config.get("params", {}))
+        try:
+            config_hash = TrialConfig.from_flat(params).config_hash()
+        except ValueError:
+            config_hash = ""
+        return {
+            "experiment": self.experiment,
+            "trial_id": trial.trial_id,
+            "attempt": int(getattr(trial, "num_failures", 0)) + 1,
+            "arm": config.get("arm", ""),
+            "config_hash": config_hash,
+            "host": socket.gethostname(),
+            **self.provenance,
+            **params,
+        }
+
+    def _trial_row(self, trial: Any, status: str, message: str = "") -> dict[str, Any]:
+        last = dict(trial.last_result or {})
+        wall = float(last.get("time_total_s", 0.0) or 0.0)
+        workers = int(trial.config.get("params", {}).get("run.workers", 1))
+        gpus = float(trial.config.get("gpus_per_worker", 0.0)) * workers
+        row = {
+            **self._base(trial),
+            "status": status,
+            "message": message or str(last.get("message", "") or ""),
+            "epochs": int(last.get("epoch", 0) or 0),
+            "wall_s": wall,
+            "gpu_hours": wall * gpus / 3600,
+            "cpu_hours": wall * workers / 3600 if not gpus else 0.0,
+            "world_size": int(last.get("world_size", workers) or workers),
+            "split_hash": str(last.get("split_hash", "") or ""),
+        }
+        row.update(_scalar_metrics(last))
+        return row
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        base = self._base(trial)
+        epoch_row = {k: base[k] for k in ("experiment", "trial_id", "attempt", "arm")}
+        epoch_row.update(
+            epoch=int(result.get("epoch", result.get("training_iteration", 0))),
+            status=str(result.get("status", "running")),
+            **_scalar_metrics(result),
+        )
+        self.store.write_epoch(epoch_row)
+        self.store.write_trial(self._trial_row(trial, "running"))
+        self._emit("result", trial, result)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        status = str(last.get("status", "running"))
+        if status == "running":
+            status = "stopped_early"
+        self.store.write_trial(self._trial_row(trial, status))
+        self.finished += 1
+        self._emit(status, trial, last)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        message = _error_message(trial)
+        self.errors.append((trial.trial_id, message))
+        self.store.write_trial(
+            self._trial_row(trial, "error", message.splitlines()[-1] if message else "error")
+        )
+        self.finished += 1
+        self._emit("error", trial, {"message": message})
+
+    def _emit(self, event: str, trial: Any, result: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(event, {"trial_id": trial.trial_id, "arm": trial.config.get("arm", ""), **result})
+
+
+def _error_message(trial: Any) -> str:
+    text = getattr(trial, "error_msg", None) or ""
+    path = getattr(trial, "error_file", None)
+    if not text and path:
+        try:
+            with open(path) as handle:
+                text = handle.read()
+        except OSError:
+            text = ""
+    return str(text).strip()
+
+
+class SweepGuard(Stopper):  # type: ignore[misc]
+    """Stops the whole sweep when the first ``max_initial_errors`` finished trials all errored (a code bug
+    burns the budget otherwise) or when the GPU-hour budget is spent."""
+
+    def __init__(
+        self,
+        writer: ResultsWriter,
+        max_initial_errors: int = 3,
+        max_gpu_hours: float = 0.0,
+        gpus_per_trial: float = 0.0,
+    ) -> None:
+        self.writer = writer
+        self.max_initial_errors = max_initial_errors
+        self.max_gpu_hours = max_gpu_hours
+        self.gpus_per_trial = gpus_per_trial
+        self.started = time.monotonic()
+        self.reason = ""
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        errors = len(self.writer.errors)
+        if errors >= self.max_initial_errors and errors == self.writer.finished:
+            self.reason = (
+                f"the first {errors} trials all failed; the first error:\n{self.writer.errors[0][1]}"
+            )
+            return True
+        if self.max_gpu_hours > 0 and self.gpus_per_trial > 0:
+            # a conservative upper bound: every trial slot busy since the start
+            used = (time.monotonic() - self.started) / 3600 * self.gpus_per_trial
+            if used >= self.max_gpu_hours:
+                self.reason = f"GPU-hour budget spent ({used:.2f} of {self.max_gpu_hours})"
+                return True
+        return False
+
+
+class PerArmASHA(FIFOScheduler):  # type: ignore[misc]
+    """ASHA within each arm: trials are only compared with trials of the same arm (same scientific values).
+
+    One ``ASHAScheduler`` per arm id (``trial.config["arm"]``); every Tune event is routed to the trial's
+    arm's scheduler. Seeds are part of the trial, so an arm's seeds share a rung schedule.
+    """
+
+    def __init__(
+        self, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float
+    ) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self._kwargs = {
+            "time_attr": "epoch",
+            "metric": metric,
+            "mode": mode,
+            "max_t": max_t,
+            "grace_period": grace_period,
+            "reduction_factor": reduction_factor,
+        }
+        self._arms: dict[str, ASHAScheduler] = {}
+
+    def _for(self, trial: Any) -> ASHAScheduler:
+        arm = str(trial.config.get("arm", ""))
+        if arm not in self._arms:
+            self._arms[arm] = ASHAScheduler(**self._kwargs)
+        return self._arms[arm]
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._for(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if "epoch" not in result or self._kwargs["metric"] not in result:
+            return TrialScheduler.CONTINUE  # e.g. an infeasible trial's single report
+        return str(self._for(trial).on_trial_result(tune_controller, trial, result))
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+        self._for(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._for(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return f"PerArmASHA({len(self._arms)} arms)"

@@ -1,0 +1,215 @@
+"""Run a study: search-space file → Ray Tune (+ Optuna, persistent study) → one trial driver per trial
+→ Ray Train ``TorchTrainer`` (DeepSpeed ZeRO-3) → Parquet results.
+
+- Every design goes through one persistent Optuna study (SQLite under the experiment directory by
+  default, or any SQLAlchemy URL): grid and ofat through Optuna's ``GridSampler`` over (arm, seed),
+  TPE/QMC/GP over the nuisance parameters per arm. ``optuna-dashboard`` and the ``optuna`` CLI read it.
+- A trial driver asks only for the ``trial_slot`` custom resource (FACTS.md: a driver cannot ask for 0
+  CPUs), which places drivers and caps concurrent trials; its workers ask for CPUs/GPUs.
+- A crashed or preempted trial is retried by Tune (``FailureConfig``) and its Train run, named after the
+  Tune trial id, resumes from its own checkpoint. ``diverged``/``oom``/``infeasible`` are results, never
+  retried.
+- ``resume`` (or ``sweep`` on an existing experiment) restores the Tuner: finished trials are not rerun,
+  unfinished ones resume from their checkpoints, and the Optuna study keeps its history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mdf_search.cluster import TRIAL_SLOT
+from mdf_search.config import TrialConfig
+
+log = logging.getLogger(__name__)
+RETRIES = 1  # Tune-level retries of a crashed trial (each resumes from its checkpoint)
+
+
+def experiment_root(storage: str, experiment: str) -> str:
+    base = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    return f"{base.rstrip('/')}/{experiment}"
+
+
+def provenance() -> dict[str, str]:
+    import importlib.metadata as md
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    versions = {}
+    for package in ("torch", "ray", "deepspeed", "transformers", "optuna", "peft"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = ""
+    return {"git_sha": sha or "unknown", "versions": json.dumps(versions, sort_keys=True)}
+
+
+def trial_driver(config: dict[str, Any], experiment_root: str = "") -> None:
+    """One Tune trial: refuse what cannot fit, prepare data, then run Ray Train and report to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from mdf_search.train.builders import prepare_trial_data
+    from mdf_search.train.trainer import make_trainer
+
+    cfg = TrialConfig.from_flat(config["params"])
+    gpus_per_worker = float(config.get("gpus_per_worker", 0.0))
+    if gpus_per_worker > 0:
+        from mdf_search.train.memory import plan_trial
+
+        plan = plan_trial(cfg, gpus=cfg.run.workers, gpu_mem_gb=float(config.get("gpu_mem_gb", 80.0)))
+        if not plan.fits:
+            tune.report({"status": "infeasible", "message": plan.reason or "does not fit", "epoch": 0})
+            return
+    trial_id = tune.get_context().get_trial_id()
+    data = prepare_trial_data(cfg)
+    trainer = make_trainer(
+        cfg,
+        data,
+        name=trial_id,
+        storage_path=f"{experiment_root}/train",
+        callbacks=[TuneReportCallback()],
+        hooks=config.get("hooks") or {},
+    )
+    trainer.fit()
+
+
+@dataclass
+class SweepOutcome:
+    experiment_root: str
+    trials: int
+    errors: list[tuple[str, str]]
+    stopped_reason: str
+
+
+def _study_storage(spec: Any, root: str) -> Any:
+    import optuna
+
+    from mdf_search.search.designs import default_storage_url
+
+    url = spec.study.storage or default_storage_url(root)
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(url)
+
+
+def _tuner(
+    spec: Any,
+    root: str,
+    storage_path: str,
+    on_event: Callable[[str, dict[str, Any]], None] | None,
+    hooks: dict[str, Any] | None,
+    restore: bool,
+) -> tuple[Any, Any, Any]:
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from mdf_search.search.callbacks import PerArmASHA, ResultsWriter, SweepGuard
+    from mdf_search.search.designs import define_by_run, make_sampler, num_trials, study_name
+
+    writer = ResultsWriter(root, spec.experiment, provenance(), on_event=on_event)
+    gpus_per_worker = float(spec.resources.gpus_per_worker)
+    guard = SweepGuard(
+        writer,
+        max_gpu_hours=float(spec.budget.max_gpu_hours or 0),
+        gpus_per_trial=gpus_per_worker * spec.resources.workers * spec.resources.concurrent_trials,
+    )
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, experiment_root=root), {TRIAL_SLOT: 1})
+    run_config = tune.RunConfig(
+        name=spec.experiment,
+        storage_path=storage_path,
+        callbacks=[writer],
+        stop=guard,
+        failure_config=tune.FailureConfig(max_failures=RETRIES),
+        verbose=0,
+    )
+    if restore:
+        tuner = tune.Tuner.restore(root, trainable, resume_unfinished=True, resume_errored=True)
+        return tuner, writer, guard
+    searcher = OptunaSearch(
+        space=define_by_run(
+            spec,
+            extra={
+                "gpus_per_worker": gpus_per_worker,
+                "gpu_mem_gb": spec.resources.gpu_mem_gb,
+                "hooks": hooks or {},
+            },
+        ),
+        metric=spec.metric,
+        mode=spec.mode,
+        sampler=make_sampler(spec),
+        storage=_study_storage(spec, root),
+        study_name=study_name(spec),
+    )
+    scheduler = None
+    if spec.scheduler.type == "asha":
+        scheduler = PerArmASHA(
+            spec.metric,
+            spec.mode,
+            max_t=spec.budget.epochs,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=num_trials(spec),
+        max_concurrent_trials=spec.resources.concurrent_trials,
+        time_budget_s=spec.budget.max_wall_time_s or None,
+        metric=spec.metric if scheduler is None else None,
+        mode=spec.mode if scheduler is None else None,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), writer, guard
+
+
+def run_sweep(
+    spec: Any,
+    *,
+    storage: str = "runs",
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    hooks: dict[str, Any] | None = None,
+    resume: bool | None = None,
+) -> SweepOutcome:
+    """Run (or resume) the study described by ``spec`` (a loaded ``SearchSpec``); returns when it ends."""
+    from ray import tune
+
+    root = experiment_root(storage, spec.experiment)
+    storage_path = root.rsplit("/", 1)[0]
+    can_restore = tune.Tuner.can_restore(root)
+    restore = can_restore if resume is None else resume
+    if restore and not can_restore:
+        raise FileNotFoundError(f"{root}: no Tune experiment to resume; start it with `mdf-search sweep`")
+    _record_spec(spec, root)
+    tuner, writer, guard = _tuner(spec, root, storage_path, on_event, hooks, restore)
+    tuner.fit()
+    return SweepOutcome(root, writer.finished, writer.errors, guard.reason)
+
+
+def _record_spec(spec: Any, root: str) -> None:
+    """Keep the spec next to the results (resume and reports read it); never overwrite a different one."""
+    if "://" in root:
+        return
+    directory = Path(root)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / "spec.yaml"
+    source = Path(spec.path)
+    if not target.exists():
+        shutil.copyfile(source, target)
+    (directory / "provenance.json").write_text(
+        json.dumps({**provenance(), "spec": str(source), "cwd": os.getcwd()}, indent=1)
+    )
