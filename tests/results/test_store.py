@@ -86,7 +86,7 @@ def test_a_concurrent_reader_never_sees_a_half_written_file(tmp_path: Path, monk
             try:
                 frame = reader.trials()
                 assert frame.is_empty() or frame["trial_id"].n_unique() == frame.height
-            except BaseException as err:  # noqa: BLE001 - collected and re-raised by the test
+            except BaseException as err:  # collected and re-raised by the test
                 errors.append(err)
                 return
 
