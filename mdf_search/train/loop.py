@@ -166,8 +166,10 @@ def _train_epoch(run: Run) -> dict[str, float] | None:
     loader = run.loader("train")
     total = len(loader)
     crash_at = run.hooks.get("nan_at_step")
+    first_step_unix = None
     for step, batch in enumerate(loader):
         start = time.perf_counter()
+        first_step_unix = first_step_unix or time.time()
         batch = _to(batch, run.device, run.dtype)
         loss, _ = mdf_loss(engine(batch), batch, run.cfg.unet.aux_seg_weight)
         if crash_at is not None and run.epoch * total + step >= crash_at:
@@ -189,6 +191,7 @@ def _train_epoch(run: Run) -> dict[str, float] | None:
         "step_time_s": float(per_rank),
         "samples_per_s": float(run.cfg.optim.micro_batch * run.world / per_rank),
         "epoch_time_s": float(sum(step_times)),
+        "first_step_unix": float(first_step_unix or time.time()),
     }
 
 
