@@ -24,6 +24,17 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _mount_data_commands() -> None:
+    from mdf_search.data.cli import data_app
+
+    app.add_typer(
+        data_app, name="data", help="Prepare manifests, generate synthetic data, splits and caches."
+    )
+
+
+_mount_data_commands()
+
+
 @app.callback()
 def _root() -> None:
     """Distributed ablation search over the MDF-MLLM fundus classifier."""
@@ -317,6 +328,90 @@ def plan(
         console.print(f"[green]fits[/] on {gpus} x {gpu_mem:g} GiB")
     else:
         raise fail(f"does not fit: {result.reason}", code=1)
+
+
+def _load_spec(path: Path) -> object:
+    from mdf_search.search.space import SpecError, load_spec, validate_spec
+
+    try:
+        spec = load_spec(path)
+    except SpecError as err:
+        raise fail(str(err)) from None
+    problems = validate_spec(spec)
+    if problems:
+        raise fail(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+    return spec
+
+
+@app.command()
+def validate(files: Annotated[list[Path], typer.Argument(help="search-space YAML files")]) -> None:
+    """Check search-space files completely without running anything (exit 2 on any problem)."""
+    from mdf_search.search.space import validate_files
+
+    code, lines = validate_files(files)
+    for line in lines:
+        console.print(line, highlight=False)
+    raise typer.Exit(code)
+
+
+def _event_printer() -> object:
+    def on_event(event: str, info: dict[str, object]) -> None:
+        trial, arm = info.get("trial_id", ""), info.get("arm", "")
+        if event == "result":
+            metric = {k: v for k, v in info.items() if k in ("val/macro_f1", "val/accuracy", "train_loss")}
+            shown = " ".join(f"{k}={v:.3f}" for k, v in metric.items() if isinstance(v, float))
+            console.print(f"[dim]{trial}[/] epoch {info.get('epoch')} {arm} {shown}", highlight=False)
+        else:
+            console.print(
+                f"[bold]{trial}[/] {event} {arm} {info.get('message', '') or ''}".rstrip(), highlight=False
+            )
+
+    return on_event
+
+
+def _run_study(spec: object, storage: str, address: str | None, resume: bool | None) -> None:
+    from mdf_search.cluster import connect
+    from mdf_search.search.runner import run_sweep
+
+    connect(address, trial_slots=getattr(spec, "resources").concurrent_trials)  # noqa: B009
+    try:
+        outcome = run_sweep(spec, storage=_storage_path(storage), on_event=_event_printer(), resume=resume)  # type: ignore[arg-type]
+    except (FileNotFoundError, FileExistsError) as err:
+        raise fail(str(err)) from None
+    console.print(f"results: {outcome.experiment_root} ({outcome.trials} trials finished)")
+    if outcome.stopped_reason:
+        raise fail(f"sweep stopped: {outcome.stopped_reason}", code=1)
+
+
+@app.command()
+def sweep(
+    space: Annotated[Path, typer.Argument(help="search-space YAML (see search_spaces/)")],
+    storage: Annotated[str, typer.Option(help="results root: a path or an s3:// / gs:// URI")] = "runs",
+    address: Annotated[
+        str | None, typer.Option(help="Ray address (default: RAY_ADDRESS or an embedded Ray)")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option(help="refuse to continue an existing experiment of the same name")
+    ] = False,
+) -> None:
+    """Run a study (continues an existing experiment of the same name unless --fresh)."""
+    spec = _load_spec(space)
+    _run_study(spec, storage, address, resume=False if fresh else None)
+
+
+@app.command()
+def resume(
+    experiment: Annotated[Path, typer.Argument(help="an experiment directory, e.g. runs/smoke")],
+    address: Annotated[str | None, typer.Option(help="Ray address")] = None,
+) -> None:
+    """Continue a sweep after a crash or Ctrl-C: finished trials are kept, unfinished ones resume."""
+    spec_file = experiment / "spec.yaml"
+    if not spec_file.is_file():
+        raise fail(
+            f"{experiment}: no spec.yaml; is this an experiment directory written by `mdf-search sweep`?"
+        )
+    spec = _load_spec(spec_file)
+    _run_study(spec, str(experiment.resolve().parent), address, resume=True)
 
 
 def main() -> None:

@@ -192,6 +192,10 @@ def run_sweep(
     storage_path = root.rsplit("/", 1)[0]
     can_restore = tune.Tuner.can_restore(root)
     restore = can_restore if resume is None else resume
+    if resume is False and can_restore:
+        raise FileExistsError(
+            f"{root}: the experiment exists; continue it with `mdf-search resume {root}` or rename it"
+        )
     if restore and not can_restore:
         raise FileNotFoundError(f"{root}: no Tune experiment to resume; start it with `mdf-search sweep`")
     _record_spec(spec, root)
