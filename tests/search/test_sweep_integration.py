@@ -1,0 +1,170 @@
+"""Sweeps end to end on an embedded Ray: YAML → Tune + Optuna → Ray Train (DeepSpeed ZeRO-3) → Parquet."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import polars as pl
+import pytest
+import yaml
+
+from mdf_search.results.store import ResultsStore
+from mdf_search.search.runner import run_sweep
+from mdf_search.search.space import load_spec
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+FIXED = {
+    "model.preset": "tiny",
+    "data.synthetic_images": 72,
+    "data.synthetic_size": 128,
+    "optim.micro_batch": 4,
+    "optim.lr": 1.0e-3,
+    "film.placement": "none",
+}
+
+
+def _spec(tmp_path: Path, name: str, **overrides: Any) -> Path:
+    body: dict[str, Any] = {
+        "experiment": name,
+        "description": "integration test",
+        "metric": "val/loss",
+        "mode": "min",
+        "design": "grid",
+        "seeds": [0],
+        "budget": {"trials": 8, "epochs": 1},
+        "scheduler": {"type": "none"},
+        "scientific": {
+            "fusion.levels": ["none", "4"],
+            "fusion.injection": {"choices": ["parallel"], "when": {"fusion.levels": {"not": "none"}}, "otherwise": "none"},
+        },
+        "baseline": {"fusion.levels": "none"},
+        "fixed": dict(FIXED),
+        "resources": {"workers": 2, "concurrent_trials": 1},
+    }
+    for key, value in overrides.items():
+        body[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"# mdf-search sweep {path}\n" + yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def test_grid_sweep_end_to_end_to_parquet(ray_cluster: Any, tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, "grid", seeds=[0, 1]))
+    outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
+    assert not outcome.errors and not outcome.stopped_reason
+    store = ResultsStore(outcome.experiment_root)
+    trials = store.trials()
+    assert trials.height == 4  # 2 arms x 2 seeds, each exactly once
+    assert sorted(zip(trials["arm"].to_list(), trials["seed"].to_list(), strict=True)) == sorted(
+        [(a, s) for a in ("fusion.levels=none", "fusion.levels=4|fusion.injection=parallel") for s in (0, 1)]
+    )
+    assert set(trials["status"]) == {"completed"}
+    for column in ("val/macro_f1", "test/accuracy", "wall_s", "cpu_hours", "split_hash", "config_hash", "git_sha", "versions"):
+        assert trials[column].null_count() == 0, column
+    epochs = store.epochs()
+    assert epochs.height == 4 and set(epochs["epoch"]) == {1}
+    study = optuna.load_study(study_name="grid", storage=f"sqlite:///{outcome.experiment_root}/optuna.db")
+    assert len(study.trials) == 4 and {t.params["seed"] for t in study.trials} == {0, 1}
+
+
+def test_ofat_design_runs_exactly_its_arms(ray_cluster: Any, tmp_path: Path) -> None:
+    spec = load_spec(_spec(
+        tmp_path, "ofat", design="ofat",
+        reference={"fusion.levels": "4", "fusion.injection": "parallel", "freeze": "none"},
+        scientific={"fusion.levels": ["none", "4"],
+                    "fusion.injection": {"choices": ["parallel"], "when": {"fusion.levels": {"not": "none"}}, "otherwise": "none"},
+                    "freeze": ["none", "mllm"]},
+        baseline={"fusion.levels": "none"},
+    ))
+    outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
+    arms = sorted(ResultsStore(outcome.experiment_root).trials()["arm"].to_list())
+    assert len(arms) == 3 and len(set(arms)) == 3  # reference, levels varied, freeze varied
+
+
+def test_asha_stops_trials_within_an_arm_and_records_them(ray_cluster: Any, tmp_path: Path) -> None:
+    spec = load_spec(_spec(
+        tmp_path, "asha", design="qmc", seeds=[0],
+        scientific={"fusion.levels": ["4"]},
+        baseline=None,
+        nuisance={"optim.lr": {"low": 1.0e-5, "high": 3.0e-2, "log": True, "default": 1.0e-3}},
+        budget={"trials": 6, "epochs": 3, "trials_per_arm": 6},
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        fixed={**FIXED, "fusion.injection": "parallel"},
+    ))
+    outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
+    trials = ResultsStore(outcome.experiment_root).trials()
+    assert trials.height == 6
+    stopped = trials.filter(pl.col("status") == "stopped_early")
+    assert stopped.height >= 1 and (stopped["epochs"] < 3).all()
+    assert trials.filter(pl.col("status") == "completed").height >= 1
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_continues(ray_cluster: Any, tmp_path: Path) -> None:
+    spec = load_spec(_spec(
+        tmp_path, "failing",
+        scientific={"data.manifest": ["", str(tmp_path / "missing.parquet")]},
+        baseline={"data.manifest": ""},
+    ))
+    outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
+    trials = ResultsStore(outcome.experiment_root).trials()
+    assert sorted(trials["status"].to_list()) == ["completed", "error"]
+    error = trials.filter(pl.col("status") == "error")
+    assert "missing.parquet" in error["message"].item()
+    assert not outcome.stopped_reason
+
+
+def test_an_error_in_every_trial_stops_the_sweep_early(ray_cluster: Any, tmp_path: Path) -> None:
+    spec = load_spec(_spec(
+        tmp_path, "broken", seeds=[0, 1, 2, 3, 4],
+        scientific={"data.manifest": [str(tmp_path / "missing.parquet")]},
+        baseline=None,
+    ))
+    outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
+    assert "trials all failed" in outcome.stopped_reason and "missing.parquet" in outcome.stopped_reason
+    assert ResultsStore(outcome.experiment_root).trials().height < 5
+
+
+def test_kill_the_driver_mid_sweep_then_resume(tmp_path: Path, session_tmp: Path) -> None:
+    """A real SIGKILL of the sweep's process group (driver and its embedded Ray), then `mdf-search resume`."""
+    spec_path = _spec(tmp_path, "killed", seeds=[0, 1], budget={"trials": 8, "epochs": 2})
+    storage = tmp_path / "runs"
+    env = {**os.environ, "MDF_SEARCH_CACHE": str(session_tmp / "cache"), "RAY_TMPDIR": "/tmp"}
+    env.pop("RAY_ADDRESS", None)
+    cli = [sys.executable, "-m", "mdf_search.cli"]
+    driver = subprocess.Popen([*cli, "sweep", str(spec_path), "--storage", str(storage)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    store = ResultsStore(str(storage / "killed"))
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            done = store.trials() if (storage / "killed" / "trials").exists() else pl.DataFrame()
+            if not done.is_empty() and (done["status"] == "completed").sum() >= 1:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("no trial completed before the deadline")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = optuna.load_study(study_name="killed", storage=f"sqlite:///{storage}/killed/optuna.db")
+    numbers_before = sorted(t.number for t in before.trials)
+    resumed = subprocess.run([*cli, "resume", str(storage / "killed")], env=env, capture_output=True, text=True,
+                             timeout=900, start_new_session=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = store.trials()
+    assert trials.height == 4 and trials["trial_id"].n_unique() == 4  # every trial exactly once
+    assert set(trials["status"]) == {"completed"}
+    epochs = store.epochs()
+    assert epochs.group_by(["trial_id", "epoch"]).len()["len"].max() == 1
+    after = optuna.load_study(study_name="killed", storage=f"sqlite:///{storage}/killed/optuna.db")
+    assert sorted(t.number for t in after.trials)[: len(numbers_before)] == numbers_before  # history kept
+    assert len(after.trials) >= len(numbers_before)
