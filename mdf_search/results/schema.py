@@ -17,7 +17,10 @@ import pyarrow as pa
 
 from mdf_search.config import flat_fields
 
-KEYS: dict[str, tuple[str, ...]] = {"trials": ("trial_id", "attempt"), "epochs": ("trial_id", "attempt", "epoch")}
+KEYS: dict[str, tuple[str, ...]] = {
+    "trials": ("trial_id", "attempt"),
+    "epochs": ("trial_id", "attempt", "epoch"),
+}
 
 STATUSES = ("running", "completed", "stopped_early", "diverged", "oom", "infeasible", "error")
 
@@ -70,7 +73,14 @@ def param_schema() -> pa.Schema:
     fields = []
     for key, (_, f) in sorted(flat_fields().items()):
         default = f.default
-        fields.append((key, pa.float64() if key.startswith("optim.") and isinstance(default, float) else _param_type(default)))
+        fields.append(
+            (
+                key,
+                pa.float64()
+                if key.startswith("optim.") and isinstance(default, float)
+                else _param_type(default),
+            )
+        )
     return pa.schema(fields)
 
 
@@ -81,7 +91,13 @@ def _coerce(value: Any, kind: pa.DataType) -> Any:
     if value is None:
         return None
     if pa.types.is_string(kind):
-        return value if isinstance(value, str) else json.dumps(value) if isinstance(value, list | dict) else str(value)
+        return (
+            value
+            if isinstance(value, str)
+            else json.dumps(value)
+            if isinstance(value, list | dict)
+            else str(value)
+        )
     if pa.types.is_boolean(kind):
         return bool(value)
     if pa.types.is_integer(kind):

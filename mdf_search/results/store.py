@@ -100,8 +100,10 @@ class ResultsStore:
     def _files(self, table_name: str) -> list[str]:
         selector = pafs.FileSelector(f"{self.path}/{table_name}", allow_not_found=True)
         return sorted(
-            info.path for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+            info.path
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+            and info.base_name.endswith(".parquet")
             and not info.base_name.startswith(".")
         )
 
@@ -114,7 +116,11 @@ class ResultsStore:
             return pl.DataFrame()
         frame = pl.concat([f for f in frames if isinstance(f, pl.DataFrame)], how="diagonal_relaxed")
         keys = KEYS[table_name]
-        return frame.sort("written_at").unique(subset=list(keys), keep="last", maintain_order=True).sort(list(keys))
+        return (
+            frame.sort("written_at")
+            .unique(subset=list(keys), keep="last", maintain_order=True)
+            .sort(list(keys))
+        )
 
     def read(self, table_name: str) -> pl.DataFrame:
         """The whole table, de-duplicated by its key (newest ``written_at`` wins)."""
@@ -133,7 +139,9 @@ class ResultsStore:
         frame = self.read("trials")
         if frame.is_empty() or not latest_attempt:
             return frame
-        return frame.sort(["trial_id", "attempt"]).unique(subset=["trial_id"], keep="last", maintain_order=True)
+        return frame.sort(["trial_id", "attempt"]).unique(
+            subset=["trial_id"], keep="last", maintain_order=True
+        )
 
     def epochs(self) -> pl.DataFrame:
         return self.read("epochs")
