@@ -1,0 +1,145 @@
+"""Every kind of bad input fails with the file named and nothing written, or is skipped and listed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mdf_search.data.schema import DataError, read_manifest
+from mdf_search.data.sources import prepare
+
+
+def _sources(root: Path) -> dict[str, Any]:
+    return {"fives": root / "FIVES", "hrf": root / "HRF", "stonerounds": root / "StoneRounds/manifest.csv"}
+
+
+def _first_fives(root: Path) -> Path:
+    return sorted((root / "FIVES/train/Original").glob("*.png"))[0]
+
+
+def _assert_nothing_written(folder: Path) -> None:
+    assert not (folder / "out.parquet").exists()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")], "temp file left behind"
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nowhere: FIVES directory not found"):
+        prepare(tmp_path / "out.parquet", fives=tmp_path / "nowhere")
+    _assert_nothing_written(tmp_path)
+
+
+def test_no_source_given(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no data source"):
+        prepare(tmp_path / "out.parquet")
+
+
+def test_corrupt_image_is_named_and_skippable(study_copy: Path, tmp_path: Path) -> None:
+    bad = _first_fives(study_copy)
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated PNG
+    garbage = study_copy / "HRF/images/01_h.jpg"
+    garbage.write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError) as info:
+        prepare(tmp_path / "out.parquet", **_sources(study_copy))
+    text = str(info.value)
+    assert str(bad) in text and str(garbage) in text and "corrupt" in text and "--skip-bad" in text
+    _assert_nothing_written(tmp_path)
+    result = prepare(tmp_path / "out.parquet", skip_bad=True, **_sources(study_copy))
+    assert {s.path for s in result.skipped} == {str(bad), str(garbage)}
+    table, _ = read_manifest(tmp_path / "out.parquet")
+    assert str(bad) not in table.column("image_path").to_pylist()
+
+
+def test_unknown_fives_letter(study_copy: Path, tmp_path: Path) -> None:
+    original = study_copy / "FIVES/train/Original"
+    shutil.copy(_first_fives(study_copy), original / "5_X.png")
+    with pytest.raises(DataError, match=r"5_X\.png: label letter 'X' is not one of"):
+        prepare(tmp_path / "out.parquet", fives=study_copy / "FIVES")
+    _assert_nothing_written(tmp_path)
+    result = prepare(tmp_path / "out.parquet", fives=study_copy / "FIVES", skip_bad=True)
+    assert [Path(s.path).name for s in result.skipped] == ["5_X.png"]
+
+
+def test_manifest_missing_columns(tmp_path: Path) -> None:
+    csv = tmp_path / "sr.csv"
+    csv.write_text("image_path,case_id\na.png,1\n")
+    with pytest.raises(DataError) as info:
+        prepare(tmp_path / "out.parquet", stonerounds=csv)
+    assert "sr.csv: missing column 'clinical_text'" in str(info.value)
+    assert "sr.csv: missing column 'diagnosis'" in str(info.value)
+    _assert_nothing_written(tmp_path)
+
+
+def test_manifest_empty_required_value(tmp_path: Path, synth_study: Path) -> None:
+    image = next((synth_study / "StoneRounds/images").glob("*.png"))
+    csv = tmp_path / "sr.csv"
+    csv.write_text(f"image_path,case_id,clinical_text,diagnosis\n{image},,text,Retinitis pigmentosa\n")
+    with pytest.raises(DataError, match=r"column 'case_id' is empty in 1 row\(s\), e.g. rows \[1\]"):
+        prepare(tmp_path / "out.parquet", stonerounds=csv)
+
+
+def test_unknown_diagnosis(study_copy: Path, tmp_path: Path) -> None:
+    csv = study_copy / "StoneRounds/manifest.csv"
+    lines = csv.read_text().splitlines()
+    lines[1] = lines[1].replace("Retinitis pigmentosa", "Mystery maculopathy")
+    csv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        DataError, match=r"manifest.csv: unknown diagnosis name\(s\) \['Mystery maculopathy'\]"
+    ):
+        prepare(tmp_path / "out.parquet", stonerounds=csv)
+    _assert_nothing_written(tmp_path)
+    result = prepare(tmp_path / "out.parquet", stonerounds=csv, skip_bad=True)
+    assert len(result.skipped) == 1 and "Mystery maculopathy" in result.skipped[0].reason
+    ok = prepare(tmp_path / "out2.parquet", stonerounds=csv, extra_diagnoses={"Mystery maculopathy": "rp"})
+    assert not ok.skipped
+
+
+def test_image_referenced_twice_with_two_labels(tmp_path: Path, synth_study: Path) -> None:
+    image = next((synth_study / "FIVES/train/Original").glob("*_N.png"))
+    csv = tmp_path / "g.csv"
+    csv.write_text(f"image_path,case_id,label\n{image},a,normal\n{image},b,dr\n{image},a,normal\n")
+    with pytest.raises(DataError, match=r"referenced 3 times with different labels \['dr', 'normal'\]"):
+        prepare(tmp_path / "out.parquet", manifests=[csv])
+    _assert_nothing_written(tmp_path)
+    with pytest.raises(DataError, match="no usable images"):
+        prepare(tmp_path / "out.parquet", manifests=[csv], skip_bad=True)
+
+
+def test_case_split_across_two_labels(tmp_path: Path, synth_study: Path) -> None:
+    a, b, c = sorted((synth_study / "FIVES/train/Original").glob("*.png"))[:3]
+    csv = tmp_path / "g.csv"
+    csv.write_text(f"image_path,case_id,label\n{a},p1,normal\n{b},p1,dr\n{c},p2,dr\n")
+    with pytest.raises(DataError, match=r"case 'g/p1' has images with different labels \['dr', 'normal'\]"):
+        prepare(tmp_path / "out.parquet", manifests=[csv])
+    result = prepare(tmp_path / "out.parquet", manifests=[csv], skip_bad=True)
+    assert {s.path for s in result.skipped} == {str(a), str(b)}
+    assert result.rows == 1
+
+
+def test_bad_generic_split_and_type(tmp_path: Path, synth_study: Path) -> None:
+    a, b = sorted((synth_study / "FIVES/train/Original").glob("*.png"))[:2]
+    csv = tmp_path / "g.csv"
+    csv.write_text(f"image_path,case_id,label,authors_split\n{a},p1,weird,train\n{b},p2,dr,holdout\n")
+    with pytest.raises(DataError) as info:
+        prepare(tmp_path / "out.parquet", manifests=[csv])
+    assert "label 'weird' needs a disease_type" in str(info.value)
+    assert "authors_split must be train, test or empty, got 'holdout'" in str(info.value)
+
+
+def test_missing_image_referenced_by_manifest(tmp_path: Path) -> None:
+    csv = tmp_path / "g.csv"
+    csv.write_text("image_path,case_id,label\nimgs/none.png,p1,normal\n")
+    with pytest.raises(DataError, match=r"imgs/none\.png: image file not found"):
+        prepare(tmp_path / "out.parquet", manifests=[csv])
+
+
+def test_failed_prepare_keeps_previous_manifest(study_copy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.parquet"
+    prepare(out, fives=study_copy / "FIVES")
+    before = out.read_bytes()
+    _first_fives(study_copy).write_bytes(b"broken")
+    with pytest.raises(DataError):
+        prepare(out, fives=study_copy / "FIVES")
+    assert out.read_bytes() == before
