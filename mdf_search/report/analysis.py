@@ -1,0 +1,378 @@
+"""Report sections 1-5: provenance, design matrix, the main and paper tables, factor plots, per class.
+
+Per-seed values: for each (arm, seed), the *completed* trial's metric (the best one over nuisance values
+when a sampler design ran several). Comparisons with the baseline pair arms by seed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from mdf_search.report import figures as fg
+from mdf_search.report import tables as tb
+from mdf_search.report.document import Section, TableBlock
+from mdf_search.report.experiment import HEADLINE, Experiment
+from mdf_search.report.stats import (
+    holm,
+    min_attainable_p,
+    paired_effect_size,
+    paired_permutation_test,
+    relative_change,
+    summarize,
+    t_interval,
+)
+
+
+@dataclass
+class ArmStats:
+    """Per arm: per-seed values of the study metric and the comparison with the baseline."""
+
+    arm: str
+    seeds: dict[int, float]
+    mean: float
+    diff: float = math.nan
+    pairs: int = 0
+    p: float = math.nan
+    p_holm: float = math.nan
+    effect: float = math.nan
+
+
+def seed_values(exp: Experiment, metric: str) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for row in exp.per_seed(metric).iter_rows(named=True):
+        if row["value"] is not None and not math.isnan(row["value"]):
+            out.setdefault(row["arm"], {})[int(row["seed"])] = float(row["value"])
+    return out
+
+
+def arm_stats(exp: Experiment) -> dict[str, ArmStats]:
+    values = seed_values(exp, exp.metric)
+    base = exp.baseline_arm()
+    out = {arm: ArmStats(arm, v, float(np.mean(list(v.values())))) for arm, v in values.items()}
+    if base in out:
+        tested: list[str] = []
+        for arm, st in out.items():
+            if arm == base:
+                continue
+            common = sorted(set(st.seeds) & set(out[base].seeds))
+            diffs = np.array([st.seeds[s] - out[base].seeds[s] for s in common])
+            st.pairs = len(common)
+            if len(common):
+                st.diff = float(diffs.mean())
+                st.p = paired_permutation_test(diffs)
+                st.effect = paired_effect_size(diffs)
+                tested.append(arm)
+        for arm, adjusted in zip(tested, holm([out[a].p for a in tested]), strict=True):
+            out[arm].p_holm = adjusted
+    return out
+
+
+def ranked_arms(exp: Experiment, stats: dict[str, ArmStats]) -> list[str]:
+    return sorted(stats, key=lambda a: stats[a].mean, reverse=exp.descending)
+
+
+# ---------------------------------------------------------------------------------------------------
+def provenance_section(exp: Experiment, count: int) -> Section:
+    sec = Section("Provenance", anchor="provenance")
+    spec, prov, trials = exp.spec, exp.provenance(), exp.trials
+
+    def first(col: str) -> str:
+        if col not in trials.columns:
+            return "—"
+        values = [v for v in trials[col].unique().to_list() if v]
+        return ", ".join(sorted(map(str, values))[:3]) + (" …" if len(values) > 3 else "") if values else "—"
+
+    versions = prov.get("versions") or (
+        trials["versions"].drop_nulls()[0]
+        if "versions" in trials.columns and trials["versions"].drop_nulls().len()
+        else "{}"
+    )
+    try:
+        version_text = ", ".join(f"{k} {v}" for k, v in json.loads(versions).items() if v) or "—"
+    except (TypeError, ValueError):
+        version_text = str(versions)
+    hours = {
+        c: float(trials[c].fill_null(0).sum()) for c in ("gpu_hours", "cpu_hours") if c in trials.columns
+    }
+    rows = [
+        ["experiment", exp.name],
+        ["description", spec.description if spec else "—"],
+        ["design", spec.design if spec else "—"],
+        ["metric", f"{exp.metric} ({exp.mode})"],
+        ["seeds", ", ".join(map(str, spec.seeds)) if spec else first("seed")],
+        ["budget", _budget(exp)],
+        ["trials recorded", f"{trials.height} ({', '.join(f'{k} {v}' for k, v in _counts(trials).items())})"],
+        ["compute used", ", ".join(f"{v:.3f} {k.replace('_', '-')}" for k, v in hours.items()) or "—"],
+        ["git SHA", str(prov.get("git_sha") or first("git_sha"))],
+        ["library versions", version_text],
+        ["hosts", first("host")],
+        ["world size", first("world_size")],
+        ["split hash", first("split_hash")],
+        ["report number", f"{count} (counted in reports.log)"],
+    ]
+    sec.blocks.append(TableBlock("provenance", ["field", "value"], rows))
+    spec_path = f"{exp.root}/spec.yaml"
+    sec.text("Reproduce from scratch (the spec is kept next to the results), then resume after a crash:")
+    sec.text(
+        f"mdf-search sweep {spec_path}\nmdf-search resume {exp.root}\nmdf-search report {exp.root}", "code"
+    )
+    return sec
+
+
+def _counts(trials: pl.DataFrame) -> dict[str, int]:
+    return dict(sorted(trials.group_by("status").len().iter_rows(), key=lambda kv: -kv[1]))
+
+
+def _budget(exp: Experiment) -> str:
+    if exp.spec is None:
+        return "—"
+    b = exp.spec.budget
+    parts = [f"{b.epochs} epochs"]
+    if b.trials:
+        parts.append(f"≤ {b.trials} trials")
+    if b.max_wall_time:
+        parts.append(f"≤ {b.max_wall_time / 60:g} min wall")
+    if b.max_gpu_hours:
+        parts.append(f"≤ {b.max_gpu_hours:g} GPU-h")
+    return ", ".join(parts)
+
+
+def design_section(exp: Experiment) -> Section:
+    sec = Section("Design matrix", anchor="design")
+    arms, params, base = exp.arms(), exp.arm_params(), exp.baseline_arm()
+    if not exp.factors:
+        sec.note("no scientific factors known (no spec.yaml): arms are listed as recorded.")
+    counts = exp.trials.group_by("arm").agg(
+        pl.len().alias("n"), (pl.col("status") == "completed").sum().alias("ok")
+    )
+    n_by = {r["arm"]: (r["n"], r["ok"]) for r in counts.iter_rows(named=True)}
+    headers = ["arm", *exp.factors, "trials", "completed"]
+    rows = []
+    for arm in arms:
+        cells = [("★ " if arm == base else "") + arm]
+        for f in exp.factors:
+            value = params.get(arm, {}).get(f)
+            cells.append("— (off)" if value in (None, "none") else str(value))
+        n, ok = n_by.get(arm, (0, 0))
+        rows.append([*cells, str(n), str(ok)])
+    sec.blocks.append(
+        TableBlock(
+            "design_matrix", headers, rows, "arms × scientific factors (★ = baseline; — = component absent)"
+        )
+    )
+    return sec
+
+
+def main_section(exp: Experiment, stats: dict[str, ArmStats]) -> Section:
+    sec = Section("Main results", anchor="main")
+    base = exp.baseline_arm()
+    metrics = [m for m in HEADLINE if m in exp.trials.columns]
+    if not stats:
+        sec.note(f"no completed trial has {exp.metric} yet; the tables appear once trials complete.")
+        return sec
+    headers = ["arm", "seeds"]
+    for m in metrics:
+        headers += [f"{m} mean ± sd", f"{m} 95 % CI"]
+    headers += [f"Δ {exp.metric} vs baseline", "pairs", "p (perm.)", "p (Holm)", "d_z"]
+    rows = []
+    per_metric = {m: seed_values(exp, m) for m in metrics}
+    for arm in ranked_arms(exp, stats):
+        st = stats[arm]
+        row = [("★ " if arm == base else "") + arm, str(len(st.seeds))]
+        for m in metrics:
+            s = summarize(list(per_metric[m].get(arm, {}).values()))
+            row += [tb.mean_sd(s), tb.ci(s.boot_lo, s.boot_hi)]
+        row += [
+            "(baseline)" if arm == base else tb.signed(st.diff),
+            str(st.pairs or "—"),
+            tb.pvalue(st.p),
+            tb.pvalue(st.p_holm),
+            tb.num(st.effect, 2),
+        ]
+        rows.append(row)
+    sec.blocks.append(
+        TableBlock("main", headers, rows, f"per-seed values of completed trials; ranked by {exp.metric}")
+    )
+    n_pairs = max((s.pairs for s in stats.values()), default=0)
+    sec.text(
+        "Mean ± sd over seeds; 95 % CI = percentile bootstrap of the mean (10 000 resamples, seeded). "
+        "Δ = mean paired difference to the baseline (pairs = shared seeds). p = exact two-sided paired "
+        "permutation (sign-flip) test over all 2^n sign patterns; with few seeds it is the honest test, "
+        f"and its smallest attainable p with {n_pairs} pairs is {tb.pvalue(min_attainable_p(n_pairs))}. "
+        "p (Holm) = Holm-corrected across arms; d_z = mean difference / sd of the differences."
+    )
+    if base is None:
+        sec.note("no baseline arm with results (spec.baseline absent or not run yet): no paired comparison.")
+    sec.blocks.extend(paper_table(exp, stats, base).blocks)
+    return sec
+
+
+def paper_table(exp: Experiment, stats: dict[str, ArmStats], base: str | None) -> Section:
+    sec = Section("paper")
+    split = "test" if any(c.startswith("test/") for c in exp.trials.columns) else "val"
+    metrics = [m.replace("val/", f"{split}/") for m in HEADLINE]
+    metrics = [m for m in metrics if m in exp.trials.columns]
+    if base is None or not metrics:
+        return sec
+    means = {
+        m: {a: float(np.mean(list(v.values()))) for a, v in seed_values(exp, m).items()} for m in metrics
+    }
+    headers = ["model", *[m.split("/", 1)[1].replace("_", " ") for m in metrics]]
+    rows = [["Baseline MLLM", *[tb.num(means[m].get(base, math.nan)) for m in metrics]]]
+    for arm in ranked_arms(exp, stats):
+        if arm == base:
+            continue
+        cells = []
+        for m in metrics:
+            v, b = means[m].get(arm, math.nan), means[m].get(base, math.nan)
+            cells.append(f"{tb.num(v)} ({tb.signed(relative_change(v, b), percent=True)})")
+        rows.append([f"MDF: {arm}", *cells])
+    sec.blocks.append(
+        TableBlock(
+            "paper",
+            headers,
+            rows,
+            f"paper table ({split} split, mean over seeds; in brackets the relative improvement (variant − baseline) / baseline)",
+        )
+    )
+    return sec
+
+
+def factor_section(exp: Experiment, sink: fg.FigureSink) -> Section:
+    sec = Section("Factors: main effects, interactions, isolation", anchor="factors")
+    ok = (
+        exp.trials.filter((pl.col("status") == "completed") & pl.col(exp.metric).is_not_null())
+        if exp.metric in exp.trials.columns
+        else exp.trials.head(0)
+    )
+    if ok.is_empty() or not exp.factors:
+        sec.note("no completed trials or no scientific factors: nothing to plot yet.")
+        return sec
+    best_fn = max if exp.descending else min
+    for factor in exp.factors:
+        levels = [str(v) for v in exp.value_order(factor)]
+        points: dict[str, list[float]] = {}
+        for row in ok.select([factor, exp.metric]).iter_rows():
+            points.setdefault(str(row[0]), []).append(float(row[1]))
+        means = {lv: (float(np.mean(v)), *t_interval(v)) for lv, v in points.items()}
+        best = {lv: best_fn(v) for lv, v in points.items()}
+        sec.blocks.append(fg.factor_figure(sink, factor, exp.metric, levels, points, means, best))
+    sec.text("Main effect: mean over every completed trial with that value (other factors vary with it, so read "
+             "conditional factors together with the design matrix); isolation: the best trial per value over the "
+             "nuisance parameters, as the tuning playbook recommends.")  # fmt: skip
+    for a, b in list(itertools.combinations(exp.factors, 2))[:3]:
+        series: dict[str, dict[str, tuple[float, float, float]]] = {}
+        for (bv, av), part in ok.group_by([b, a]):
+            values = part[exp.metric].to_list()
+            series.setdefault(str(bv), {})[str(av)] = (float(np.mean(values)), *t_interval(values))
+        a_levels = [str(v) for v in exp.value_order(a)]
+        if len(series) > 1 and len(a_levels) > 1:
+            sec.blocks.append(fg.interaction_figure(sink, a, b, exp.metric, a_levels, series))
+        else:
+            sec.note(
+                f"{a} × {b}: only one combination level exists (conditional factor); no interaction plot."
+            )
+    return sec
+
+
+def _arm_class_means(frame: pl.DataFrame, arm: str, classes: list[str]) -> dict[str, float]:
+    part = frame.filter(pl.col("arm") == arm)
+    out = {}
+    for c in classes:
+        for kind in ("recall", "f1"):
+            col = f"val/{kind}/{c}"
+            if col in part.columns and part[col].drop_nulls().len():
+                out[f"{kind}/{c}"] = float(part[col].drop_nulls().mean())  # type: ignore[arg-type]
+    return out
+
+
+def per_class_section(exp: Experiment, stats: dict[str, ArmStats], sink: fg.FigureSink) -> Section:
+    sec = Section("Per class: recall, F1, confusion, acquired vs inherited", anchor="classes")
+    classes = tb.per_class_names(exp.trials)
+    done = exp.trials.filter(pl.col("status") == "completed")
+    ranked = ranked_arms(exp, stats)
+    if not classes or not ranked or done.is_empty():
+        sec.note("no per-class metrics of completed trials yet.")
+        return sec
+    base = exp.baseline_arm()
+    best = ranked[0]
+    shown = [a for a in dict.fromkeys([base, best]) if a is not None]
+    labels = {a: ("baseline: " if a == base else "best: ") + fg.short(a, 36) for a in shown}
+    means = {a: _arm_class_means(done, a, classes) for a in shown}
+    headers = [
+        "class",
+        *[f"{k} {('baseline' if a == base else 'best')}" for k in ("recall", "f1") for a in shown],
+    ]
+    rows = [
+        [c, *[tb.num(means[a].get(f"{k}/{c}")) for k in ("recall", "f1") for a in shown]] for c in classes
+    ]
+    sec.blocks.append(
+        TableBlock("per_class", headers, rows, f"validation, mean over completed trials; best arm = {best}")
+    )
+    sec.blocks.append(fg.per_class_figure(sink, classes, means, labels))
+    matrices = {}
+    for a in shown:
+        mats = [
+            m
+            for m in (
+                tb.confusion(t)
+                for t in done.filter(pl.col("arm") == a)
+                .get_column("val/confusion", default=pl.Series([], dtype=pl.String))
+                .to_list()
+            )
+            if m is not None
+        ]
+        if mats and len({m.shape for m in mats}) == 1:
+            matrices[a] = np.sum(mats, axis=0)
+    if matrices:
+        sec.blocks.append(fg.confusion_figure(sink, classes, matrices, labels))
+    else:
+        sec.note("no val/confusion recorded: no confusion matrices.")
+    _type_breakdown(sec, exp, classes, matrices, labels)
+    return sec
+
+
+def _type_breakdown(
+    sec: Section, exp: Experiment, classes: list[str], matrices: dict[str, np.ndarray], labels: dict[str, str]
+) -> None:
+    if {"acquired", "inherited"} <= set(classes):
+        sec.text(
+            "The task is the disease *type*: the acquired and inherited rows above are the type breakdown."
+        )
+        return
+    from mdf_search.data.schema import DISEASE_TYPES
+    from mdf_search.train.metrics import type_breakdown
+
+    if not matrices or not all(c in DISEASE_TYPES for c in classes):
+        sec.note("classes without a known disease type: no acquired/inherited breakdown.")
+        return
+    rows = []
+    for arm, matrix in matrices.items():
+        t, p = np.nonzero(matrix)
+        counts = matrix[t, p]
+        out = type_breakdown(np.repeat(t, counts), np.repeat(p, counts), DISEASE_TYPES, classes)
+        for kind in ("acquired", "inherited"):
+            if f"{kind}/macro_recall" in out:
+                rows.append(
+                    [
+                        labels[arm],
+                        kind,
+                        tb.num(out[f"{kind}/macro_recall"]),
+                        tb.num(out[f"{kind}/macro_f1"]),
+                        str(int(out[f"{kind}/support"])),
+                    ]
+                )
+    sec.blocks.append(
+        TableBlock(
+            "type_breakdown",
+            ["arm", "type", "macro recall", "macro F1", "support"],
+            rows,
+            "acquired vs inherited (train.metrics.type_breakdown on the summed confusion matrices)",
+        )
+    )

@@ -1,0 +1,214 @@
+"""The static leaderboard: top trials (or arms, seeds collapsed) of an experiment, read from Parquet only.
+
+``leaderboard_command`` is the CLI's ``mdf-search leaderboard``; ``leaderboard_frame`` is the pure part
+(tests and the live view use it). ``--group-by`` collapses seeds into mean ± a 95 % **Student-t**
+interval of the mean (n < 2 gives no interval).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from mdf_search.report.experiment import HEADLINE, Experiment, ExperimentError, load_experiment
+from mdf_search.report.stats import t_interval
+from mdf_search.report.where import WhereError, apply_where
+
+FORMATS = ("table", "csv", "json", "markdown")
+POLL_S = 2.0
+NON_PARAMS = {
+    "experiment", "trial_id", "attempt", "status", "message", "arm", "epochs", "wall_s", "gpu_hours",
+    "cpu_hours", "world_size", "split_hash", "config_hash", "git_sha", "versions", "host", "written_at",
+}  # fmt: skip
+
+
+def param_columns(frame: pl.DataFrame) -> list[str]:
+    """Trial-parameter columns: flat config keys (those contain a '.' or are ``seed``/``task``/``head``)."""
+    from mdf_search.results.schema import param_schema
+
+    known = set(param_schema().names)
+    return [c for c in frame.columns if c in known]
+
+
+def varying(frame: pl.DataFrame, columns: list[str]) -> list[str]:
+    """Columns whose value differs between the rows of ``frame`` (nulls count as a value)."""
+    out = []
+    for c in columns:
+        if c in frame.columns and frame.height > 1 and frame[c].n_unique() > 1:
+            out.append(c)
+    return out
+
+
+@dataclass
+class Board:
+    frame: pl.DataFrame
+    title: str
+    notes: list[str]
+
+
+def _sort(frame: pl.DataFrame, by: str, descending: bool) -> pl.DataFrame:
+    key = pl.when(pl.col(by).is_nan()).then(None).otherwise(pl.col(by))
+    return frame.sort(key, descending=descending, nulls_last=True)
+
+
+def leaderboard_frame(
+    exp: Experiment,
+    top: int = 20,
+    by: str | None = None,
+    where: str | None = None,
+    group_by: str | None = None,
+) -> Board:
+    """The rows to show; raise ``WhereError``/``ExperimentError`` on a bad filter or column."""
+    metric = by or exp.metric
+    frame = apply_where(exp.trials, where)
+    if metric not in exp.trials.columns:
+        metrics = sorted(c for c in exp.trials.columns if "/" in c)[:12]
+        raise ExperimentError(f"--by: no column {metric!r}; metrics here: {', '.join(metrics)}")
+    if not exp.trials.schema[metric].is_numeric():
+        raise ExperimentError(f"--by: column {metric!r} is {exp.trials.schema[metric]}, not a number")
+    descending = exp.descending
+    notes = list(exp.notes)
+    title = f"{exp.name}: {'top' if not group_by else 'arms by'} {metric} ({exp.mode})"
+    if group_by:
+        if group_by not in frame.columns:
+            raise ExperimentError(f"--group-by: no column {group_by!r}; try arm or a parameter key")
+        notes.append("mean over completed trials; ci95 = Student-t 95 % interval of the mean")
+        return Board(_grouped(frame, metric, group_by, descending).head(top), title, notes)
+    extra = [m for m in HEADLINE if m != metric and m in frame.columns]
+    ranked = _sort(frame, metric, descending).head(top)
+    in_arm = set(exp.factors)  # the arm id already spells the scientific values
+    shown_params = varying(ranked, [p for p in param_columns(ranked) if p != "seed" and p not in in_arm])
+    cols = ["trial_id", "arm", "status", *(["seed"] if "seed" in ranked.columns else []), metric, *extra]
+    cols += ["epochs", "wall_s", *shown_params]
+    out = ranked.select([c for c in cols if c in ranked.columns]).with_row_index("rank", offset=1)
+    if where:
+        notes.append(f"where: {where} ({frame.height} of {exp.trials.height} trials)")
+    return Board(out, title, notes)
+
+
+def _grouped(frame: pl.DataFrame, metric: str, group_by: str, descending: bool) -> pl.DataFrame:
+    """Mean ± 95 % t-interval per group over its *completed* trials (n = trials; diverged or early-stopped
+    values are not a seed's result); groups with none keep a row with n = 0."""
+    usable = pl.col(metric).is_not_null() & pl.col(metric).is_not_nan() & (pl.col("status") == "completed")
+    valid = frame.filter(usable)
+    rows: list[dict[str, Any]] = []
+    for key, part in valid.group_by(group_by, maintain_order=True):
+        values = part[metric].to_numpy()
+        lo, hi = t_interval(values)
+        rows.append(
+            {
+                group_by: key[0],
+                "n": len(values),
+                "mean": float(values.mean()),
+                "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
+                "ci95_lo": None if math.isnan(lo) else lo,
+                "ci95_hi": None if math.isnan(hi) else hi,
+                "best": float(values.max() if descending else values.min()),
+            }
+        )
+    seen = {r[group_by] for r in rows}
+    for key in frame[group_by].unique(maintain_order=True).to_list():
+        if key not in seen:
+            rows.append({group_by: key, "n": 0, "mean": None, "sd": None, "ci95_lo": None, "ci95_hi": None})
+    schema: dict[str, pl.DataType] = {group_by: frame.schema[group_by], "n": pl.Int64(), "mean": pl.Float64()}
+    schema["sd"] = pl.Float64()
+    schema |= {"ci95_lo": pl.Float64(), "ci95_hi": pl.Float64(), "best": pl.Float64()}
+    out = pl.DataFrame(rows, schema=schema)
+    return out.sort("mean", descending=descending, nulls_last=True).with_row_index("rank", offset=1)
+
+
+# -- rendering -----------------------------------------------------------------------------------------
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1000 else f"{value:.4f}"
+    return str(value)
+
+
+def render_text(board: Board, fmt: str) -> str:
+    """csv / json / markdown text of a board (``table`` is rendered by rich)."""
+    frame = board.frame
+    if fmt == "csv":
+        buf = io.StringIO()
+        frame.write_csv(buf)
+        return buf.getvalue()
+    if fmt == "json":
+        return json.dumps(frame.to_dicts(), default=str, indent=1)
+    if fmt == "markdown":
+        head = "| " + " | ".join(frame.columns) + " |"
+        sep = "| " + " | ".join("---" for _ in frame.columns) + " |"
+        body = [
+            "| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in frame.iter_rows()
+        ]
+        return "\n".join([f"**{board.title}**", "", head, sep, *body]) + "\n"
+    raise ValueError(f"format must be one of {', '.join(FORMATS)}, but got {fmt!r}")
+
+
+def rich_table(board: Board) -> Table:
+    table = Table(title=board.title, caption="\n".join(board.notes) or None, header_style="bold")
+    for col in board.frame.columns:
+        numeric = board.frame.schema[col].is_numeric()
+        table.add_column(col, justify="right" if numeric else "left", overflow="fold", no_wrap=col == "arm")
+    for row in board.frame.iter_rows():
+        table.add_row(*[_cell(v) for v in row])
+    return table
+
+
+def leaderboard_command(
+    experiment_dir: str,
+    top: int = 20,
+    by: str | None = None,
+    where: str | None = None,
+    group_by: str | None = None,
+    fmt: str = "table",
+    watch: bool = False,
+) -> int:
+    """Print the leaderboard; 0 on success, 2 on a missing/empty experiment or a bad option."""
+    out, err = Console(), Console(stderr=True)
+    if not out.is_terminal:
+        out = Console(width=max(out.width, 200))  # piped: do not fold ids into 80 columns
+    if fmt not in FORMATS:
+        err.print(f"[bold red]error:[/] --format must be one of {', '.join(FORMATS)}, but got {fmt!r}")
+        return 2
+    if top < 1:
+        err.print(f"[bold red]error:[/] --top must be >= 1, but got {top}")
+        return 2
+
+    def build() -> Board:
+        return leaderboard_frame(load_experiment(experiment_dir), top, by, where, group_by)
+
+    try:
+        board = build()
+    except (ExperimentError, WhereError) as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False)
+        return 2
+    if not watch:
+        if fmt == "table":
+            out.print(rich_table(board))
+        else:
+            sys.stdout.write(render_text(board, fmt))
+        return 0
+    try:
+        with Live(rich_table(board), console=out, refresh_per_second=1, auto_refresh=False) as live:
+            while True:
+                time.sleep(POLL_S)
+                try:
+                    board = build()
+                except (ExperimentError, WhereError) as error:
+                    board.notes = [f"refresh failed: {error}"]
+                live.update(rich_table(board), refresh=True)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,194 @@
+"""The live view of a running sweep: top trials, status counts, budget and ETA, best so far.
+
+The sweep calls ``on_event(event, info)`` on every trial result/complete/error (``info``: trial_id, arm,
+epoch, metrics). On a terminal the view is a ``rich.live.Live`` panel re-read from the Parquet store (at
+most once a second: reads are cheap, and the store is the one source of truth, so a resumed sweep shows
+its earlier trials too); elsewhere (CI, ``ray job logs``) it prints one plain line per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from types import TracebackType
+from typing import Any
+
+import polars as pl
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from mdf_search.report.leaderboard import param_columns, varying
+from mdf_search.results.store import ResultsStore
+
+log = logging.getLogger(__name__)
+SHOWN_STATUSES = ("running", "completed", "stopped_early", "diverged", "oom", "infeasible", "error")
+REFRESH_S = 1.0
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
+
+
+class LiveLeaderboard:
+    """``with LiveLeaderboard(root, spec) as view: run_sweep(spec, on_event=view.on_event)``."""
+
+    def __init__(
+        self, experiment_root: str, spec: Any, top: int = 10, console: Console | None = None
+    ) -> None:
+        self.root = experiment_root
+        self.spec = spec
+        self.top = top
+        self.console = console or Console()
+        self.metric: str = spec.metric
+        self.descending = spec.mode == "max"
+        self.total = self._total(spec)
+        self.started = time.monotonic()
+        self.events = 0
+        self.trials = pl.DataFrame()
+        self._read_at = 0.0
+        self._finished_at_start = 0
+        self._live: Live | None = None
+
+    @staticmethod
+    def _total(spec: Any) -> int | None:
+        try:
+            from mdf_search.search.designs import num_trials
+
+            return int(num_trials(spec))
+        except Exception:
+            return None
+
+    # -- context manager -------------------------------------------------------------------------------
+    def __enter__(self) -> LiveLeaderboard:
+        self.started = time.monotonic()
+        self._refresh(force=True)
+        self._finished_at_start = self._finished()
+        if self.console.is_terminal:
+            self._live = Live(self.render(), console=self.console, auto_refresh=False, transient=False)
+            self._live.__enter__()
+        else:
+            self.console.print(f"sweep {self.spec.experiment}: {self.total or '?'} trials, ranking by "
+                               f"{self.metric} ({self.spec.mode})", highlight=False)  # fmt: skip
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._refresh(force=True)
+        if self._live is not None:
+            self._live.update(self.render(), refresh=True)
+            self._live.__exit__(kind, value, tb)
+            self._live = None
+        else:
+            self.console.print(self.summary_line(), highlight=False, markup=False, soft_wrap=True)
+
+    # -- events ----------------------------------------------------------------------------------------
+    def on_event(self, event: str, info: dict[str, Any]) -> None:
+        self.events += 1
+        self._refresh(force=event != "result")
+        if self._live is not None:
+            self._live.update(self.render(), refresh=True)
+            return
+        value = info.get(self.metric)
+        shown = f" {self.metric}={value:.4f}" if isinstance(value, float) else ""
+        epoch = f" epoch {info['epoch']}" if event == "result" and "epoch" in info else ""
+        message = (
+            f" {str(info.get('message', '')).splitlines()[-1]}"
+            if event == "error" and info.get("message")
+            else ""
+        )
+        self.console.print(
+            f"{info.get('trial_id', '?')} {event}{epoch} {info.get('arm', '')}{shown}{message} | {self.summary_line()}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+    def _refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._read_at < REFRESH_S:
+            return
+        self._read_at = now
+        try:
+            self.trials = ResultsStore(self.root).trials()
+        except Exception as err:  # a half-written store must never stop the sweep
+            log.debug("live view: cannot read %s: %s", self.root, err)
+
+    # -- views -----------------------------------------------------------------------------------------
+    def counts(self) -> Counter[str]:
+        if self.trials.is_empty():
+            return Counter()
+        return Counter(self.trials["status"].to_list())
+
+    def best(self) -> tuple[float, str] | None:
+        ok = self._ranked()
+        if ok.is_empty():
+            return None
+        return float(ok[self.metric][0]), str(ok["arm"][0])
+
+    def _ranked(self) -> pl.DataFrame:
+        if self.trials.is_empty() or self.metric not in self.trials.columns:
+            return pl.DataFrame()
+        return self.trials.filter(pl.col(self.metric).is_not_null() & pl.col(self.metric).is_not_nan()).sort(
+            self.metric, descending=self.descending
+        )
+
+    def _finished(self) -> int:
+        return sum(v for k, v in self.counts().items() if k != "running")
+
+    def eta(self) -> tuple[int, int | None, float]:
+        """(finished, total, seconds left): the time per trial finished *in this session* (a resumed
+        sweep's earlier trials do not count) times the trials left; capped by ``budget.max_wall_time``."""
+        finished = self._finished()
+        elapsed = time.monotonic() - self.started
+        new = finished - self._finished_at_start
+        left = float("nan")
+        if self.total is not None and new > 0:
+            left = elapsed / new * max(self.total - finished, 0)
+        cap = getattr(getattr(self.spec, "budget", None), "max_wall_time", None)
+        if cap:
+            left = (
+                min(left, max(float(cap) - elapsed, 0.0))
+                if math.isfinite(left)
+                else max(float(cap) - elapsed, 0.0)
+            )
+        return finished, self.total, left
+
+    def summary_line(self) -> str:
+        counts = self.counts()
+        status = " ".join(f"{k.replace('_', ' ')} {counts[k]}" for k in SHOWN_STATUSES if counts.get(k))
+        finished, total, left = self.eta()
+        best = self.best()
+        best_text = f"best {self.metric}={best[0]:.4f} ({best[1]})" if best else "no result yet"
+        budget = (
+            f"{finished}/{total} trials, {max(total - finished, 0)} left" if total else f"{finished} trials"
+        )
+        return f"{budget}, ETA {_duration(left)} | {status or 'starting'} | {best_text}"
+
+    def render(self) -> Group:
+        ranked = self._ranked().head(self.top)
+        table = Table(title=f"{self.spec.experiment}: top {self.top} by {self.metric} ({self.spec.mode})")
+        params = varying(ranked, [p for p in param_columns(ranked) if p != "seed"]) if ranked.height else []
+        for col in ("trial_id", "arm", "status", "seed", self.metric, *params):
+            table.add_column(col, justify="right" if col in (self.metric, "seed") else "left")
+        for row in ranked.iter_rows(named=True):
+            cells = [
+                row.get("trial_id"),
+                row.get("arm"),
+                row.get("status"),
+                row.get("seed"),
+                row.get(self.metric),
+            ]
+            cells += [row.get(p) for p in params]
+            table.add_row(
+                *[f"{c:.4g}" if isinstance(c, float) else str(c if c is not None else "") for c in cells]
+            )
+        return Group(table, Text(self.summary_line()))
