@@ -101,7 +101,9 @@ def report_command(experiment_dir: str, out: str) -> int:
     try:
         target = write_report(experiment_dir, out)
     except ExperimentError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False)
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2
-    console.print(f"report: {target / 'report.md'} and {target / 'report.html'}", highlight=False)
+    console.print(
+        f"report: {target / 'report.md'} and {target / 'report.html'}", highlight=False, soft_wrap=True
+    )
     return 0

@@ -181,10 +181,13 @@ def leaderboard_command(
     if not out.is_terminal:
         out = Console(width=max(out.width, 200))  # piped: do not fold ids into 80 columns
     if fmt not in FORMATS:
-        err.print(f"[bold red]error:[/] --format must be one of {', '.join(FORMATS)}, but got {fmt!r}")
+        err.print(
+            f"[bold red]error:[/] --format must be one of {', '.join(FORMATS)}, but got {fmt!r}",
+            soft_wrap=True,
+        )
         return 2
     if top < 1:
-        err.print(f"[bold red]error:[/] --top must be >= 1, but got {top}")
+        err.print(f"[bold red]error:[/] --top must be >= 1, but got {top}", soft_wrap=True)
         return 2
 
     def build() -> Board:
@@ -193,7 +196,7 @@ def leaderboard_command(
     try:
         board = build()
     except (ExperimentError, WhereError) as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False)
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2
     if not watch:
         if fmt == "table":

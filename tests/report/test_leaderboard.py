@@ -1,0 +1,88 @@
+"""The static leaderboard: formats, filters, group-by numbers checked by hand, and exit codes."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mdf_search.report.experiment import load_experiment
+from mdf_search.report.leaderboard import leaderboard_command, leaderboard_frame
+
+VALUES = {
+    "fusion.levels=none": [(0, "completed", 0.5), (1, "completed", 0.6), (2, "completed", 0.7)],
+    "fusion.levels=4": [
+        (0, "completed", 0.8),
+        (1, "completed", 0.9),
+        (2, "diverged", 0.1),
+        (3, "error", None),
+    ],
+}
+
+
+def test_top_sorted_by_the_spec_metric_with_params(hand_experiment: Callable[..., Path]) -> None:
+    exp = load_experiment(str(hand_experiment(VALUES)))
+    board = leaderboard_frame(exp, top=3)
+    assert board.frame["val/macro_f1"].to_list() == [0.9, 0.8, 0.7]
+    assert board.frame["rank"].to_list() == [1, 2, 3] and "val/accuracy" in board.frame.columns
+    by_acc = leaderboard_frame(exp, top=10, by="val/accuracy").frame
+    assert by_acc["val/accuracy"].to_list()[:2] == pytest.approx([0.91, 0.81])
+
+
+def test_group_by_arm_collapses_completed_seeds_into_mean_and_t_interval(
+    hand_experiment: Callable[..., Path],
+) -> None:
+    exp = load_experiment(str(hand_experiment(VALUES)))
+    frame = leaderboard_frame(exp, group_by="arm").frame
+    rows = {r["arm"]: r for r in frame.iter_rows(named=True)}
+    none = rows["fusion.levels=none"]
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)
+    assert none["n"] == 3 and none["mean"] == pytest.approx(0.6) and none["sd"] == pytest.approx(0.1)
+    assert none["ci95_lo"] == pytest.approx(0.6 - half) and none["ci95_hi"] == pytest.approx(0.6 + half)
+    four = rows["fusion.levels=4"]  # the diverged value (0.1) and the error are not seeds' results
+    assert four["n"] == 2 and four["mean"] == pytest.approx(0.85) and four["best"] == pytest.approx(0.9)
+    assert frame["arm"].to_list() == ["fusion.levels=4", "fusion.levels=none"]
+
+
+def test_where_filters_before_ranking(hand_experiment: Callable[..., Path]) -> None:
+    exp = load_experiment(str(hand_experiment(VALUES)))
+    board = leaderboard_frame(exp, where='status == "completed" and fusion.levels == "none"')
+    assert board.frame["val/macro_f1"].to_list() == [0.7, 0.6, 0.5]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "markdown", "table"])
+def test_formats(hand_experiment: Callable[..., Path], capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    root = hand_experiment(VALUES)
+    assert (
+        leaderboard_command(str(root), top=2, by=None, where=None, group_by=None, fmt=fmt, watch=False) == 0
+    )
+    out = capsys.readouterr().out
+    if fmt == "csv":
+        assert out.splitlines()[0].startswith("rank,trial_id,arm,status,seed,val/macro_f1")
+        assert len(out.splitlines()) == 3
+    elif fmt == "json":
+        rows = json.loads(out)
+        assert [r["val/macro_f1"] for r in rows] == [0.9, 0.8]
+    elif fmt == "markdown":
+        assert "| rank | trial_id | arm |" in out and "fusion.levels=4" in out
+    else:
+        assert "val/macro_f1" in out and "0.9000" in out
+
+
+def test_errors_exit_2(
+    hand_experiment: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = hand_experiment(VALUES)
+    assert leaderboard_command(str(tmp_path / "missing"), 5, None, None, None, "table", False) == 2
+    assert "no such experiment directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert leaderboard_command(str(tmp_path / "empty"), 5, None, None, None, "table", False) == 2
+    assert "no trial results yet" in capsys.readouterr().err
+    assert leaderboard_command(str(root), 5, None, "fusion.level == 1", None, "table", False) == 2
+    assert "did you mean 'fusion.levels'" in capsys.readouterr().err
+    assert leaderboard_command(str(root), 5, "val/nope", None, None, "table", False) == 2
+    assert leaderboard_command(str(root), 5, None, None, None, "xml", False) == 2
+    assert leaderboard_command(str(root), 5, None, None, "nope", "table", False) == 2
