@@ -24,6 +24,7 @@ from mdf_search.report.experiment import Experiment
 
 log = logging.getLogger(__name__)
 INACTIVE = "inactive"
+MAX_TRIALS = 1000  # fANOVA's forest marginalisation is ~O(trials x trees); 10k trials take minutes
 
 
 def _study_from_db(exp: Experiment) -> Any | None:
@@ -124,6 +125,17 @@ def importance_section(exp: Experiment, sink: fg.FigureSink) -> Section:
         if not params:
             sec.note("no parameter takes more than one value among completed trials: nothing to attribute.")
             return sec
+    finished_trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(finished_trials) > MAX_TRIALS:
+        import random
+
+        subset = random.Random(0).sample(finished_trials, MAX_TRIALS)
+        sampled = optuna.create_study(directions=study.directions)
+        sampled.add_trials(subset)
+        sec.note(
+            f"{len(finished_trials)} finished trials: importance is estimated on a seeded random sample of {MAX_TRIALS}."
+        )
+        study = sampled
     if len(study.trials) < 3:
         sec.note("fewer than 3 completed trials: importance is not estimated.")
         return sec
