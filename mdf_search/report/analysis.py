@@ -303,7 +303,7 @@ def per_class_section(exp: Experiment, stats: dict[str, ArmStats], sink: fg.Figu
     base = exp.baseline_arm()
     best = ranked[0]
     shown = [a for a in dict.fromkeys([base, best]) if a is not None]
-    labels = {a: ("baseline: " if a == base else "best: ") + fg.short(a, 36) for a in shown}
+    labels = {a: ("baseline: " if a == base else "best: ") + fg.short(a, 60) for a in shown}
     means = {a: _arm_class_means(done, a, classes) for a in shown}
     headers = [
         "class",

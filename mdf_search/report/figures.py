@@ -43,7 +43,8 @@ class FigureSink:
         directory.mkdir(parents=True, exist_ok=True)
 
     def save(self, fig: Figure, name: str, caption: str) -> FigureBlock:
-        fig.tight_layout()
+        if not fig.get_layout_engine():
+            fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
         png = buf.getvalue()
@@ -153,7 +154,7 @@ def per_class_figure(
     labels: Mapping[str, str],
 ) -> FigureBlock:
     """Grouped bars: per-class recall and F1 of each named arm (rows: arm → {"recall/c": v, "f1/c": v})."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
     width = 0.8 / max(len(rows), 1)
     for ax, kind in zip(axes, ("recall", "f1"), strict=True):
         x = np.arange(len(classes))
@@ -169,7 +170,9 @@ def per_class_figure(
         ax.set_xticks(x, list(classes))
         ax.set_ylim(0, 1.05)
         ax.set_title(f"per-class {kind} (val, mean over seeds)")
-    axes[0].legend(fontsize=8, frameon=False, loc="lower left")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, frameon=False, loc="lower center", ncol=len(rows))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return sink.save(fig, "per_class", "per-class recall and F1: best arm vs baseline")
 
 
@@ -213,7 +216,7 @@ def pareto_figure(
     front: Sequence[int],
     log_x: bool = False,
 ) -> FigureBlock:
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
     names = sorted(set(arms))
     for k, arm in enumerate(names):
         idx = [i for i, a in enumerate(arms) if a == arm]

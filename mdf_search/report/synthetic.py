@@ -165,3 +165,14 @@ def synthetic_experiment(
             )
             number += 1
     return root
+
+
+if __name__ == "__main__":  # python -m mdf_search.report.synthetic <experiment dir>
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/synthetic")
+    if (target / "trials").exists():
+        raise SystemExit(f"{target}: already holds results; pick a new directory")
+    logging.getLogger(__name__).info("wrote %s", synthetic_experiment(target, experiment=target.name))
