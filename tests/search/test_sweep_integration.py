@@ -98,7 +98,7 @@ def test_asha_stops_trials_within_an_arm_and_records_them(ray_cluster: Any, tmp_
         nuisance={"optim.lr": {"low": 1.0e-5, "high": 3.0e-2, "log": True, "default": 1.0e-3}},
         budget={"trials": 6, "epochs": 3, "trials_per_arm": 6},
         scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
-        fixed={**FIXED, "fusion.injection": "parallel"},
+        fixed={**{k: v for k, v in FIXED.items() if k != "optim.lr"}, "fusion.injection": "parallel"},
     ))
     outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
     trials = ResultsStore(outcome.experiment_root).trials()
@@ -140,8 +140,9 @@ def test_kill_the_driver_mid_sweep_then_resume(tmp_path: Path, session_tmp: Path
     env = {**os.environ, "MDF_SEARCH_CACHE": str(session_tmp / "cache"), "RAY_TMPDIR": "/tmp"}
     env.pop("RAY_ADDRESS", None)
     cli = [sys.executable, "-m", "mdf_search.cli"]
+    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed after the kill
     driver = subprocess.Popen([*cli, "sweep", str(spec_path), "--storage", str(storage)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     store = ResultsStore(str(storage / "killed"))
     try:
         deadline = time.monotonic() + 400
@@ -151,10 +152,11 @@ def test_kill_the_driver_mid_sweep_then_resume(tmp_path: Path, session_tmp: Path
                 break
             time.sleep(1)
         else:
-            pytest.fail("no trial completed before the deadline")
+            pytest.fail("no trial completed before the deadline:\n" + (tmp_path / "driver.log").read_text()[-3000:])
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
+        log.close()
     before = optuna.load_study(study_name="killed", storage=f"sqlite:///{storage}/killed/optuna.db")
     numbers_before = sorted(t.number for t in before.trials)
     resumed = subprocess.run([*cli, "resume", str(storage / "killed")], env=env, capture_output=True, text=True,
