@@ -74,6 +74,10 @@ class ResultsWriter(Callback):  # type: ignore[misc]
         self.errors: list[tuple[str, str]] = []
         self.finished = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into the experiment state; the event sink (a console) stays here.
+        return {**self.__dict__, "on_event": None}
+
     def _base(self, trial: Any) -> dict[str, Any]:
         config = trial.config
         params = dict(config.get("params", {}))
@@ -207,7 +211,8 @@ class PerArmASHA(FIFOScheduler):  # type: ignore[misc]
     def __init__(
         self, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float
     ) -> None:
-        super().__init__(metric=metric, mode=mode)
+        super().__init__()
+        self._metric, self._mode = metric, mode
         self._kwargs = {
             "time_attr": "epoch",
             "metric": metric,

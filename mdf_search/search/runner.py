@@ -140,6 +140,11 @@ def _tuner(
     )
     if restore:
         tuner = tune.Tuner.restore(root, trainable, resume_unfinished=True, resume_errored=True)
+        # The restored run config carries the pickled writer and guard of the interrupted session; this
+        # session's (with its event sink) replace them. Tune exposes no public setter for this.
+        restored = tuner._local_tuner.get_run_config()
+        restored.callbacks = [writer]
+        restored.stop = guard
         return tuner, writer, guard
     searcher = OptunaSearch(
         space=define_by_run(
