@@ -30,9 +30,13 @@ sys.path.insert(0, str(ROOT))
 def _config(args: argparse.Namespace) -> Any:
     from mdf_search.config import TrialConfig
 
-    flat: dict[str, object] = {"data.synthetic_images": args.images, "data.synthetic_size": 128,
-                               "optim.epochs": args.epochs, "optim.micro_batch": args.micro_batch,
-                               "run.workers": args.workers}
+    flat: dict[str, object] = {
+        "data.synthetic_images": args.images,
+        "data.synthetic_size": 128,
+        "optim.epochs": args.epochs,
+        "optim.micro_batch": args.micro_batch,
+        "run.workers": args.workers,
+    }
     for pair in args.set or []:
         key, _, value = pair.partition("=")
         flat[key] = value
@@ -63,13 +67,26 @@ def torchrun_worker(config_path: str, out: str) -> None:
 def run_torchrun(cfg: Any, data: Any, workers: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         config_path, out = Path(tmp) / "config.json", Path(tmp) / "out.json"
-        config_path.write_text(json.dumps({"params": cfg.to_flat(), "data": data.to_dict(), "launched_unix": time.time()}))
+        config_path.write_text(
+            json.dumps({"params": cfg.to_flat(), "data": data.to_dict(), "launched_unix": time.time()})
+        )
         env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_train import torchrun_worker; torchrun_worker({str(config_path)!r}, {str(out)!r})"
         script = Path(tmp) / "entry.py"
         script.write_text(code)
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={workers}",
-                        "--master_port=29531", str(script)], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={workers}",
+                "--master_port=29531",
+                str(script),
+            ],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         return json.loads(out.read_text())
 
 
@@ -107,10 +124,18 @@ def ddp_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim), lr=cfg.optim.lr)
     preset = get_preset(cfg.model.preset)
     dataset = FundusDataset(open_cache(data.cache), read_split(data.split).rows("train"))
-    collate = Collator(tokenizer, preset.vision_size, preset.unet_size, cfg.data.max_text_tokens, augment=True,
-                       seed=cfg.run.seed)
+    collate = Collator(
+        tokenizer,
+        preset.vision_size,
+        preset.unet_size,
+        cfg.data.max_text_tokens,
+        augment=True,
+        seed=cfg.run.seed,
+    )
     sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=cfg.run.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.optim.micro_batch, sampler=sampler, collate_fn=collate)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.optim.micro_batch, sampler=sampler, collate_fn=collate
+    )
     for epoch in range(cfg.optim.epochs):
         sampler.set_epoch(epoch)
         times, first = [], None
@@ -124,8 +149,14 @@ def ddp_loop_per_worker(config: dict[str, Any]) -> None:
             times.append(time.perf_counter() - start)
         steady = times[1:] or times
         per_step = sum(steady) / len(steady)
-        ray.train.report({"epoch": epoch + 1, "samples_per_s": cfg.optim.micro_batch * dist.get_world_size() / per_step,
-                          "step_time_s": per_step, "first_step_unix": first})
+        ray.train.report(
+            {
+                "epoch": epoch + 1,
+                "samples_per_s": cfg.optim.micro_batch * dist.get_world_size() / per_step,
+                "step_time_s": per_step,
+                "first_step_unix": first,
+            }
+        )
 
 
 def run_ddp(cfg: Any, data: Any, storage: str) -> dict[str, Any]:
@@ -142,8 +173,12 @@ def run_ddp(cfg: Any, data: Any, storage: str) -> dict[str, Any]:
         train_loop_config={"params": cfg.to_flat(), "data": data.to_dict()},
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name="ray-ddp", storage_path=storage, callbacks=[EpochLog(str(log))],
-                             worker_runtime_env={"env_vars": {**worker_env(), "DS_ACCELERATOR": "cpu"}}),
+        run_config=RunConfig(
+            name="ray-ddp",
+            storage_path=storage,
+            callbacks=[EpochLog(str(log))],
+            worker_runtime_env={"env_vars": {**worker_env(), "DS_ACCELERATOR": "cpu"}},
+        ),
     ).fit()
     return {"epochs": [json.loads(line) for line in log.read_text().splitlines()], "launched_unix": launched}
 
@@ -151,11 +186,16 @@ def run_ddp(cfg: Any, data: Any, storage: str) -> dict[str, Any]:
 def summarize(name: str, run: dict[str, Any]) -> dict[str, float]:
     epochs = run["epochs"]
     steady = [e["samples_per_s"] for e in epochs[1:]] or [epochs[0]["samples_per_s"]]
-    return {"samples_per_s": sum(steady) / len(steady), "startup_s": epochs[0]["first_step_unix"] - run["launched_unix"]}
+    return {
+        "samples_per_s": sum(steady) / len(steady),
+        "startup_s": epochs[0]["first_step_unix"] - run["launched_unix"],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--workers", type=int, default=2)
@@ -176,14 +216,20 @@ def main() -> None:
             results["(c) Ray Train + DDP"] = summarize("c", run_ddp(cfg, data, storage))
         finally:
             shutdown()
-    print(f"\npreset={cfg.model.preset} workers={args.workers} micro_batch={args.micro_batch} epochs={args.epochs} "
-          f"images={args.images}")
+    print(
+        f"\npreset={cfg.model.preset} workers={args.workers} micro_batch={args.micro_batch} epochs={args.epochs} "
+        f"images={args.images}"
+    )
     print(f"{'run':36s} {'samples/s':>10s} {'start-up s':>11s}")
     for name, r in results.items():
         print(f"{name:36s} {r['samples_per_s']:10.2f} {r['startup_s']:11.1f}")
     a, b, c = results.values()
-    print(f"\nratio (b)/(a) Ray Train overhead on the same loop: {b['samples_per_s'] / a['samples_per_s']:.3f} (target >= 0.95)")
-    print(f"ratio (b)/(c) ZeRO-3 vs DDP under Ray Train:        {b['samples_per_s'] / c['samples_per_s']:.3f}")
+    print(
+        f"\nratio (b)/(a) Ray Train overhead on the same loop: {b['samples_per_s'] / a['samples_per_s']:.3f} (target >= 0.95)"
+    )
+    print(
+        f"ratio (b)/(c) ZeRO-3 vs DDP under Ray Train:        {b['samples_per_s'] / c['samples_per_s']:.3f}"
+    )
     print(f"start-up (b), trial launch to first step:          {b['startup_s']:.1f} s (target < 15 s)")
 
 

@@ -354,31 +354,28 @@ def validate(files: Annotated[list[Path], typer.Argument(help="search-space YAML
     raise typer.Exit(code)
 
 
-def _event_printer() -> object:
-    def on_event(event: str, info: dict[str, object]) -> None:
-        trial, arm = info.get("trial_id", ""), info.get("arm", "")
-        if event == "result":
-            metric = {k: v for k, v in info.items() if k in ("val/macro_f1", "val/accuracy", "train_loss")}
-            shown = " ".join(f"{k}={v:.3f}" for k, v in metric.items() if isinstance(v, float))
-            console.print(f"[dim]{trial}[/] epoch {info.get('epoch')} {arm} {shown}", highlight=False)
-        else:
-            console.print(
-                f"[bold]{trial}[/] {event} {arm} {info.get('message', '') or ''}".rstrip(), highlight=False
-            )
-
-    return on_event
-
-
-def _run_study(spec: object, storage: str, address: str | None, resume: bool | None) -> None:
+def _run_study(spec: object, storage: str, address: str | None, resume: bool | None, report: bool) -> None:
     from mdf_search.cluster import connect
-    from mdf_search.search.runner import run_sweep
+    from mdf_search.report.ablation import report_command
+    from mdf_search.report.leaderboard import leaderboard_command
+    from mdf_search.report.live import LiveLeaderboard
+    from mdf_search.search.runner import experiment_root, run_sweep
 
-    connect(address, trial_slots=getattr(spec, "resources").concurrent_trials)  # noqa: B009
+    connect(address, trial_slots=spec.resources.concurrent_trials)  # type: ignore[attr-defined]
+    root = experiment_root(_storage_path(storage), spec.experiment)  # type: ignore[attr-defined]
     try:
-        outcome = run_sweep(spec, storage=_storage_path(storage), on_event=_event_printer(), resume=resume)  # type: ignore[arg-type]
+        with LiveLeaderboard(root, spec, console=console) as view:
+            outcome = run_sweep(spec, storage=_storage_path(storage), on_event=view.on_event, resume=resume)
     except (FileNotFoundError, FileExistsError) as err:
         raise fail(str(err)) from None
-    console.print(f"results: {outcome.experiment_root} ({outcome.trials} trials finished)")
+    console.print(f"results: {outcome.experiment_root} ({outcome.trials} trials finished this session)")
+    leaderboard_command(
+        outcome.experiment_root, top=10, by=None, where=None, group_by="arm", fmt="table", watch=False
+    )
+    if report and "://" not in outcome.experiment_root:
+        out = f"reports/{spec.experiment}"  # type: ignore[attr-defined]
+        if report_command(outcome.experiment_root, out) == 0:
+            console.print(f"report: {out}/report.md and {out}/report.html")
     if outcome.stopped_reason:
         raise fail(f"sweep stopped: {outcome.stopped_reason}", code=1)
 
@@ -393,10 +390,11 @@ def sweep(
     fresh: Annotated[
         bool, typer.Option(help="refuse to continue an existing experiment of the same name")
     ] = False,
+    report: Annotated[bool, typer.Option(help="write reports/<experiment>/ when the sweep ends")] = True,
 ) -> None:
-    """Run a study (continues an existing experiment of the same name unless --fresh)."""
+    """Run a study with a live leaderboard, then print the leaderboard and write the ablation report."""
     spec = _load_spec(space)
-    _run_study(spec, storage, address, resume=False if fresh else None)
+    _run_study(spec, storage, address, resume=False if fresh else None, report=report)
 
 
 @app.command()
@@ -411,7 +409,41 @@ def resume(
             f"{experiment}: no spec.yaml; is this an experiment directory written by `mdf-search sweep`?"
         )
     spec = _load_spec(spec_file)
-    _run_study(spec, str(experiment.resolve().parent), address, resume=True)
+    _run_study(spec, str(experiment.resolve().parent), address, resume=True, report=True)
+
+
+@app.command()
+def leaderboard(
+    experiment: Annotated[str, typer.Argument(help="experiment directory or URI, e.g. runs/smoke")],
+    top: Annotated[int, typer.Option(help="rows to show")] = 20,
+    by: Annotated[str | None, typer.Option(help="metric to rank by (default: the study's)")] = None,
+    where: Annotated[
+        str | None, typer.Option(help='filter, e.g. \'status == "completed" and fusion.levels == "1234"\'')
+    ] = None,
+    group_by: Annotated[
+        str | None, typer.Option("--group-by", help="arm: collapse seeds into mean ± 95% CI")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json | markdown")] = "table",
+    watch: Annotated[bool, typer.Option(help="refresh every 2 s while a sweep runs elsewhere")] = False,
+) -> None:
+    """The leaderboard of an experiment, from its Parquet results only."""
+    from mdf_search.report.leaderboard import leaderboard_command
+
+    raise typer.Exit(leaderboard_command(experiment, top, by, where, group_by, fmt, watch))
+
+
+@app.command()
+def report(
+    experiment: Annotated[str, typer.Argument(help="experiment directory, e.g. runs/smoke")],
+    out: Annotated[
+        str | None, typer.Option(help="output directory (default: reports/<experiment name>)")
+    ] = None,
+) -> None:
+    """The ablation report: report.md, a self-contained report.html, figures/ and tables/."""
+    from mdf_search.report.ablation import report_command
+
+    target = out or f"reports/{Path(experiment.rstrip('/')).name}"
+    raise typer.Exit(report_command(experiment, target))
 
 
 def main() -> None:

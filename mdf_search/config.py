@@ -333,10 +333,16 @@ class DataConfig:
     max_text_tokens: int = _f("data.max_text_tokens", 64, _int_range(8, 8192), "prompt length in tokens")
     augment: bool = _f("data.augment", True, _bool, "flip / small rotation / colour jitter in training")
     split_seed: int = _f(
-        "data.split_seed", 0, _int_range(0, 2**31 - 1), "seed of the split (fixed across trial seeds on purpose)"
+        "data.split_seed",
+        0,
+        _int_range(0, 2**31 - 1),
+        "seed of the split (fixed across trial seeds on purpose)",
     )
     cache_dir: str | None = _f(
-        "data.cache_dir", None, _optional_str, "synthetic data, splits, caches, tokenizers ($MDF_SEARCH_CACHE)"
+        "data.cache_dir",
+        None,
+        _optional_str,
+        "synthetic data, splits, caches, tokenizers ($MDF_SEARCH_CACHE)",
     )
 
 

@@ -107,13 +107,11 @@ def _coerce(value: Any, kind: pa.DataType) -> Any:
     return value
 
 
-def to_table(rows: Iterable[Mapping[str, Any]], table: str) -> pa.Table:
+def to_table(rows_in: Iterable[Mapping[str, Any]], table: str) -> pa.Table:
     """Rows → an Arrow table: core and parameter columns typed, other scalars float64, lists as JSON."""
     core = TRIAL_CORE if table == "trials" else EPOCH_CORE
-    rows = [dict(r) for r in rows]
     now = int(time.time() * 1e6)
-    for r in rows:
-        r.setdefault("written_at", now)
+    rows = [{"written_at": now, **r} for r in rows_in]
     names: list[str] = []
     for r in rows:
         names.extend(k for k in r if k not in names)

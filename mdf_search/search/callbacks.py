@@ -57,7 +57,7 @@ def _scalar_metrics(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class ResultsWriter(Callback):  # type: ignore[misc]
+class ResultsWriter(Callback):
     """Writes ``trials`` and ``epochs`` Parquet parts as Tune reports arrive (driver process)."""
 
     def __init__(
@@ -164,7 +164,7 @@ def _error_message(trial: Any) -> str:
     return str(text).strip()
 
 
-class SweepGuard(Stopper):  # type: ignore[misc]
+class SweepGuard(Stopper):
     """Stops the whole sweep when the first ``max_initial_errors`` finished trials all errored (a code bug
     burns the budget otherwise) or when the GPU-hour budget is spent."""
 
@@ -201,7 +201,7 @@ class SweepGuard(Stopper):  # type: ignore[misc]
         return False
 
 
-class PerArmASHA(FIFOScheduler):  # type: ignore[misc]
+class PerArmASHA(FIFOScheduler):
     """ASHA within each arm: trials are only compared with trials of the same arm (same scientific values).
 
     One ``ASHAScheduler`` per arm id (``trial.config["arm"]``); every Tune event is routed to the trial's
@@ -213,7 +213,7 @@ class PerArmASHA(FIFOScheduler):  # type: ignore[misc]
     ) -> None:
         super().__init__()
         self._metric, self._mode = metric, mode
-        self._kwargs = {
+        self._kwargs: dict[str, Any] = {
             "time_attr": "epoch",
             "metric": metric,
             "mode": mode,

@@ -142,6 +142,7 @@ def _tuner(
         tuner = tune.Tuner.restore(root, trainable, resume_unfinished=True, resume_errored=True)
         # The restored run config carries the pickled writer and guard of the interrupted session; this
         # session's (with its event sink) replace them. Tune exposes no public setter for this.
+        assert tuner._local_tuner is not None  # local (non-client) Tuner
         restored = tuner._local_tuner.get_run_config()
         restored.callbacks = [writer]
         restored.stop = guard

@@ -105,7 +105,7 @@ def build_ds_config(
             "type": "WarmupCosineLR",
             "params": {
                 "total_num_steps": total,
-                "warmup_num_steps": int(round(optim.warmup_frac * total)),
+                "warmup_num_steps": round(optim.warmup_frac * total),
                 "warmup_min_ratio": 0.0,
                 "cos_min_ratio": COS_MIN_RATIO,
                 "warmup_type": "linear",

@@ -137,7 +137,7 @@ class Run:
 
     def loader(self, name: str) -> DataLoader[Any]:
         train = name == "train"
-        sampler = DistributedSampler(
+        sampler: DistributedSampler[Any] = DistributedSampler(
             self.sets[name],
             num_replicas=self.world,
             rank=self.rank,
@@ -236,12 +236,10 @@ def _evaluate(run: Run, name: str) -> dict[str, Any]:
     if run.hooks.get("save_predictions") and run.rank == 0:
         path = Path(run.hooks["save_predictions"]) / f"{name}-epoch{run.epoch}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            path,
-            index=keep,
-            **{f"pred_{t}": pred_by_task[t] for t in tasks},
-            **{f"label_{t}": label_by_task[t] for t in tasks},
-        )
+        arrays: dict[str, Any] = {"index": keep}
+        for t in tasks:
+            arrays[f"pred_{t}"], arrays[f"label_{t}"] = pred_by_task[t], label_by_task[t]
+        np.savez(path, **arrays)
     return prefixed(metrics, name)
 
 

@@ -19,7 +19,7 @@ from mdf_search.train.loop import train_loop_per_worker
 CHECKPOINTS_TO_KEEP = 2
 
 
-class EpochLog(UserCallback):  # type: ignore[misc]
+class EpochLog(UserCallback):
     """A Train callback appending rank 0's metrics of every report as one JSON line (``epochs.jsonl``).
 
     It runs in Ray Train's controller actor, not in the driver, so it writes to a path, not to memory.
@@ -82,7 +82,7 @@ def make_trainer(
         scaling_config=ScalingConfig(
             num_workers=cfg.run.workers, use_gpu=gpu, resources_per_worker={"CPU": 1}
         ),
-        run_config=RunConfig(
+        run_config=RunConfig(  # type: ignore[call-arg]  # ray.train.RunConfig (v2) has worker_runtime_env
             name=name,
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,

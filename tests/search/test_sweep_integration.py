@@ -44,7 +44,11 @@ def _spec(tmp_path: Path, name: str, **overrides: Any) -> Path:
         "scheduler": {"type": "none"},
         "scientific": {
             "fusion.levels": ["none", "4"],
-            "fusion.injection": {"choices": ["parallel"], "when": {"fusion.levels": {"not": "none"}}, "otherwise": "none"},
+            "fusion.injection": {
+                "choices": ["parallel"],
+                "when": {"fusion.levels": {"not": "none"}},
+                "otherwise": "none",
+            },
         },
         "baseline": {"fusion.levels": "none"},
         "fixed": dict(FIXED),
@@ -68,7 +72,16 @@ def test_grid_sweep_end_to_end_to_parquet(ray_cluster: Any, tmp_path: Path) -> N
         [(a, s) for a in ("fusion.levels=none", "fusion.levels=4|fusion.injection=parallel") for s in (0, 1)]
     )
     assert set(trials["status"]) == {"completed"}
-    for column in ("val/macro_f1", "test/accuracy", "wall_s", "cpu_hours", "split_hash", "config_hash", "git_sha", "versions"):
+    for column in (
+        "val/macro_f1",
+        "test/accuracy",
+        "wall_s",
+        "cpu_hours",
+        "split_hash",
+        "config_hash",
+        "git_sha",
+        "versions",
+    ):
         assert trials[column].null_count() == 0, column
     epochs = store.epochs()
     assert epochs.height == 4 and set(epochs["epoch"]) == {1}
@@ -77,29 +90,44 @@ def test_grid_sweep_end_to_end_to_parquet(ray_cluster: Any, tmp_path: Path) -> N
 
 
 def test_ofat_design_runs_exactly_its_arms(ray_cluster: Any, tmp_path: Path) -> None:
-    spec = load_spec(_spec(
-        tmp_path, "ofat", design="ofat",
-        reference={"fusion.levels": "4", "fusion.injection": "parallel", "freeze": "none"},
-        scientific={"fusion.levels": ["none", "4"],
-                    "fusion.injection": {"choices": ["parallel"], "when": {"fusion.levels": {"not": "none"}}, "otherwise": "none"},
-                    "freeze": ["none", "mllm"]},
-        baseline={"fusion.levels": "none"},
-    ))
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            "ofat",
+            design="ofat",
+            reference={"fusion.levels": "4", "fusion.injection": "parallel", "freeze": "none"},
+            scientific={
+                "fusion.levels": ["none", "4"],
+                "fusion.injection": {
+                    "choices": ["parallel"],
+                    "when": {"fusion.levels": {"not": "none"}},
+                    "otherwise": "none",
+                },
+                "freeze": ["none", "mllm"],
+            },
+            baseline={"fusion.levels": "none"},
+        )
+    )
     outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
     arms = sorted(ResultsStore(outcome.experiment_root).trials()["arm"].to_list())
     assert len(arms) == 3 and len(set(arms)) == 3  # reference, levels varied, freeze varied
 
 
 def test_asha_stops_trials_within_an_arm_and_records_them(ray_cluster: Any, tmp_path: Path) -> None:
-    spec = load_spec(_spec(
-        tmp_path, "asha", design="qmc", seeds=[0],
-        scientific={"fusion.levels": ["4"]},
-        baseline=None,
-        nuisance={"optim.lr": {"low": 1.0e-5, "high": 3.0e-2, "log": True, "default": 1.0e-3}},
-        budget={"trials": 6, "epochs": 3, "trials_per_arm": 6},
-        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
-        fixed={**{k: v for k, v in FIXED.items() if k != "optim.lr"}, "fusion.injection": "parallel"},
-    ))
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            "asha",
+            design="qmc",
+            seeds=[0],
+            scientific={"fusion.levels": ["4"]},
+            baseline=None,
+            nuisance={"optim.lr": {"low": 1.0e-5, "high": 3.0e-2, "log": True, "default": 1.0e-3}},
+            budget={"trials": 6, "epochs": 3, "trials_per_arm": 6},
+            scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+            fixed={**{k: v for k, v in FIXED.items() if k != "optim.lr"}, "fusion.injection": "parallel"},
+        )
+    )
     outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
     trials = ResultsStore(outcome.experiment_root).trials()
     assert trials.height == 6
@@ -109,11 +137,14 @@ def test_asha_stops_trials_within_an_arm_and_records_them(ray_cluster: Any, tmp_
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_continues(ray_cluster: Any, tmp_path: Path) -> None:
-    spec = load_spec(_spec(
-        tmp_path, "failing",
-        scientific={"data.manifest": ["", str(tmp_path / "missing.parquet")]},
-        baseline={"data.manifest": ""},
-    ))
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            "failing",
+            scientific={"data.manifest": ["", str(tmp_path / "missing.parquet")]},
+            baseline={"data.manifest": ""},
+        )
+    )
     outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
     trials = ResultsStore(outcome.experiment_root).trials()
     assert sorted(trials["status"].to_list()) == ["completed", "error"]
@@ -123,11 +154,15 @@ def test_a_failing_trial_is_recorded_and_the_sweep_continues(ray_cluster: Any, t
 
 
 def test_an_error_in_every_trial_stops_the_sweep_early(ray_cluster: Any, tmp_path: Path) -> None:
-    spec = load_spec(_spec(
-        tmp_path, "broken", seeds=[0, 1, 2, 3, 4],
-        scientific={"data.manifest": [str(tmp_path / "missing.parquet")]},
-        baseline=None,
-    ))
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            "broken",
+            seeds=[0, 1, 2, 3, 4],
+            scientific={"data.manifest": [str(tmp_path / "missing.parquet")]},
+            baseline=None,
+        )
+    )
     outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
     assert "trials all failed" in outcome.stopped_reason and "missing.parquet" in outcome.stopped_reason
     assert ResultsStore(outcome.experiment_root).trials().height < 5
@@ -141,8 +176,13 @@ def test_kill_the_driver_mid_sweep_then_resume(tmp_path: Path, session_tmp: Path
     env.pop("RAY_ADDRESS", None)
     cli = [sys.executable, "-m", "mdf_search.cli"]
     log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed after the kill
-    driver = subprocess.Popen([*cli, "sweep", str(spec_path), "--storage", str(storage)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    driver = subprocess.Popen(
+        [*cli, "sweep", str(spec_path), "--storage", str(storage)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     store = ResultsStore(str(storage / "killed"))
     try:
         deadline = time.monotonic() + 400
@@ -152,15 +192,23 @@ def test_kill_the_driver_mid_sweep_then_resume(tmp_path: Path, session_tmp: Path
                 break
             time.sleep(1)
         else:
-            pytest.fail("no trial completed before the deadline:\n" + (tmp_path / "driver.log").read_text()[-3000:])
+            pytest.fail(
+                "no trial completed before the deadline:\n" + (tmp_path / "driver.log").read_text()[-3000:]
+            )
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
         log.close()
     before = optuna.load_study(study_name="killed", storage=f"sqlite:///{storage}/killed/optuna.db")
     numbers_before = sorted(t.number for t in before.trials)
-    resumed = subprocess.run([*cli, "resume", str(storage / "killed")], env=env, capture_output=True, text=True,
-                             timeout=900, start_new_session=True)
+    resumed = subprocess.run(
+        [*cli, "resume", str(storage / "killed")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        start_new_session=True,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     trials = store.trials()
     assert trials.height == 4 and trials["trial_id"].n_unique() == 4  # every trial exactly once

@@ -71,11 +71,14 @@ def test_loss_decreases_and_metrics_match_saved_predictions(data: TrialData, tmp
 def test_killed_run_resumes_and_matches_an_uninterrupted_run(data: TrialData, tmp_path: Path) -> None:
     cfg = TrialConfig.from_flat({**SMALL, "optim.epochs": 3, "seed": 3})
     _, straight = _run(cfg, data, tmp_path, "straight")
-    hooks = {"kill_after_epoch": 1, "kill_marker": str(tmp_path / "kill-marker"),
-             "kill_wait_for": str(tmp_path / "killed" / "epochs.jsonl")}
-    first, before = _run(cfg, data, tmp_path, "killed", hooks=hooks)
+    hooks = {
+        "kill_after_epoch": 1,
+        "kill_marker": str(tmp_path / "kill-marker"),
+        "kill_wait_for": str(tmp_path / "killed" / "epochs.jsonl"),
+    }
+    _, before = _run(cfg, data, tmp_path, "killed", hooks=hooks)
     assert (tmp_path / "kill-marker").exists() and [e["epoch"] for e in before] == [1]
-    resumed, after = _run(cfg, data, tmp_path, "killed", hooks=hooks)
+    _, after = _run(cfg, data, tmp_path, "killed", hooks=hooks)
     assert [e["epoch"] for e in after] == [1, 2, 3]  # same log: epoch 1 from the first run, then 2 and 3
     final, reference = after[-1], straight[-1]
     for key, value in reference.items():
