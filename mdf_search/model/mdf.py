@@ -71,8 +71,15 @@ class MDFModel(nn.Module):
         if cfg.freeze.strategy == "lora":
             inject_lora(mllama, cfg.freeze)
 
-        self.unet = UNet(preset.unet_channels, preset.unet_bottleneck)
-        self.film = FiLM(cfg.film.placement, self.unet.site_channels, hidden) if cfg.film.placement else None
+        # The baseline MLLM (no fused level, no FiLM, no segmentation loss) has no U-Net at all, so its
+        # parameter counts and optimizer hold only what it trains.
+        uses_unet = bool(cfg.fusion.levels or cfg.film.placement or cfg.unet.aux_seg_weight > 0)
+        self.unet = UNet(preset.unet_channels, preset.unet_bottleneck) if uses_unet else None
+        self.film = (
+            FiLM(cfg.film.placement, self.unet.site_channels, hidden)
+            if self.unet and cfg.film.placement
+            else None
+        )
         self.layer_map = resolve_layer_map(
             cfg.fusion.layer_map, cfg.fusion.levels, preset.cross_attention_layers
         )
@@ -140,6 +147,7 @@ class MDFModel(nn.Module):
     ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
         if self.fusion is None and not self.decode_unet and self.film is None:
             return {}, None
+        assert self.unet is not None  # built whenever fusion, FiLM or the segmentation loss needs it
         film = self.film(self.text_vector(batch["input_ids"], batch["attention_mask"])) if self.film else None
         with contextlib.nullcontext() if film is not None else self._grad_if(self.unet):
             out = self.unet(batch["unet_pixels"], film, decode=self.decode_unet)

@@ -57,7 +57,7 @@ def summarize(cfg: TrialConfig, *, meta: bool = True) -> ModelSummary:
     inner = model.mllama.model
     xattn = set(preset.cross_attention_layers)
     layers = inner.language_model.layers
-    rows = [ModuleRow("unet", *_count(model.unet))]
+    rows = [ModuleRow("unet", *_count(model.unet))] if model.unet is not None else []
     if model.film is not None:
         rows.append(ModuleRow("film", *_count(model.film)))
     if model.fusion is not None:

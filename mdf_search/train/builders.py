@@ -141,7 +141,7 @@ def build_model(
     if cfg.head.kind == "label_token":
         label_ids = {name: label_token_ids(tokenizer, names) for name, names in classes.items()}
     model = MDFModel(mllama, cfg, classes, label_ids)
-    if cfg.unet.init == "pretrained" and cfg.unet.weights:
+    if cfg.unet.init == "pretrained" and cfg.unet.weights and model.unet is not None:
         state = torch.load(cfg.unet.weights, map_location="cpu", weights_only=True)
         model.unet.load_state_dict(state)
     return model, tokenizer

@@ -82,6 +82,7 @@ def _plain_copy(model: torch.nn.Module) -> MllamaForConditionalGeneration:
 
 def test_baseline_logits_identical_to_plain_mllama(batch: dict[str, torch.Tensor]) -> None:
     model = make_model(**BASELINE).eval()
+    assert model.unet is None  # nothing unused is built, trained or counted
     plain = _plain_copy(model)
     keys = (
         "input_ids",
