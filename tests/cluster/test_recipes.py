@@ -1,0 +1,263 @@
+"""Static checks of every recipe under cluster/ (fast: nothing is launched).
+
+Each YAML parses; the launcher configs pass Ray's own schema; the head alone holds trial slots; no
+dashboard is bound to all interfaces; no secret is embedded; the runtime env uploads the package and
+nothing heavy; the scripts parse; the KubeRay job runs a shipped search space.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "cluster"
+LAUNCHERS = ("aws.yaml", "gcp.yaml")
+GPU_TYPES = {"p4de.24xlarge", "p5.48xlarge", "a2-ultragpu-8g", "a3-highgpu-8g"}
+SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|KEY|KEY_ID)(_|$)")  # HF_TOKEN, AWS_SECRET_ACCESS_KEY
+SECRET_PATTERNS = {
+    "AWS access key id": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
+    "AWS secret key": re.compile(r"aws_secret_access_key\s*[:=]\s*[A-Za-z0-9/+=]{40}", re.I),
+    "Hugging Face token": re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"),
+    "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    "literal password": re.compile(r"password\s*:\s*[\"']?(?!\s*$)(?!\$)[^\s#\"']+", re.I),
+    "GitHub token": re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),
+    "Slack / generic bearer": re.compile(r"\bBearer\s+[A-Za-z0-9._-]{20,}\b"),
+}
+
+
+def _files() -> list[Path]:
+    return sorted(p for p in CLUSTER.rglob("*") if p.is_file())
+
+
+def _yaml_files() -> list[Path]:
+    return [p for p in _files() if p.suffix in (".yaml", ".yml")]
+
+
+def _load(name: str) -> Any:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def _node_trial_slots(node_type: dict[str, Any]) -> float:
+    return float(node_type.get("resources", {}).get("trial_slot", 0))
+
+
+def _resources_flag(command: str) -> dict[str, float]:
+    match = re.search(r"--resources[= ]'([^']*)'", command)
+    return json_loads(match.group(1)) if match else {}
+
+
+def json_loads(text: str) -> dict[str, float]:
+    import json
+
+    return json.loads(text)
+
+
+def test_the_recipes_exist() -> None:
+    for rel in (
+        "aws.yaml", "gcp.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml",
+        "slurm/mdf_sweep.sbatch", "runtime_env.yaml", "submit.sh", "README.md",
+    ):  # fmt: skip
+        assert (CLUSTER / rel).is_file(), rel
+
+
+@pytest.mark.parametrize("path", _yaml_files(), ids=lambda p: str(p.relative_to(CLUSTER)))
+def test_every_yaml_parses_and_opens_with_its_command(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs, path
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and re.search(r"ray (up|job submit)|kubectl apply", first), first
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_launcher_config_passes_rays_schema(name: str) -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(_load(name)))
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_launcher_head_hosts_trial_slots_and_gpu_workers_have_none(name: str) -> None:
+    cfg = _load(name)
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]
+    assert _node_trial_slots(head) > 0
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert _resources_flag(head_start).get("trial_slot", 0) == _node_trial_slots(head)
+    assert _resources_flag(" ".join(cfg["worker_start_ray_commands"])).get("trial_slot") == 0
+    workers = {k: v for k, v in types.items() if k != cfg["head_node_type"]}
+    gpu_workers = {
+        k: v for k, v in workers.items()
+        if (v["node_config"].get("InstanceType") or v["node_config"].get("machineType")) in GPU_TYPES
+    }  # fmt: skip
+    assert gpu_workers, f"{name}: no 8x A100/H100 worker type"
+    for key, node in workers.items():
+        assert "min_workers" in node and "max_workers" in node, key
+        assert 0 <= node["min_workers"] <= node["max_workers"], key
+        assert node.get("resources", {}).get("trial_slot") == 0, f"{key} must declare trial_slot: 0"
+    head_type = head["node_config"].get("InstanceType") or head["node_config"].get("machineType")
+    assert head_type not in GPU_TYPES, "the head is a CPU node"
+    assert "InstanceMarketOptions" not in head["node_config"] and "scheduling" not in head["node_config"]
+    spot = [k for k, v in workers.items() if "InstanceMarketOptions" in v["node_config"]
+            or v["node_config"].get("scheduling", {}).get("provisioningModel") == "SPOT"]  # fmt: skip
+    assert spot, f"{name}: no optional spot worker type"
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_launcher_installs_cuda_torch_then_the_package_with_token_auth(name: str) -> None:
+    cfg = _load(name)
+    setup = "\n".join(cfg["setup_commands"])
+    torch_at = setup.index("install torch --index-url https://download.pytorch.org/whl/cu")
+    assert torch_at < setup.index("pip install -e ."), "CUDA torch first, then the package"
+    assert cfg["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert "RAY_AUTH_MODE=token" in " ".join(cfg[key]), key
+    assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
+
+
+def test_no_recipe_binds_anything_to_all_interfaces() -> None:
+    for path in _files():
+        text = path.read_text()
+        assert "0.0.0.0" not in text, path
+        assert "::/0" not in text and "[::]" not in text, path
+        for value in re.findall(r"dashboard[-_]host[\"']?\s*[=:]\s*[\"']?(\$\(POD_IP\)|[^\s\"',);]+)", text):
+            assert value in ("127.0.0.1", "localhost", "$(POD_IP)"), f"{path}: dashboard host {value}"
+
+
+def test_every_ray_head_sets_a_dashboard_host() -> None:
+    for path in _files():
+        text = path.read_text()
+        heads = re.findall(r"ray start[^\n]*--head|headGroupSpec", text)
+        if heads:
+            assert re.search(r"dashboard[-_]host", text), f"{path} starts a head without --dashboard-host"
+
+
+def test_no_secret_is_embedded() -> None:
+    for path in _files():
+        text = path.read_text()
+        for what, pattern in SECRET_PATTERNS.items():
+            match = pattern.search(text)
+            assert match is None, f"{path}: looks like a {what}: {match.group(0)!r}"
+
+
+def test_secret_env_vars_come_from_secret_refs_only() -> None:
+    secretish = SECRET_NAME
+    for path in (CLUSTER / "kuberay").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for env in _walk_env(doc):
+                if secretish.search(env["name"]):
+                    assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), (path, env)
+
+
+def _walk_env(node: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "env" and isinstance(value, list):
+                found += [e for e in value if isinstance(e, dict) and "name" in e]
+            else:
+                found += _walk_env(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += _walk_env(item)
+    return found
+
+
+def test_runtime_env_is_valid_and_uploads_the_package_only() -> None:
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+    from ray.runtime_env import RuntimeEnv
+
+    env = _load("runtime_env.yaml")
+    RuntimeEnv(**env)  # Ray's own validation of the fields
+    assert "working_dir" not in env, "the working dir comes from --working-dir"
+    for name in ("/runs/", "/reports/", "/.venv/", "/venv/", "/data/", ".git/", "*.parquet"):
+        assert name in env["excludes"], name
+    assert not [k for k in env.get("env_vars", {}) if SECRET_NAME.search(k)]
+    uploaded: list[Path] = []
+    _dir_travel(ROOT, [_get_excludes(ROOT, env["excludes"])], uploaded.append, include_gitignore=True)
+    files = {p.relative_to(ROOT).as_posix() for p in uploaded if p.is_file()}
+    tracked = subprocess.run(["git", "ls-files", "mdf_search", "search_spaces"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    missing = [f for f in tracked if f not in files]
+    assert not missing, f"the runtime env would leave package files out: {missing[:5]}"
+    assert "pyproject.toml" in files and "cluster/runtime_env.yaml" in files
+    heavy = [f for f in files if f.startswith((".venv/", "runs/", "reports/", ".git/", ".mypy_cache/"))]
+    assert not heavy, heavy[:5]
+
+
+@pytest.mark.parametrize("script", ["slurm/mdf_sweep.sbatch", "submit.sh"])
+def test_shell_scripts_parse(script: str) -> None:
+    result = subprocess.run(["bash", "-n", str(CLUSTER / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_sbatch_starts_head_and_workers_waits_runs_and_tears_down() -> None:
+    text = (CLUSTER / "slurm" / "mdf_sweep.sbatch").read_text()
+    assert text.startswith("#!/bin/bash\n# sbatch ")
+    assert re.search(r"ray start --head --block --node-ip-address=\"\$HEAD_IP\"", text)
+    assert "--dashboard-host=127.0.0.1" in text
+    assert re.search(r"--resources=\"\{\\\"trial_slot\\\": \$TRIAL_SLOTS\}\"", text)
+    assert 'ray start --block --address="$ADDRESS"' in text and "'{\"trial_slot\": 0}'" in text
+    assert "export RAY_AUTH_MODE=token" in text
+    assert 'mdf-search sweep "$SPACE" --storage "$STORAGE" --address "$ADDRESS"' in text
+    assert "trap teardown EXIT" in text
+
+
+def _kuberay(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((CLUSTER / "kuberay" / name).read_text()) if d]
+
+
+def _cluster_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob.yaml"])
+def test_kuberay_gpu_workers_head_slots_and_private_dashboard(name: str) -> None:
+    docs = _kuberay(name)
+    ray_doc = next(d for d in docs if d["kind"] in ("RayCluster", "RayJob"))
+    spec = _cluster_spec(ray_doc)
+    head = spec["headGroupSpec"]
+    assert head["serviceType"] == "ClusterIP"
+    assert head["rayStartParams"]["dashboard-host"] == "$(POD_IP)"
+    assert '\\"trial_slot\\": ' in head["rayStartParams"]["resources"]
+    assert json_loads(yaml.safe_load(head["rayStartParams"]["resources"]))["trial_slot"] > 0
+    head_env = {e["name"] for e in head["template"]["spec"]["containers"][0]["env"]}
+    assert "POD_IP" in head_env
+    token_auth = spec.get("authOptions", {}).get("mode") == "token" or "RAY_AUTH_MODE" in head_env
+    assert token_auth, "token auth must be on"
+    for group in spec["workerGroupSpecs"]:
+        assert 0 <= group["minReplicas"] <= group["maxReplicas"]
+        assert json_loads(yaml.safe_load(group["rayStartParams"]["resources"]))["trial_slot"] == 0
+        container = group["template"]["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == 8
+    for doc in docs:
+        assert doc["kind"] != "Service" or doc["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_rayjob_runs_a_shipped_space_into_object_storage() -> None:
+    from mdf_search.search.space import load_spec, validate_spec
+
+    job = next(d for d in _kuberay("rayjob.yaml") if d["kind"] == "RayJob")
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:2] == ["mdf-search", "sweep"]
+    space = ROOT / argv[2]
+    assert space.is_file() and space.parent == ROOT / "search_spaces", argv[2]
+    assert validate_spec(load_spec(space)) == []
+    assert argv[argv.index("--storage") + 1].startswith(("s3://", "gs://"))
+    runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    assert runtime_env["working_dir"] and "/runs/" in runtime_env["excludes"]
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+
+
+def test_readme_documents_access_and_teardown() -> None:
+    text = (CLUSTER / "README.md").read_text()
+    for needle in ("kubectl port-forward", "ssh -L 8265:localhost:8265", "RAY_AUTH_MODE=token",
+                   "ray down", "kubectl delete", "scancel", "FILL IN"):  # fmt: skip
+        assert needle in text, needle
