@@ -59,7 +59,10 @@ def connect(
     address = address or os.environ.get("RAY_ADDRESS") or None
     embedded = address is None
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+        # Worker output (every report, DeepSpeed's warnings) would drown the leaderboard; it stays in Ray's
+        # session logs. MDF_SEARCH_VERBOSE=1 streams it to the terminal again.
+        verbose = os.environ.get("MDF_SEARCH_VERBOSE", "") not in ("", "0")
+        kwargs: dict[str, Any] = {"log_to_driver": verbose, "configure_logging": False}
         if embedded:
             import torch
 
