@@ -7,7 +7,7 @@ import torch
 from transformers import MllamaForConditionalGeneration
 
 from mdf_search.model.fusion import FusedCrossAttention, backbone_state_dict
-from mdf_search.model.mdf import mdf_loss
+from mdf_search.model.mdf import BATCH_MLLAMA_KEYS, mdf_loss
 
 from .conftest import make_batch, make_model
 
@@ -84,14 +84,7 @@ def test_baseline_logits_identical_to_plain_mllama(batch: dict[str, torch.Tensor
     model = make_model(**BASELINE).eval()
     assert model.unet is None  # nothing unused is built, trained or counted
     plain = _plain_copy(model)
-    keys = (
-        "input_ids",
-        "attention_mask",
-        "pixel_values",
-        "aspect_ratio_ids",
-        "aspect_ratio_mask",
-        "cross_attention_mask",
-    )
+    keys = BATCH_MLLAMA_KEYS
     with torch.no_grad():
         expected = plain(**{k: batch[k] for k in keys}).logits
         assert torch.equal(model.lm_logits(batch), expected)
@@ -107,14 +100,7 @@ def test_parallel_fusion_with_zero_scale_is_the_baseline(batch: dict[str, torch.
         **{"fusion.injection": "parallel", "fusion.scale_init": 0.0, "film.placement": "none"}
     ).eval()
     plain = _plain_copy(fused)
-    keys = (
-        "input_ids",
-        "attention_mask",
-        "pixel_values",
-        "aspect_ratio_ids",
-        "aspect_ratio_mask",
-        "cross_attention_mask",
-    )
+    keys = BATCH_MLLAMA_KEYS
     with torch.no_grad():
         assert torch.equal(fused.lm_logits(batch), plain(**{k: batch[k] for k in keys}).logits)
         for module in fused.modules():

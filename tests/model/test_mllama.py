@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import MllamaImageProcessor, MllamaProcessor
 
+from mdf_search.model.mdf import BATCH_MLLAMA_KEYS
 from mdf_search.model.mllama import (
     IMAGE,
     build_mllama,
@@ -79,14 +80,7 @@ def test_pretrained_loading_is_the_same_code_for_a_tiny_checkpoint(tmp_path: Pat
 
     loaded, loaded_tokenizer = load_pretrained(tmp_path)
     batch = make_batch()
-    keys = (
-        "input_ids",
-        "attention_mask",
-        "pixel_values",
-        "aspect_ratio_ids",
-        "aspect_ratio_mask",
-        "cross_attention_mask",
-    )
+    keys = BATCH_MLLAMA_KEYS
     with torch.no_grad():
         assert torch.equal(
             loaded.eval()(**{k: batch[k] for k in keys}).logits, model(**{k: batch[k] for k in keys}).logits

@@ -178,6 +178,7 @@ def test_kill_the_driver_mid_sweep_then_resume(tmp_path: Path, session_tmp: Path
     log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed after the kill
     driver = subprocess.Popen(
         [*cli, "sweep", str(spec_path), "--storage", str(storage)],
+        cwd=tmp_path,  # its report goes to tmp_path/reports, not into the checkout
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -203,6 +204,7 @@ def test_kill_the_driver_mid_sweep_then_resume(tmp_path: Path, session_tmp: Path
     numbers_before = sorted(t.number for t in before.trials)
     resumed = subprocess.run(
         [*cli, "resume", str(storage / "killed")],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
