@@ -9,6 +9,7 @@ real cluster's nodes do from IAM or a secret; nothing secret travels in a runtim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -90,14 +91,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops its node's processes on SIGTERM
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=15)  # it can linger (its autoscaler monitor): then SIGKILL
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    try:  # anything left in the group (raylet children that ignored SIGTERM)
+    with contextlib.suppress(ProcessLookupError):  # anything left in the group
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _wait_for(predicate: Any, what: str, timeout: float, logs: list[Path]) -> Any:
@@ -191,16 +190,38 @@ def cluster(session_tmp: Path) -> Iterator[Cluster]:
         _wait_for(lambda: _dashboard_up(c.dashboard), "the head's dashboard", 90, logs)
         c.procs.append(_start_node(worker_cmd, env, logs[1]))
         nodes_code = (
-            "import json, ray; ray.init(address='%s', logging_level='ERROR');"
-            "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))" % c.gcs
+            f"import json, ray; ray.init(address={c.gcs!r}, logging_level='ERROR');"
+            "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))"
         )
         _wait_for(lambda: c.python(nodes_code) == 2, "the second node to join", 90, logs)
+        assert _listening(c.procs[0].pid, dash_port) == {"127.0.0.1"}, (
+            "the dashboard must be on loopback only"
+        )
         yield c
     finally:
         for proc in reversed(c.procs):
             _stop(proc)
         moto.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _listening(pgid: int, port: int) -> set[str]:
+    """Addresses the process group ``pgid`` listens on at ``port``."""
+    import psutil
+
+    pids = {p.pid for p in psutil.process_iter() if _pgid(p.pid) == pgid}
+    return {
+        c.laddr.ip.removeprefix("::ffff:")
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids and c.laddr.port == port
+    }
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def _dashboard_up(url: str) -> bool:

@@ -1,0 +1,221 @@
+"""``mdf-search submit``: run a study on a Ray cluster as a Ray job, follow its logs, exit with its outcome.
+
+A thin layer over Ray's job submission SDK (``ray.job_submission.JobSubmissionClient``), equivalent to
+
+    ray job submit --address ADDRESS --working-dir . --runtime-env cluster/runtime_env.yaml \\
+        -- mdf-search sweep SPACE --storage STORAGE
+
+plus what the plain CLI does not do: the space is validated here before anything is uploaded, a few
+non-secret environment variables are forwarded, and failures to reach or authenticate to the cluster end
+with a message that says how to fix them (exit 2). The job's entrypoint runs on the cluster (the head
+node) inside the uploaded working dir; ``mdf-search sweep`` there joins the cluster through
+``RAY_ADDRESS``, which Ray sets for job drivers (mdf_search/cluster.py).
+
+Exit status: 0 when the job SUCCEEDED, 1 when it FAILED or was STOPPED, 2 when it could not be submitted,
+130 when you stop following (the job keeps running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+import time
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RUNTIME_ENV_FILE = Path("cluster") / "runtime_env.yaml"
+# Used when the working dir has no cluster/runtime_env.yaml (same list as that file).
+DEFAULT_EXCLUDES = (
+    ".git/", "/.venv/", "/venv/", "/runs/", "/reports/", "/data/", "/.cache/", ".mypy_cache/",
+    ".ruff_cache/", ".pytest_cache/", "__pycache__/", "*.parquet", "*.safetensors", "*.egg-info/",
+)  # fmt: skip
+# Forwarded from the submitting shell when set: configuration, never secrets. Credentials (HF_TOKEN,
+# AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) come from the cluster's own environment or IAM: a runtime
+# env is readable by anyone who can read the job in the dashboard.
+FORWARD_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EC2_METADATA_DISABLED", "HF_HUB_OFFLINE",
+)  # fmt: skip
+AUTH_HELP = (
+    "The cluster uses Ray token authentication: set RAY_AUTH_MODE=token and give the cluster's token in "
+    "~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH=FILE, or RAY_AUTH_TOKEN). On a cluster you launched, the "
+    "token is the ~/.ray/auth_token copied to its nodes (cluster/aws.yaml, gcp.yaml); on KubeRay: "
+    "kubectl get secret NAME -o jsonpath='{.data.auth_token}' | base64 -d."
+)
+
+
+class SubmitError(Exception):
+    """The job could not be submitted (exit 2); the message says how to fix it."""
+
+
+def _err(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def resolve_space(space: str, working_dir: Path, cwd: Path | None = None) -> Path:
+    """The space as a path relative to the working dir (the entrypoint runs inside the uploaded copy)."""
+    cwd = cwd or Path.cwd()
+    candidates = [Path(space)] if Path(space).is_absolute() else [cwd / space, working_dir / space]
+    found = next((p.resolve() for p in candidates if p.is_file()), None)
+    if found is None:
+        raise SubmitError(f"search space {space!r} not found (looked in {', '.join(map(str, candidates))})")
+    try:
+        return found.relative_to(working_dir.resolve())
+    except ValueError:
+        raise SubmitError(
+            f"search space {found} is outside the working dir {working_dir.resolve()}: only the working dir "
+            "is uploaded, so put the space inside it or pass --working-dir that contains it"
+        ) from None
+
+
+def load_runtime_env(working_dir: Path) -> dict[str, Any]:
+    """cluster/runtime_env.yaml of the working dir (defaults when it has none), with working_dir set."""
+    path = working_dir / RUNTIME_ENV_FILE
+    env: dict[str, Any] = {}
+    if path.is_file():
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise SubmitError(
+                f"{path}: expected a mapping (a Ray runtime env), but got {type(loaded).__name__}"
+            )
+        env = loaded
+    else:
+        env = {"excludes": list(DEFAULT_EXCLUDES)}
+    if "working_dir" in env:
+        raise SubmitError(f"{path}: remove working_dir: the working dir is given by --working-dir")
+    env["working_dir"] = str(working_dir.resolve())
+    return env
+
+
+def build_job(
+    space: str,
+    storage: str | None,
+    working_dir: str | Path = ".",
+    extra_args: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """(entrypoint, runtime_env) for a study; pure apart from reading the space and runtime env files."""
+    root = Path(working_dir).expanduser()
+    if not root.is_dir():
+        raise SubmitError(f"working dir {root} is not a directory")
+    rel = resolve_space(space, root, cwd)
+    argv = ["mdf-search", "sweep", rel.as_posix()]
+    if storage:
+        argv += ["--storage", storage]
+    argv += list(extra_args or [])
+    runtime_env = load_runtime_env(root)
+    environ = os.environ if environ is None else environ
+    forwarded = {k: environ[k] for k in FORWARD_ENV if environ.get(k)}
+    if forwarded:
+        runtime_env["env_vars"] = {**forwarded, **(runtime_env.get("env_vars") or {})}
+    return shlex.join(argv), runtime_env
+
+
+def _prepare_token_auth(environ: MutableMapping[str, str]) -> None:
+    """Client-side token auth: on whenever a token is at hand, unless RAY_AUTH_MODE says otherwise.
+
+    Must run before Ray reads its config. A RAY_AUTH_TOKEN_PATH that cannot be read makes Ray abort the
+    process, so it is checked here first.
+    """
+    token_path = environ.get("RAY_AUTH_TOKEN_PATH")
+    token_file = Path(token_path).expanduser() if token_path else None
+    if token_file and not (token_file.is_file() and token_file.read_text().strip()):
+        raise SubmitError(f"RAY_AUTH_TOKEN_PATH={token_path} is not a readable, non-empty file. {AUTH_HELP}")
+    if "RAY_AUTH_MODE" in environ:
+        return
+    default = Path("~/.ray/auth_token").expanduser()
+    if environ.get("RAY_AUTH_TOKEN") or token_path or default.is_file():
+        environ["RAY_AUTH_MODE"] = "token"
+        if "ray._raylet" in sys.modules:  # Ray already read its config in this process: refresh it
+            from ray._raylet import Config  # type: ignore[attr-defined]
+
+            Config.initialize("")
+
+
+async def _follow(client: Any, job_id: str) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        sys.stdout.write(lines)
+        sys.stdout.flush()
+
+
+def submit_command(
+    space: str,
+    address: str,
+    storage: str | None,
+    working_dir: str = ".",
+    extra_args: list[str] | None = None,
+) -> int:
+    """Submit ``mdf-search sweep SPACE [--storage STORAGE] [EXTRA...]`` to the Ray cluster at ``address``
+    (the job server, e.g. http://127.0.0.1:8265 through a tunnel), stream its logs, return the exit code."""
+    if storage is None or ("://" not in storage and not Path(storage).is_absolute()):
+        print(
+            f"note: --storage {storage or 'runs (the default)'} is relative: it resolves on the cluster, inside "
+            "the job's temporary working dir; give an absolute shared path or an s3:// / gs:// URI",
+            file=sys.stderr,
+        )
+    try:
+        _prepare_token_auth(os.environ)
+        entrypoint, runtime_env = build_job(space, storage, working_dir, extra_args)
+        _validate_space(Path(runtime_env["working_dir"]) / shlex.split(entrypoint)[2])
+    except SubmitError as err:
+        _err(str(err))
+        return 2
+
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    try:
+        client = JobSubmissionClient(address)
+        print(f"uploading {runtime_env['working_dir']} and submitting: {entrypoint}", file=sys.stderr)
+        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    except AuthenticationError as err:
+        _err(f"{address} refused the request: {str(err).splitlines()[0]}\n{AUTH_HELP}")
+        return 2
+    except ConnectionError as err:
+        _err(
+            f"{err} Is the cluster up and its job server reachable from here? It listens on the head's "
+            "loopback: open a tunnel first (ssh -L 8265:localhost:8265 HEAD, `ray dashboard CLUSTER.yaml`, "
+            "or kubectl port-forward svc/NAME-head-svc 8265:8265) and pass --address http://127.0.0.1:8265. "
+            f"If it answers but refuses you: {AUTH_HELP}"
+        )
+        return 2
+    except (RuntimeError, ValueError) as err:  # bad address, version check, upload rejected
+        _err(f"could not submit to {address}: {err}")
+        return 2
+
+    print(
+        f"submitted job {job_id}; follow: ray job logs -f {job_id} --address {address}; "
+        f"stop: ray job stop {job_id} --address {address}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        asyncio.run(_follow(client, job_id))
+    except KeyboardInterrupt:
+        print(f"\nstopped following; job {job_id} keeps running (ray job stop {job_id})", file=sys.stderr)
+        return 130
+    status = client.get_job_status(job_id)
+    while not status.is_terminal():  # the log stream can end a moment before the status is final
+        time.sleep(1)
+        status = client.get_job_status(job_id)
+    info = client.get_job_info(job_id)
+    message = f": {info.message}" if info.message and status != JobStatus.SUCCEEDED else ""
+    print(f"job {job_id} {status.value}{message}", file=sys.stderr, flush=True)
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def _validate_space(path: Path) -> None:
+    """Fail before uploading when the space is invalid (the same checks as `mdf-search validate`)."""
+    from mdf_search.search.space import SpecError, load_spec, validate_spec
+
+    try:
+        problems = validate_spec(load_spec(path))
+    except SpecError as err:
+        raise SubmitError(str(err)) from None
+    if problems:
+        raise SubmitError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))

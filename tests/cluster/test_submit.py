@@ -1,0 +1,101 @@
+"""`mdf-search submit` without a cluster: the job it would submit, and the errors that stop it early."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mdf_search import submit
+from mdf_search.submit import SubmitError, build_job, load_runtime_env, submit_command
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_job_runs_sweep_on_the_space_inside_the_uploaded_working_dir() -> None:
+    environ = {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_SECRET_ACCESS_KEY": "x" * 40, "HF_TOKEN": "hf_x"}
+    entrypoint, env = build_job(
+        "search_spaces/smoke.yaml", "s3://bucket/mdf", ROOT, ["--fresh"], environ=environ, cwd=ROOT
+    )
+    assert entrypoint == "mdf-search sweep search_spaces/smoke.yaml --storage s3://bucket/mdf --fresh"
+    assert env["working_dir"] == str(ROOT)
+    assert env["excludes"] == yaml.safe_load((ROOT / "cluster/runtime_env.yaml").read_text())["excludes"]
+    # non-secret settings are forwarded; credentials never travel in a runtime env
+    assert env["env_vars"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert "AWS_SECRET_ACCESS_KEY" not in env["env_vars"] and "HF_TOKEN" not in env["env_vars"]
+    assert env["env_vars"]["PYTHONUNBUFFERED"] == "1"
+
+
+def test_space_paths_resolve_against_cwd_then_working_dir(tmp_path: Path) -> None:
+    absolute = str(ROOT / "search_spaces" / "hpo.yaml")
+    assert build_job(absolute, None, ROOT, environ={})[0] == "mdf-search sweep search_spaces/hpo.yaml"
+    # relative to the working dir when the cwd does not have it
+    assert build_job("search_spaces/hpo.yaml", None, ROOT, environ={}, cwd=tmp_path)[0].endswith("hpo.yaml")
+    outside = tmp_path / "space.yaml"
+    outside.write_text("experiment: x\n")
+    with pytest.raises(SubmitError, match="outside the working dir"):
+        build_job(str(outside), None, ROOT, environ={})
+    with pytest.raises(SubmitError, match="not found"):
+        build_job("search_spaces/nope.yaml", None, ROOT, environ={}, cwd=ROOT)
+
+
+def test_runtime_env_defaults_match_the_shipped_file_and_working_dir_is_not_overridable(
+    tmp_path: Path,
+) -> None:
+    shipped = yaml.safe_load((ROOT / "cluster/runtime_env.yaml").read_text())
+    assert list(submit.DEFAULT_EXCLUDES) == shipped["excludes"]  # the fallback stays in sync
+    assert load_runtime_env(tmp_path)["excludes"] == list(submit.DEFAULT_EXCLUDES)
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster/runtime_env.yaml").write_text("working_dir: /elsewhere\n")
+    with pytest.raises(SubmitError, match="remove working_dir"):
+        load_runtime_env(tmp_path)
+
+
+def test_token_auth_turns_on_when_a_token_is_at_hand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    environ: dict[str, str] = {}
+    submit._prepare_token_auth(environ)
+    assert "RAY_AUTH_MODE" not in environ  # nothing to authenticate with: leave Ray's default
+    environ = {"RAY_AUTH_TOKEN": "abc"}
+    submit._prepare_token_auth(environ)
+    assert environ["RAY_AUTH_MODE"] == "token"
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray/auth_token").write_text("abc")
+    environ = {}
+    submit._prepare_token_auth(environ)
+    assert environ["RAY_AUTH_MODE"] == "token"
+    environ = {"RAY_AUTH_MODE": "disabled"}
+    submit._prepare_token_auth(environ)
+    assert environ["RAY_AUTH_MODE"] == "disabled"  # an explicit choice wins
+    # Ray aborts the whole process on an unreadable RAY_AUTH_TOKEN_PATH: caught here first
+    with pytest.raises(SubmitError, match=r"RAY_AUTH_TOKEN_PATH=.*RAY_AUTH_MODE=token.*~/.ray/auth_token"):
+        submit._prepare_token_auth({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
+
+
+def test_an_invalid_space_fails_before_anything_is_contacted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "repo"
+    shutil.copytree(ROOT / "cluster", work / "cluster")
+    (work / "bad.yaml").write_text(
+        "experiment: bad\nmetric: val/macro_f1\nscientific: {fusion.levels: [9]}\n"
+    )
+    assert submit_command("bad.yaml", "http://127.0.0.1:1", None, working_dir=str(work)) == 2
+    assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_an_unreachable_job_server_says_to_open_a_tunnel(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.chdir(ROOT)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = submit_command("search_spaces/smoke.yaml", f"http://127.0.0.1:{port}", "s3://b/x")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "ssh -L 8265:localhost:8265" in err and "RAY_AUTH_MODE=token" in err
