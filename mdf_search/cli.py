@@ -354,7 +354,14 @@ def validate(files: Annotated[list[Path], typer.Argument(help="search-space YAML
     raise typer.Exit(code)
 
 
-def _run_study(spec: object, storage: str, address: str | None, resume: bool | None, report: bool) -> None:
+def _run_study(
+    spec: object,
+    storage: str,
+    address: str | None,
+    resume: bool | None,
+    report: bool,
+    report_dir: str | None = None,
+) -> None:
     from mdf_search.cluster import connect
     from mdf_search.report.ablation import report_command
     from mdf_search.report.leaderboard import leaderboard_command
@@ -373,7 +380,7 @@ def _run_study(spec: object, storage: str, address: str | None, resume: bool | N
         outcome.experiment_root, top=10, by=None, where=None, group_by="arm", fmt="table", watch=False
     )
     if report and "://" not in outcome.experiment_root:
-        out = f"reports/{spec.experiment}"  # type: ignore[attr-defined]
+        out = report_dir or f"reports/{spec.experiment}"  # type: ignore[attr-defined]
         if report_command(outcome.experiment_root, out) == 0:
             console.print(f"report: {out}/report.md and {out}/report.html")
     if outcome.stopped_reason:
@@ -390,11 +397,33 @@ def sweep(
     fresh: Annotated[
         bool, typer.Option(help="refuse to continue an existing experiment of the same name")
     ] = False,
-    report: Annotated[bool, typer.Option(help="write reports/<experiment>/ when the sweep ends")] = True,
+    report: Annotated[bool, typer.Option(help="write the ablation report when the sweep ends")] = True,
+    report_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="where the report goes (default reports/<experiment>; in a Ray job use shared storage)"
+        ),
+    ] = None,
 ) -> None:
     """Run a study with a live leaderboard, then print the leaderboard and write the ablation report."""
     spec = _load_spec(space)
-    _run_study(spec, storage, address, resume=False if fresh else None, report=report)
+    _run_study(spec, storage, address, resume=False if fresh else None, report=report, report_dir=report_dir)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    ctx: typer.Context,
+    space: Annotated[str, typer.Argument(help="search-space YAML, relative to the working dir")],
+    address: Annotated[str, typer.Option(help="the cluster's job server, e.g. http://127.0.0.1:8265")],
+    storage: Annotated[str | None, typer.Option(help="results root on shared or object storage")] = None,
+    working_dir: Annotated[str, typer.Option(help="uploaded with cluster/runtime_env.yaml's excludes")] = ".",
+) -> None:
+    """Submit a study as a Ray job, stream its logs, and exit with the job's status (extra args go to sweep)."""
+    from mdf_search.submit import submit_command
+
+    raise typer.Exit(
+        submit_command(space, address, storage, working_dir=working_dir, extra_args=list(ctx.args))
+    )
 
 
 @app.command()

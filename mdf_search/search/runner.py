@@ -102,7 +102,20 @@ def _study_storage(spec: Any, root: str) -> Any:
 
     from mdf_search.search.designs import default_storage_url
 
-    url = spec.study.storage or default_storage_url(root)
+    if spec.study.storage:
+        url = spec.study.storage
+    elif "://" in root:  # results on object storage: the study stays on this (head) node
+        from mdf_search.train.builders import cache_root
+
+        local = cache_root(TrialConfig.from_flat({})) / "studies" / spec.experiment
+        log.warning(
+            "results go to %s; the Optuna study stays on this node at %s (set study.storage to share it)",
+            root,
+            local,
+        )
+        url = default_storage_url(local)
+    else:
+        url = default_storage_url(root)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(url)
