@@ -134,6 +134,7 @@ class Run:
         }
         self.epoch = 0
         self.best: float | None = None
+        self.last_metrics: dict[str, Any] | None = None  # of the checkpoint a restarted run resumed from
 
     def loader(self, name: str) -> DataLoader[Any]:
         train = name == "train"
@@ -266,7 +267,11 @@ def _report(run: Run, metrics: dict[str, Any], *, with_checkpoint: bool) -> None
         return
     with tempfile.TemporaryDirectory(prefix="mdf-ckpt-") as tmp:
         state = checkpoint.TrialState(
-            run.epoch, run.best, run.cfg.to_flat(), run.data.label_space, {"split_hash": run.data.split_hash}
+            run.epoch,
+            run.best,
+            run.cfg.to_flat(),
+            run.data.label_space,
+            {"split_hash": run.data.split_hash, "metrics": metrics},
         )
         checkpoint.save(run.engine, Path(tmp), state, rank=run.rank, tokenizer=run.tokenizer)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -281,6 +286,7 @@ def _epochs(run: Run) -> Iterator[int]:
         with ckpt.as_directory() as directory:
             state = checkpoint.load(run.engine, Path(directory), rank=run.rank)
         start, run.best = state.epoch + 1, state.best_metric
+        run.last_metrics = state.extra.get("metrics")
         log.info("rank %d resumes after epoch %d", run.rank, state.epoch)
     yield from range(start, run.cfg.optim.epochs)
 
@@ -314,7 +320,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "trainable_params": sum(t for _, t in run.param_counts.values()),
         "total_params": sum(n for n, _ in run.param_counts.values()),
     }
+    ran = False
     for epoch in _epochs(run):
+        ran = True
         run.epoch = epoch
         try:
             train = _train_epoch(run)
@@ -364,3 +372,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 _wait_for_lines(Path(run.hooks["kill_wait_for"]), kill_after)
                 marker.write_text("killed")
                 os.kill(os.getpid(), 9)  # test hook: a real SIGKILL of one rank once the report was recorded
+    if not ran and run.last_metrics is not None:
+        # Restarted after its last checkpoint (e.g. the sweep driver died between the final report and Tune
+        # recording it): report the final metrics again so the trial ends with its result, not without one.
+        ray.train.report(run.last_metrics)

@@ -98,6 +98,10 @@ def test_export_reloads_without_deepspeed_with_identical_logits(data: TrialData,
     with torch.no_grad():
         logits = model(saved["batch"]).logits["type"]
     torch.testing.assert_close(logits, saved["logits"], rtol=0, atol=1e-5)
+    # A finished run started again (a sweep driver killed after the last report) re-reports its result.
+    again, _ = _run(cfg, data, tmp_path, "export")
+    assert again.metrics["status"] == "completed" and again.metrics["epoch"] == 1
+    assert again.metrics["val/macro_f1"] == result.metrics["val/macro_f1"]
 
 
 def test_injected_nan_ends_the_trial_as_diverged(data: TrialData, tmp_path: Path) -> None:
