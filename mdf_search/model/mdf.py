@@ -16,7 +16,7 @@ head: nothing is wrapped, and its logits are identical to the library's.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +48,7 @@ def task_classes(task: str, diseases: tuple[str, ...]) -> dict[str, tuple[str, .
     return {name: heads[name] for name in (("disease", "type") if task == "dual" else (task,))}
 
 
-@dataclass
-class MDFOutput:
+class MDFOutput(NamedTuple):  # a NamedTuple: ZeRO-3's hooks see the tensors inside
     logits: dict[str, torch.Tensor]  # head name → (B, classes)
     seg_logits: torch.Tensor | None  # (B, 1, H, W) when the U-Net decoder ran
 

@@ -12,7 +12,7 @@ so that freezing the U-Net (``freeze=unet``) still trains the text conditioning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +56,7 @@ def film(x: torch.Tensor, params: FilmParams | None, site: str) -> torch.Tensor:
     return x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
 
 
-@dataclass
-class UNetOutput:
+class UNetOutput(NamedTuple):  # a NamedTuple: ZeRO-3's hooks see the tensors inside
     skips: list[torch.Tensor]  # 4 levels, finest first
     bottleneck: torch.Tensor | None  # None when the decoder did not run
     seg_logits: torch.Tensor | None  # (B, 1, H, W) vessel logits when the decoder ran
