@@ -19,6 +19,7 @@ from typing import Any
 
 from ray.tune import Callback, Stopper
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from mdf_search.config import TrialConfig
 from mdf_search.results.store import ResultsStore
@@ -248,3 +249,30 @@ class PerArmASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         return f"PerArmASHA({len(self._arms)} arms)"
+
+
+class ResumableOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that survives a driver killed between Optuna's ``tell`` and Tune's own checkpoint.
+
+    The persistent study then already holds the trial as finished while Tune restores it as unfinished
+    and reruns it (its Train run re-reports the final result); Optuna refuses to update a finished trial.
+    The study keeps the value it was told, and the sweep goes on.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        import optuna
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.info("trial %s was already finished in the Optuna study (resumed sweep)", trial_id)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        import optuna
+
+        try:
+            super().on_trial_complete(trial_id, result=result, error=error)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.info("trial %s was already finished in the Optuna study (resumed sweep)", trial_id)

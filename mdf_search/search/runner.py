@@ -130,9 +130,8 @@ def _tuner(
     restore: bool,
 ) -> tuple[Any, Any, Any]:
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
-    from mdf_search.search.callbacks import PerArmASHA, ResultsWriter, SweepGuard
+    from mdf_search.search.callbacks import PerArmASHA, ResultsWriter, ResumableOptunaSearch, SweepGuard
     from mdf_search.search.designs import define_by_run, make_sampler, num_trials, study_name
 
     writer = ResultsWriter(root, spec.experiment, provenance(), on_event=on_event)
@@ -160,7 +159,7 @@ def _tuner(
         restored.callbacks = [writer]
         restored.stop = guard
         return tuner, writer, guard
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space=define_by_run(
             spec,
             extra={
