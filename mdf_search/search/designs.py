@@ -68,19 +68,32 @@ class Arm:
 def _arm(spec: SearchSpec, assignment: Mapping[str, Scalar]) -> Arm:
     """Apply the conditions in file order; a key missing from ``assignment`` takes its first value."""
     context: dict[str, Any] = dict(spec.fixed)
-    params: dict[str, Scalar] = {}
-    parts = []
-    for key, param in spec.scientific.items():
-        if param.active(context):
-            value = assignment[key] if key in assignment else param.default_value()
-            parts.append(f"{key}={format_value(value)}")
+    resolved = _resolve(spec.scientific, assignment, context)
+    params = {key: value for key, value, _ in resolved}
+    parts = [f"{key}={format_value(value)}" for key, value, active in resolved if active]
+    return Arm("|".join(parts) or "default", params)
+
+
+def _resolve(
+    space: Mapping[str, Any], chosen: Mapping[str, Scalar], context: dict[str, Any]
+) -> list[tuple[str, Scalar, bool]]:
+    """Apply ``when``/``otherwise`` in file order: (key, value, active) for every key that gets a value.
+
+    An active key takes its chosen value (or its default); an inactive one its ``otherwise`` value, or
+    none at all. ``context`` is updated as keys resolve, so later conditions see earlier values.
+    """
+    out: list[tuple[str, Scalar, bool]] = []
+    for key, param in space.items():
+        active = param.active(context)
+        if active:
+            value = chosen[key] if key in chosen else param.default_value()
         elif param.has_otherwise:
             value = param.otherwise
         else:
             continue
-        params[key] = value
+        out.append((key, value, active))
         context[key] = value
-    return Arm("|".join(parts) or "default", params)
+    return out
 
 
 def _unique(candidates: Iterable[Arm]) -> list[Arm]:
@@ -128,16 +141,8 @@ def trial_params(
 ) -> dict[str, Scalar]:
     """The full flat params of one trial (``nuisance`` by flat key; missing or None → defaults)."""
     params: dict[str, Scalar] = {**spec.fixed, **arm.params}
-    context: dict[str, Any] = dict(params)
-    for key, param in spec.nuisance.items():
-        if param.active(context):
-            value = nuisance[key] if nuisance is not None and key in nuisance else param.default_value()
-        elif param.has_otherwise:
-            value = param.otherwise
-        else:
-            continue
+    for key, value, _ in _resolve(spec.nuisance, nuisance or {}, dict(params)):
         params[key] = value
-        context[key] = value
     params["seed"] = seed
     params["optim.epochs"] = spec.budget.epochs
     params["run.workers"] = spec.resources.workers
