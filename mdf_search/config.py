@@ -38,6 +38,12 @@ UNET_INITS = ("random", "pretrained")
 HEADS = ("linear", "label_token")
 TASKS = ("disease", "type", "dual")
 PRECISIONS = ("fp32", "bf16")
+PROJECTIONS = ("pool", "patch")
+VISION_TILES = (1, 4)
+TEXT_MODES = ("on", "off", "shuffled")
+IMAGE_MODES = ("on", "off")
+SPLITS = ("stratified", "kfold", "authors", "leave_source_out")
+CLASS_WEIGHTS = ("none", "balanced")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -91,6 +97,15 @@ def _float_range(low: float, high: float, *, open_low: bool = False) -> Callable
             bracket = "(" if open_low else "["
             raise ValueError(f"must be a number in {bracket}{low}, {high}], but got {value!r}")
         return number
+
+    return parse
+
+
+def _int_choice(options: tuple[int, ...]) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or str(value).strip() not in {str(o) for o in options}:
+            raise ValueError(f"must be one of {list(options)}, but got {value!r}")
+        return int(str(value).strip())
 
     return parse
 
@@ -182,10 +197,6 @@ def _optional_str(value: Any) -> str | None:
     return text or None
 
 
-def _str(value: Any) -> str:
-    return str(value)
-
-
 # ---------------------------------------------------------------------------------------------------
 # The dataclasses. Field metadata: flat key, parser. `doc` is the docstring shown by `validate`.
 # ---------------------------------------------------------------------------------------------------
@@ -246,11 +257,19 @@ class FusionConfig:
         "none (baseline) | concat (U-Net tokens join the image keys/values) | parallel (own branch, tanh-gated scale)",
     )
     grid: int = _f("fusion.grid", 4, _int_range(1, 64), "patch grid per level: grid x grid tokens")
+    projection: str = _f(
+        "fusion.projection",
+        "pool",
+        _choice(PROJECTIONS),
+        "level features → tokens: pool (adaptive average pool to the grid, then a linear map) | patch "
+        "(a learned strided-convolution patch embedding, as in a ViT: keeps detail inside each patch)",
+    )
     scale_init: float = _f(
         "fusion.scale_init",
-        0.1,
+        0.0,
         _float_range(-5.0, 5.0),
-        "ASSUMPTION: initial pre-tanh value of the learnable fusion scale",
+        "initial pre-tanh value of the learnable fusion scale; 0 (the default) closes the U-Net path, so "
+        "at init the fused model's outputs equal the baseline's and fusion must earn its place",
     )
 
 
@@ -308,6 +327,12 @@ class OptimConfig:
     )
     offload_param: bool = _f("optim.offload_param", False, _bool, "ZeRO-3 parameter offload to CPU")
     precision: str = _f("optim.precision", "fp32", _choice(PRECISIONS), "fp32 | bf16")
+    class_weights: str = _f(
+        "optim.class_weights",
+        "none",
+        _choice(CLASS_WEIGHTS),
+        "none | balanced (cross-entropy weights n / (k * n_class), fitted on the training split only)",
+    )
 
 
 @dataclass(frozen=True)
@@ -325,13 +350,49 @@ class DataConfig:
     synthetic_severity: float = _f(
         "data.synthetic_severity", 1.0, _float_range(0.0, 1.0), "synthetic sign strength (0 = invisible)"
     )
-    split: str = _f("data.split", "stratified", _choice(("stratified", "kfold", "authors")), "split scheme")
+    split: str = _f(
+        "data.split",
+        "stratified",
+        _choice(SPLITS),
+        "stratified | kfold | authors | leave_source_out (data.test_source is the test split)",
+    )
+    test_source: str | None = _f(
+        "data.test_source",
+        None,
+        _optional_str,
+        "the source held out as the test split with data.split=leave_source_out (e.g. stonerounds)",
+    )
     fold: int = _f("data.fold", 0, _int_range(0, 99), "k-fold index (data.split=kfold)")
     folds: int = _f("data.folds", 5, _int_range(2, 100), "k in k-fold")
     val_frac: float = _f("data.val_frac", 0.2, _float_range(0.0, 0.5, open_low=True), "validation fraction")
     test_frac: float = _f("data.test_frac", 0.2, _float_range(0.0, 0.5), "test fraction")
     max_text_tokens: int = _f("data.max_text_tokens", 64, _int_range(8, 8192), "prompt length in tokens")
     augment: bool = _f("data.augment", True, _bool, "flip / small rotation / colour jitter in training")
+    vision_tiles: int = _f(
+        "data.vision_tiles",
+        1,
+        _int_choice(VISION_TILES),
+        "1: the fundus at tile size, the other tiles padding | 4: the fundus at twice the tile size as a "
+        "2x2 tiling (4x the pixels; the vision tower computes padded tiles anyway)",
+    )
+    text: str = _f(
+        "data.text",
+        "on",
+        _choice(TEXT_MODES),
+        "clinical text in the prompt: on | off | shuffled (permuted across training cases: a control)",
+    )
+    image: str = _f(
+        "data.image",
+        "on",
+        _choice(IMAGE_MODES),
+        "the fundus for the vision tower: on | off (a zero placeholder with a zero mask; the U-Net still sees it)",
+    )
+    order_salt: int = _f(
+        "data.order_salt",
+        0,
+        _int_range(0, 2**31 - 1),
+        "extra seed of the training-data order only (a negative control: changing it cannot matter)",
+    )
     split_seed: int = _f(
         "data.split_seed",
         0,
@@ -473,6 +534,29 @@ class TrialConfig:
             problems.append("head: label_token scoring supports one task; use head=linear for task=dual")
         if self.optim.offload_param and self.optim.zero_stage != 3:
             problems.append("optim.offload_param: parameter offload needs optim.zero_stage=3")
+        if self.optim.offload_optimizer and self.optim.zero_stage == 0:
+            problems.append(
+                "optim.offload_optimizer: optimizer offload needs ZeRO; set optim.zero_stage to 1, 2 or 3"
+            )
+        if self.data.split == "leave_source_out" and not self.data.test_source:
+            problems.append(
+                "data.test_source: data.split=leave_source_out needs the source to hold out, e.g. "
+                "data.test_source=stonerounds"
+            )
+        if self.data.test_source and self.data.split != "leave_source_out":
+            problems.append(
+                f"data.test_source: {self.data.test_source!r} is only used with data.split=leave_source_out"
+            )
+        if self.data.vision_tiles > preset.max_num_tiles:
+            problems.append(
+                f"data.vision_tiles: preset {self.model.preset} has max_num_tiles={preset.max_num_tiles}; "
+                f"choose data.vision_tiles <= {preset.max_num_tiles}"
+            )
+        if self.data.image == "off" and self.data.text == "off" and not self.fusion.levels:
+            problems.append(
+                "data.image: with data.image=off, data.text=off and no fused levels the model sees no input; "
+                "turn one modality on or fuse U-Net levels"
+            )
         return problems
 
     def to_flat(self) -> dict[str, Any]:

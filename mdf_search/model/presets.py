@@ -40,6 +40,10 @@ class Preset:
         return int(self.vision["image_size"])
 
     @property
+    def max_num_tiles(self) -> int:
+        return int(self.vision.get("max_num_tiles", 1))
+
+    @property
     def vocab_size(self) -> int:
         return int(self.text["vocab_size"])
 
