@@ -552,11 +552,7 @@ class TrialConfig:
                 f"data.vision_tiles: preset {self.model.preset} has max_num_tiles={preset.max_num_tiles}; "
                 f"choose data.vision_tiles <= {preset.max_num_tiles}"
             )
-        if self.data.image == "off" and self.data.text == "off" and not self.fusion.levels:
-            problems.append(
-                "data.image: with data.image=off, data.text=off and no fused levels the model sees no input; "
-                "turn one modality on or fuse U-Net levels"
-            )
+
         return problems
 
     def to_flat(self) -> dict[str, Any]:
