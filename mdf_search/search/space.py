@@ -620,6 +620,11 @@ def load_spec(path: str | Path) -> SearchSpec:
         problems.append(f"reference: is used only by design ofat (design is {top.design}); remove it")
     if top.design in SAMPLER_DESIGNS and top.budget.trials is None:
         problems.append(f"budget.trials: design {top.design} samples until a budget; set budget.trials")
+    if top.metric.startswith("test/"):
+        problems.append(
+            f"metric: {top.metric}: the study selects on validation only (the best epoch, the trial, the "
+            f"sampler's next point and the scheduler's stops all follow it); use val/{top.metric[5:]}"
+        )
     if top.scheduler.type == "asha" and top.scheduler.grace_period > top.budget.epochs:
         problems.append(
             f"scheduler.grace_period: {top.scheduler.grace_period} epochs exceeds budget.epochs="
@@ -656,7 +661,9 @@ def validate_spec(spec: SearchSpec) -> list[str]:
 
 
 def validate_files(paths: list[str] | list[Path]) -> tuple[int, list[str]]:
-    """Exit code (0 ok, 2 any problem) and report lines: a summary per file, then its problems and notes."""
+    """Exit code (0 ok, 2 any problem) and report lines: a summary per file, then its problems and notes,
+    then what its design can detect (``report.power``) with a warning when a test cannot reach α."""
+    from mdf_search.report.power import spec_power
     from mdf_search.search.designs import check_design
 
     code, lines = 0, []
@@ -674,5 +681,11 @@ def validate_files(paths: list[str] | list[Path]) -> tuple[int, list[str]]:
         )
         lines.extend(f"  {p}" for p in problems)
         lines.extend(f"  note: {n}" for n in notes)
+        if not problems:
+            power = spec_power(spec)
+            head, *tests = power.describe()
+            lines.append(f"  power: {head}")
+            lines.extend(f"    {t}" for t in tests)
+            lines.extend(f"  warning: {w}" for w in power.warnings())
         code = max(code, 2 if problems else 0)
     return code, lines

@@ -308,17 +308,19 @@ def test_validate_files_reports_each_file_and_exits_2_on_any_problem(tmp_path: P
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(yaml.safe_dump(BASE, sort_keys=False))
     bad.write_text(yaml.safe_dump(_merge(BASE, {"mode": "up"}), sort_keys=False))
-    assert validate_files([good]) == (
-        0,
-        [
-            f"{good}: ok: experiment t, design grid, 2 arm(s) x 1 seed(s) = 2 trials",
-            "  note: budget.trials=10 exceeds the design's 2 trials; the sweep runs 2",
-        ],
-    )
+    code, lines = validate_files([good])
+    assert code == 0
+    assert lines[:3] == [
+        f"{good}: ok: experiment t, design grid, 2 arm(s) x 1 seed(s) = 2 trials",
+        "  note: budget.trials=10 exceeds the design's 2 trials; the sweep runs 2",
+        "  power: 1 shared seed(s), 1 arm(s) vs the baseline, α=0.05",
+    ]
+    assert "cannot reach α" in lines[3] and "needs >= 2 shared seeds" in lines[4]
+    assert lines[-1].startswith("  warning: no seed-level comparison can reach α=0.05 with 1 shared seed(s)")
     code, lines = validate_files([good, bad, tmp_path / "missing.yaml"])
     assert code == 2
-    assert lines[2] == f"{bad}: INVALID (1 problem(s))"
-    assert "mode: must be one of max, min, but got 'up'" in lines[3]
+    at = lines.index(f"{bad}: INVALID (1 problem(s))")
+    assert "mode: must be one of max, min, but got 'up'" in lines[at + 1]
     assert "file not found" in lines[-1]
 
 
@@ -337,3 +339,36 @@ def test_loaded_spec_is_typed(tmp_path: Path) -> None:
     assert spec.budget.max_wall_time_s == 1800.0
     assert spec.scientific["fusion.injection"].optuna_name == "fusion.injection[fusion.levels!=none]"
     assert spec.path == str(path) and spec.seeds == (0,)
+
+
+def test_validate_says_what_the_design_can_detect(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    three = _merge(
+        BASE,
+        {
+            "seeds": [0, 1, 2],
+            "budget": {"trials": 12},
+            "scientific": {"fusion.levels": ["none", "4", "34", "1234"]},
+        },
+    )
+    path.write_text(yaml.safe_dump(three, sort_keys=False))
+    code, lines = validate_files([path])
+    assert code == 0
+    text = "\n".join(lines)
+    assert "power: 3 shared seed(s), 3 arm(s) vs the baseline, α=0.05" in text
+    assert "smallest p after Holm 0.75, cannot reach α" in text  # 3 arms x 2 / 2**3
+    assert "warning: the exact sign-flip test cannot reach α=0.05 with 3 shared seed(s)" in text
+    assert "adequate" not in text
+    eight = _merge(BASE, {"seeds": list(range(8)), "budget": {"trials": 16}})
+    path.write_text(yaml.safe_dump(eight, sort_keys=False))
+    code, lines = validate_files([path])
+    assert code == 0 and not any("warning" in line for line in lines)
+    assert any("smallest p after Holm 0.00781, can reach α" in line for line in lines)
+
+
+@pytest.mark.parametrize("metric", ["test/accuracy", "test/type/macro_f1"])
+def test_a_test_metric_cannot_select(tmp_path: Path, metric: str) -> None:
+    problems = _problems(tmp_path, {"metric": metric, "scheduler": {"type": "asha"}})
+    assert len(problems) == 1, problems
+    assert f"metric: {metric}: the study selects on validation only" in problems[0]
+    assert problems[0].endswith(f"use val/{metric[5:]}") and "scheduler" in problems[0]
