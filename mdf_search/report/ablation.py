@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mdf_search.report import analysis, review
+from mdf_search.report import analysis, compare, exports, review
 from mdf_search.report.document import Report, Section, Text, to_html, to_markdown, write_tables
 from mdf_search.report.experiment import Experiment, ExperimentError, load_experiment
 from mdf_search.report.figures import FigureSink
@@ -52,7 +52,7 @@ def _guard(title: str, anchor: str, build: Callable[[], Section]) -> Section:
 
 def build_report(exp: Experiment, out: Path, reports: int) -> Report:
     sink = FigureSink(out / "figures")
-    stats = analysis.arm_stats(exp)
+    cmp = compare.compare(exp)
     spec = exp.spec
     subtitle = (
         f"{spec.description if spec and spec.description else 'Ablation study'} — design {spec.design if spec else '?'}, "
@@ -61,18 +61,19 @@ def build_report(exp: Experiment, out: Path, reports: int) -> Report:
     )
     report = Report(f"Ablation report: {exp.name}", subtitle)
     builders: list[tuple[str, str, Callable[[], Section]]] = [
-        ("Provenance", "provenance", lambda: analysis.provenance_section(exp, reports)),
+        ("Provenance", "provenance", lambda: analysis.provenance_section(exp, reports, out)),
         ("Design matrix", "design", lambda: analysis.design_section(exp)),
-        ("Main results", "main", lambda: analysis.main_section(exp, stats)),
+        ("Main results", "main", lambda: analysis.main_section(exp, cmp)),
+        ("Comparisons", "compare", lambda: compare.comparison_section(exp, cmp)),
         ("Factors", "factors", lambda: analysis.factor_section(exp, sink)),
-        ("Per class", "classes", lambda: analysis.per_class_section(exp, stats, sink)),
+        ("Per class", "classes", lambda: analysis.per_class_section(exp, cmp, sink)),
         ("Parameter importance", "importance", lambda: importance_section(exp, sink)),
-        ("Ablation path", "path", lambda: review.path_section(exp, stats, sink)),
+        ("Ablation path", "path", lambda: review.path_section(exp, cmp, sink)),
         ("Cost: Pareto fronts", "pareto", lambda: review.pareto_section(exp, sink)),
         ("Learning curves", "curves", lambda: review.curves_section(exp, sink)),
-        ("Warnings", "warnings", lambda: review.warnings_section(exp, stats, reports)),
+        ("Warnings", "warnings", lambda: review.warnings_section(exp, cmp, reports)),
         ("Failure appendix", "failures", lambda: review.failures_section(exp)),
-        ("Exports", "exports", lambda: review.export_section(exp, out)),
+        ("Exports", "exports", lambda: exports.export_section(exp, out)),
     ]
     report.sections = [_guard(title, anchor, build) for title, anchor, build in builders]
     if exp.notes:

@@ -1,7 +1,8 @@
 """Report sections 1-5: provenance, design matrix, the main and paper tables, factor plots, per class.
 
-Per-seed values: for each (arm, seed), the *completed* trial's metric (the best one over nuisance values
-when a sampler design ran several). Comparisons with the baseline pair arms by seed.
+Per-seed values: for each (arm, seed), the completed trial validation selected (``Experiment.selected``:
+the best by the study's metric when a sampler design ran several); every column of an (arm, seed) comes
+from that trial. Comparisons with the baseline live in ``report.compare``.
 """
 
 from __future__ import annotations
@@ -9,76 +10,23 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass
+import os
+import shlex
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from mdf_search.report import figures as fg
 from mdf_search.report import tables as tb
+from mdf_search.report.compare import Comparison, seed_values
 from mdf_search.report.document import Section, TableBlock
 from mdf_search.report.experiment import HEADLINE, Experiment
-from mdf_search.report.stats import (
-    holm,
-    min_attainable_p,
-    paired_effect_size,
-    paired_permutation_test,
-    relative_change,
-    summarize,
-    t_interval,
-)
-
-
-@dataclass
-class ArmStats:
-    """Per arm: per-seed values of the study metric and the comparison with the baseline."""
-
-    arm: str
-    seeds: dict[int, float]
-    mean: float
-    diff: float = math.nan
-    pairs: int = 0
-    p: float = math.nan
-    p_holm: float = math.nan
-    effect: float = math.nan
-
-
-def seed_values(exp: Experiment, metric: str) -> dict[str, dict[int, float]]:
-    out: dict[str, dict[int, float]] = {}
-    for row in exp.per_seed(metric).iter_rows(named=True):
-        if row["value"] is not None and not math.isnan(row["value"]):
-            out.setdefault(row["arm"], {})[int(row["seed"])] = float(row["value"])
-    return out
-
-
-def arm_stats(exp: Experiment) -> dict[str, ArmStats]:
-    values = seed_values(exp, exp.metric)
-    base = exp.baseline_arm()
-    out = {arm: ArmStats(arm, v, float(np.mean(list(v.values())))) for arm, v in values.items()}
-    if base in out:
-        tested: list[str] = []
-        for arm, st in out.items():
-            if arm == base:
-                continue
-            common = sorted(set(st.seeds) & set(out[base].seeds))
-            diffs = np.array([st.seeds[s] - out[base].seeds[s] for s in common])
-            st.pairs = len(common)
-            if len(common):
-                st.diff = float(diffs.mean())
-                st.p = paired_permutation_test(diffs)
-                st.effect = paired_effect_size(diffs)
-                tested.append(arm)
-        for arm, adjusted in zip(tested, holm([out[a].p for a in tested]), strict=True):
-            out[arm].p_holm = adjusted
-    return out
-
-
-def ranked_arms(exp: Experiment, stats: dict[str, ArmStats]) -> list[str]:
-    return sorted(stats, key=lambda a: stats[a].mean, reverse=exp.descending)
+from mdf_search.report.stats import relative_change, summarize, t_interval
 
 
 # ---------------------------------------------------------------------------------------------------
-def provenance_section(exp: Experiment, count: int) -> Section:
+def provenance_section(exp: Experiment, count: int, out: Path | None = None) -> Section:
     sec = Section("Provenance", anchor="provenance")
     spec, prov, trials = exp.spec, exp.provenance(), exp.trials
 
@@ -117,12 +65,25 @@ def provenance_section(exp: Experiment, count: int) -> Section:
         ["report number", f"{count} (counted in reports.log)"],
     ]
     sec.blocks.append(TableBlock("provenance", ["field", "value"], rows))
-    spec_path = f"{exp.root}/spec.yaml"
-    sec.text("Reproduce from scratch (the spec is kept next to the results), then resume after a crash:")
+    q = shlex.quote
     sec.text(
-        f"mdf-search sweep {spec_path}\nmdf-search resume {exp.root}\nmdf-search report {exp.root}", "code"
+        f"Reproduce, from the experiment directory ({exp.name}/, the one holding spec.yaml and trials/): "
+        "rerun from scratch into a fresh storage root, resume this one after a crash, rewrite this report:"
+    )
+    sec.text(
+        f"mdf-search sweep spec.yaml --storage {q('../rerun')} --fresh\n"
+        "mdf-search resume .\n"
+        f"mdf-search report . --out {q(_relative(out, exp.root))}",
+        "code",
     )
     return sec
+
+
+def _relative(out: Path | None, root: str) -> str:
+    """The report directory relative to the experiment directory (no machine path in a report)."""
+    if out is None or "://" in root:
+        return "report"
+    return os.path.relpath(Path(out).resolve(), Path(root).resolve())
 
 
 def _counts(trials: pl.DataFrame) -> dict[str, int]:
@@ -169,55 +130,56 @@ def design_section(exp: Experiment) -> Section:
     return sec
 
 
-def main_section(exp: Experiment, stats: dict[str, ArmStats]) -> Section:
+def main_section(exp: Experiment, cmp: Comparison) -> Section:
     sec = Section("Main results", anchor="main")
-    base = exp.baseline_arm()
+    base, stats = cmp.base, cmp.stats
     metrics = [m for m in HEADLINE if m in exp.trials.columns]
     if not stats:
         sec.note(f"no completed trial has {exp.metric} yet; the tables appear once trials complete.")
         return sec
+    if cmp.floor:
+        sec.note(cmp.floor)
     headers = ["arm", "seeds"]
     for m in metrics:
-        headers += [f"{m} mean ± sd", f"{m} 95 % CI"]
-    headers += [f"Δ {exp.metric} vs baseline", "pairs", "p (perm.)", "p (Holm)", "d_z"]
+        headers += [f"{m} mean ± sd", f"{m} 95 % Student-t CI"]
     rows = []
     per_metric = {m: seed_values(exp, m) for m in metrics}
-    for arm in ranked_arms(exp, stats):
-        st = stats[arm]
-        row = [("★ " if arm == base else "") + arm, str(len(st.seeds))]
+    for arm in cmp.ranked:
+        row = [("★ " if arm == base else "") + arm, str(len(stats[arm].seeds))]
         for m in metrics:
             s = summarize(list(per_metric[m].get(arm, {}).values()))
-            row += [tb.mean_sd(s), tb.ci(s.boot_lo, s.boot_hi)]
-        row += [
-            "(baseline)" if arm == base else tb.signed(st.diff),
-            str(st.pairs or "—"),
-            tb.pvalue(st.p),
-            tb.pvalue(st.p_holm),
-            tb.num(st.effect, 2),
-        ]
+            row += [tb.mean_sd(s), tb.ci(s.t_lo, s.t_hi)]
         rows.append(row)
-    sec.blocks.append(
-        TableBlock("main", headers, rows, f"per-seed values of completed trials; ranked by {exp.metric}")
+    order = (
+        f"ranked by {exp.metric}"
+        if not cmp.floor
+        else "design order, not ranked (the study measured nothing)"
     )
-    n_pairs = max((s.pairs for s in stats.values()), default=0)
+    sec.blocks.append(
+        TableBlock("main", headers, rows, f"per seed, the completed trial validation selected; {order}")
+    )
+    n = sorted({len(st.seeds) for st in stats.values()})
+    n_text = str(n[0]) if len(n) == 1 else f"{n[0]}-{n[-1]}"
     sec.text(
-        "Mean ± sd over seeds; 95 % CI = percentile bootstrap of the mean (10 000 resamples, seeded). "
-        "Δ = mean paired difference to the baseline (pairs = shared seeds). p = exact two-sided paired "
-        "permutation (sign-flip) test over all 2^n sign patterns; with few seeds it is the honest test, "
-        f"and its smallest attainable p with {n_pairs} pairs is {tb.pvalue(min_attainable_p(n_pairs))}. "
-        "p (Holm) = Holm-corrected across arms; d_z = mean difference / sd of the differences."
+        f"Mean ± sd over seeds with the 95 % Student-t CI over n seeds (n = {n_text}; none with one seed). "
+        f"For each (arm, seed) one trial is selected, the best by {exp.metric} ({exp.mode}) on validation; "
+        "every column, test metrics included, comes from that trial. The paired comparisons with the "
+        "baseline follow in the next section."
     )
     if base is None:
         sec.note("no baseline arm with results (spec.baseline absent or not run yet): no paired comparison.")
-    sec.blocks.extend(paper_table(exp, stats, base).blocks)
+    sec.blocks.extend(paper_table(exp, cmp).blocks)
     return sec
 
 
-def paper_table(exp: Experiment, stats: dict[str, ArmStats], base: str | None) -> Section:
+PAPER_METRICS = ("accuracy", "macro_f1", "macro_recall", "auroc")
+
+
+def paper_table(exp: Experiment, cmp: Comparison) -> Section:
     sec = Section("paper")
+    base = cmp.base
     split = "test" if any(c.startswith("test/") for c in exp.trials.columns) else "val"
-    metrics = [m.replace("val/", f"{split}/") for m in HEADLINE]
-    metrics = [m for m in metrics if m in exp.trials.columns]
+    metrics = [f"{split}/{m}" for m in PAPER_METRICS if f"{split}/{m}" in exp.trials.columns]
     if base is None or not metrics:
         return sec
     means = {
@@ -225,7 +187,7 @@ def paper_table(exp: Experiment, stats: dict[str, ArmStats], base: str | None) -
     }
     headers = ["model", *[m.split("/", 1)[1].replace("_", " ") for m in metrics]]
     rows = [["Baseline MLLM", *[tb.num(means[m].get(base, math.nan)) for m in metrics]]]
-    for arm in ranked_arms(exp, stats):
+    for arm in cmp.ranked:
         if arm == base:
             continue
         cells = []
@@ -238,7 +200,8 @@ def paper_table(exp: Experiment, stats: dict[str, ArmStats], base: str | None) -
             "paper",
             headers,
             rows,
-            f"paper table ({split} split, mean over seeds; in brackets the relative improvement (variant − baseline) / baseline)",
+            f"paper table ({split} split of the validation-selected trial per seed, mean over seeds; in "
+            "brackets the relative improvement (variant − baseline) / baseline)",
         )
     )
     return sec
@@ -292,19 +255,21 @@ def _arm_class_means(frame: pl.DataFrame, arm: str, classes: list[str]) -> dict[
     return out
 
 
-def per_class_section(exp: Experiment, stats: dict[str, ArmStats], sink: fg.FigureSink) -> Section:
+def per_class_section(exp: Experiment, cmp: Comparison, sink: fg.FigureSink) -> Section:
     sec = Section("Per class: recall, F1, confusion, acquired vs inherited", anchor="classes")
     classes = tb.per_class_names(exp.trials)
-    done = exp.trials.filter(pl.col("status") == "completed")
-    ranked = ranked_arms(exp, stats)
-    if not classes or not ranked or done.is_empty():
+    chosen = exp.selected()
+    if not classes or not cmp.ranked or chosen.is_empty():
         sec.note("no per-class metrics of completed trials yet.")
         return sec
-    base = exp.baseline_arm()
-    best = ranked[0]
+    base = cmp.base
+    best = None if cmp.floor else cmp.ranked[0]
     shown = [a for a in dict.fromkeys([base, best]) if a is not None]
+    if not shown:
+        sec.note("no baseline and no ranking (the study measured nothing): no per-class comparison.")
+        return sec
     labels = {a: ("baseline: " if a == base else "best: ") + fg.short(a, 60) for a in shown}
-    means = {a: _arm_class_means(done, a, classes) for a in shown}
+    means = {a: _arm_class_means(chosen, a, classes) for a in shown}
     headers = [
         "class",
         *[f"{k} {('baseline' if a == base else 'best')}" for k in ("recall", "f1") for a in shown],
@@ -312,8 +277,9 @@ def per_class_section(exp: Experiment, stats: dict[str, ArmStats], sink: fg.Figu
     rows = [
         [c, *[tb.num(means[a].get(f"{k}/{c}")) for k in ("recall", "f1") for a in shown]] for c in classes
     ]
+    caption = "validation, mean over seeds of the validation-selected trials"
     sec.blocks.append(
-        TableBlock("per_class", headers, rows, f"validation, mean over completed trials; best arm = {best}")
+        TableBlock("per_class", headers, rows, caption + (f"; best arm = {best}" if best else ""))
     )
     sec.blocks.append(fg.per_class_figure(sink, classes, means, labels))
     matrices = {}
@@ -322,7 +288,7 @@ def per_class_section(exp: Experiment, stats: dict[str, ArmStats], sink: fg.Figu
             m
             for m in (
                 tb.confusion(t)
-                for t in done.filter(pl.col("arm") == a)
+                for t in chosen.filter(pl.col("arm") == a)
                 .get_column("val/confusion", default=pl.Series([], dtype=pl.String))
                 .to_list()
             )

@@ -3,6 +3,12 @@
 Everything the leaderboard and the report need is here, so both read an experiment the same way:
 which metric and mode rank trials, which columns are scientific factors and nuisance parameters, the
 arms in design order, the baseline arm, and the per-(arm, seed) table the statistics pair on.
+
+**Selection.** Validation chooses, test only reports. For each (arm, seed) exactly one trial is
+selected: the completed trial with the best value of the study's metric (a validation metric; its
+mode). Every number shown for that (arm, seed), test metrics, per-class values, confusion matrices,
+predictions and curves included, is read from that one trial (``selected``), never the best of each
+column over several trials.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from mdf_search.search.space import SearchSpec, SpecError, canonical, load_spec
 
 log = logging.getLogger(__name__)
 DEFAULT_METRIC = ("val/macro_f1", "max")
-HEADLINE = ("val/accuracy", "val/macro_f1", "val/macro_recall")
+HEADLINE = ("val/accuracy", "val/macro_f1", "val/macro_recall", "val/auroc")
 FINISHED_OK = ("completed", "stopped_early")
+TASK_HEADS = ("disease", "type")  # metric namespaces of task=dual (train.metrics.metrics_for_tasks)
 
 
 class ExperimentError(ValueError):
@@ -37,6 +44,7 @@ class Experiment:
     metric: str
     mode: str
     notes: list[str] = field(default_factory=list)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -98,22 +106,73 @@ class Experiment:
             & pl.col(self.metric).is_not_nan()
         )
 
+    def selected(self, statuses: tuple[str, ...] = ("completed",)) -> pl.DataFrame:
+        """One trial row per (arm, seed): among its trials with a status in ``statuses`` and a value of
+        the study metric, the best by that metric and mode (ties: the lowest trial id). ``seed`` is an
+        Int64 column (0 when the table has none). Grid/ofat designs have one trial per (arm, seed);
+        sampler designs several, of which validation picks one."""
+        key = ("selected", statuses)
+        if key not in self._cache:
+            frame = self.trials
+            if self.metric not in frame.columns or frame.is_empty():
+                out = frame.head(0).with_columns(pl.lit(0, dtype=pl.Int64).alias("seed"))
+            else:
+                seed = pl.col("seed") if "seed" in frame.columns else pl.lit(0, dtype=pl.Int64)
+                value = pl.col(self.metric)
+                out = (
+                    frame.filter(pl.col("status").is_in(statuses) & value.is_not_null() & value.is_not_nan())
+                    .with_columns(seed.cast(pl.Int64).alias("seed"))
+                    .sort([self.metric, "trial_id"], descending=[self.descending, False])
+                    .unique(["arm", "seed"], keep="first", maintain_order=True)
+                    .sort(["arm", "seed"])
+                )
+            self._cache[key] = out
+        frame = self._cache[key]
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+
     def per_seed(self, metric: str | None = None, statuses: tuple[str, ...] = ("completed",)) -> pl.DataFrame:
-        """One row per (arm, seed): the best trial's ``metric`` over nuisance values (one trial per seed in
-        grid/ofat designs). Columns: arm, seed, value."""
+        """One row per (arm, seed): ``metric`` of the trial validation selected (``selected``), so every
+        metric of an (arm, seed) comes from the same trial. Columns: arm, seed, trial_id, value."""
         metric = metric or self.metric
-        frame = self.trials
-        if metric not in frame.columns or frame.is_empty():
-            return pl.DataFrame(schema={"arm": pl.String, "seed": pl.Int64, "value": pl.Float64})
-        seed = pl.col("seed") if "seed" in frame.columns else pl.lit(0, dtype=pl.Int64)
-        best = pl.col(metric).max() if self.descending else pl.col(metric).min()
-        return (
-            frame.filter(pl.col("status").is_in(statuses) & pl.col(metric).is_not_null())
-            .with_columns(seed.cast(pl.Int64).alias("seed"))
-            .group_by(["arm", "seed"], maintain_order=True)
-            .agg(best.cast(pl.Float64).alias("value"))
-            .sort(["arm", "seed"])
-        )
+        chosen = self.selected(statuses)
+        if metric not in chosen.columns or chosen.is_empty():
+            return pl.DataFrame(
+                schema={"arm": pl.String, "seed": pl.Int64, "trial_id": pl.String, "value": pl.Float64}
+            )
+        return chosen.select(
+            "arm", "seed", "trial_id", pl.col(metric).cast(pl.Float64).fill_nan(None).alias("value")
+        ).filter(pl.col("value").is_not_null())
+
+    def predictions(self) -> pl.DataFrame:
+        """The per-sample predictions table (empty when the experiment predates it); read once."""
+        if "predictions" not in self._cache:
+            self._cache["predictions"] = read_predictions(self.root)
+        frame = self._cache["predictions"]
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+
+    def selected_epoch(self, trial_id: str, attempt: int) -> dict[str, Any] | None:
+        """The epoch row a trial kept: its ``best_epoch`` when recorded, else the epoch with the best
+        study metric (ties: the earliest), else its last epoch; None without epoch rows."""
+        ep = self.epochs
+        if ep.is_empty() or "trial_id" not in ep.columns:
+            return None
+        part = ep.filter((pl.col("trial_id") == trial_id) & (pl.col("attempt") == attempt)).sort("epoch")
+        if part.is_empty():
+            return None
+        row = self.trials.filter((pl.col("trial_id") == trial_id) & (pl.col("attempt") == attempt))
+        best_epoch = row["best_epoch"][0] if "best_epoch" in row.columns and row.height else None
+        if best_epoch is not None:
+            hit = part.filter(pl.col("epoch") == int(best_epoch))
+            if hit.height:
+                return hit.row(0, named=True)
+        if self.metric in part.columns:
+            usable = part.filter(pl.col(self.metric).is_not_null() & pl.col(self.metric).is_not_nan())
+            if usable.height:
+                ranked = usable.sort([self.metric, "epoch"], descending=[self.descending, False])
+                return ranked.row(0, named=True)
+        return part.row(part.height - 1, named=True)
 
     def arm_params(self) -> dict[str, dict[str, Any]]:
         """Each arm's scientific values (from its first trial row)."""
@@ -144,6 +203,18 @@ class Experiment:
             return dict(json.loads(path.read_text()))
         except (OSError, ValueError):
             return {}
+
+
+def read_predictions(experiment_dir: str) -> pl.DataFrame:
+    """The experiment's per-sample predictions (``ResultsStore.predictions``: one row per trial,
+    attempt, split, head and sample); an empty frame when the experiment predates them."""
+    return ResultsStore(experiment_dir).predictions()
+
+
+def metric_task(metric: str) -> str | None:
+    """The head a metric key names (``val/type/macro_f1`` → ``type``); None for plain keys (one head)."""
+    parts = metric.split("/")
+    return parts[1] if len(parts) > 2 and parts[1] in TASK_HEADS else None
 
 
 def load_experiment(experiment_dir: str) -> Experiment:

@@ -2,7 +2,9 @@
 
 ``leaderboard_command`` is the CLI's ``mdf-search leaderboard``; ``leaderboard_frame`` is the pure part
 (tests and the live view use it). ``--group-by`` collapses seeds into mean ± a 95 % **Student-t**
-interval of the mean (n < 2 gives no interval).
+interval of the mean (``t_ci95_lo``/``t_ci95_hi``; n < 2 gives no interval). Its ``best`` column is the
+shown metric *of the group's trial that validation selects* (the study's metric and mode), never the
+maximum of the shown metric itself: with ``--by test/...`` it is that trial's test score.
 """
 
 from __future__ import annotations
@@ -78,12 +80,20 @@ def leaderboard_frame(
         raise ExperimentError(f"--by: column {metric!r} is {exp.trials.schema[metric]}, not a number")
     descending = exp.descending
     notes = list(exp.notes)
+    if metric.startswith("test/"):
+        notes.append(
+            f"ranked by {metric}, a test metric: for reading only; choosing a configuration by it biases the "
+            f"test estimate (select on {exp.metric})"
+        )
     title = f"{exp.name}: {'top' if not group_by else 'arms by'} {metric} ({exp.mode})"
     if group_by:
         if group_by not in frame.columns:
             raise ExperimentError(f"--group-by: no column {group_by!r}; try arm or a parameter key")
-        notes.append("mean over completed trials; ci95 = Student-t 95 % interval of the mean")
-        return Board(_grouped(frame, metric, group_by, descending).head(top), title, notes)
+        notes.append(
+            "mean over completed trials; t_ci95 = Student-t 95 % interval of the mean; best = the value of "
+            f"the trial with the best {exp.metric} (validation selects)"
+        )
+        return Board(_grouped(frame, metric, group_by, exp).head(top), title, notes)
     extra = [m for m in HEADLINE if m != metric and m in frame.columns]
     ranked = _sort(frame, metric, descending).head(top)
     in_arm = set(exp.factors)  # the arm id already spells the scientific values
@@ -96,35 +106,40 @@ def leaderboard_frame(
     return Board(out, title, notes)
 
 
-def _grouped(frame: pl.DataFrame, metric: str, group_by: str, descending: bool) -> pl.DataFrame:
-    """Mean ± 95 % t-interval per group over its *completed* trials (n = trials; diverged or early-stopped
-    values are not a seed's result); groups with none keep a row with n = 0."""
+def _grouped(frame: pl.DataFrame, metric: str, group_by: str, exp: Experiment) -> pl.DataFrame:
+    """Mean ± 95 % Student-t interval per group over its *completed* trials (n = trials; diverged or
+    early-stopped values are not a seed's result); groups with none keep a row with n = 0. ``best`` is
+    ``metric`` of the group's trial with the best study metric (validation selects; ties: lowest id)."""
     usable = pl.col(metric).is_not_null() & pl.col(metric).is_not_nan() & (pl.col("status") == "completed")
     valid = frame.filter(usable)
+    selector = exp.metric if exp.metric in valid.columns else metric
     rows: list[dict[str, Any]] = []
     for key, part in valid.group_by(group_by, maintain_order=True):
         values = part[metric].to_numpy()
         lo, hi = t_interval(values)
+        chosen = _sort(part.sort("trial_id"), selector, exp.descending).row(0, named=True)
         rows.append(
             {
                 group_by: key[0],
                 "n": len(values),
                 "mean": float(values.mean()),
                 "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
-                "ci95_lo": None if math.isnan(lo) else lo,
-                "ci95_hi": None if math.isnan(hi) else hi,
-                "best": float(values.max() if descending else values.min()),
+                "t_ci95_lo": None if math.isnan(lo) else lo,
+                "t_ci95_hi": None if math.isnan(hi) else hi,
+                "best": float(chosen[metric]),
             }
         )
     seen = {r[group_by] for r in rows}
     for key in frame[group_by].unique(maintain_order=True).to_list():
         if key not in seen:
-            rows.append({group_by: key, "n": 0, "mean": None, "sd": None, "ci95_lo": None, "ci95_hi": None})
+            rows.append(
+                {group_by: key, "n": 0, "mean": None, "sd": None, "t_ci95_lo": None, "t_ci95_hi": None}
+            )
     schema: dict[str, pl.DataType] = {group_by: frame.schema[group_by], "n": pl.Int64(), "mean": pl.Float64()}
     schema["sd"] = pl.Float64()
-    schema |= {"ci95_lo": pl.Float64(), "ci95_hi": pl.Float64(), "best": pl.Float64()}
+    schema |= {"t_ci95_lo": pl.Float64(), "t_ci95_hi": pl.Float64(), "best": pl.Float64()}
     out = pl.DataFrame(rows, schema=schema)
-    return out.sort("mean", descending=descending, nulls_last=True).with_row_index("rank", offset=1)
+    return out.sort("mean", descending=exp.descending, nulls_last=True).with_row_index("rank", offset=1)
 
 
 # -- rendering -----------------------------------------------------------------------------------------

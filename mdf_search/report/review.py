@@ -1,33 +1,33 @@
-"""Report sections 7-11 and the exports: ablation path, Pareto fronts, learning curves, a reviewer's
-warnings, the failure appendix, DeepCAVE tables and the Optuna study for optuna-dashboard."""
+"""Report sections after the analysis: ablation path, Pareto fronts, learning curves, a reviewer's
+warnings and the failure appendix (the exports live in ``report.exports``)."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 import polars as pl
 
 from mdf_search.report import figures as fg
 from mdf_search.report import tables as tb
-from mdf_search.report.analysis import ArmStats, ranked_arms
+from mdf_search.report.compare import Comparison
 from mdf_search.report.document import Section, TableBlock
 from mdf_search.report.experiment import Experiment
 
 FAILED = ("diverged", "oom", "infeasible", "error")
+TRAIN_LOSS = ("train/loss", "train_loss")  # the loop's name, then the name experiments before it used
+GAP = 0.1  # train − val accuracy (or macro-F1) at the kept epoch above which a reviewer asks "overfitting?"
 
 
-def path_section(exp: Experiment, stats: dict[str, ArmStats], sink: fg.FigureSink) -> Section:
+def path_section(exp: Experiment, cmp: Comparison, sink: fg.FigureSink) -> Section:
     """Greedy path over the arms that exist: from the baseline, change the fewest factors (one when an arm
     exists for it) towards the best arm, choosing the best such arm at each step."""
     sec = Section("Ablation path", anchor="path")
-    base, ranked = exp.baseline_arm(), ranked_arms(exp, stats)
+    base, ranked, stats = cmp.base, cmp.ranked, cmp.stats
     if base is None or base not in stats or not ranked:
         sec.note("needs a baseline arm and completed trials; no path.")
+        return sec
+    if cmp.floor:
+        sec.note(f"no path: {cmp.floor}.")
         return sec
     params = {a: {k: str(v) for k, v in p.items()} for a, p in exp.arm_params().items() if a in stats}
     target, current = ranked[0], base
@@ -138,11 +138,8 @@ def curves_section(exp: Experiment, sink: fg.FigureSink, top: int = 5) -> Sectio
             part = ep.filter(
                 (pl.col("trial_id") == row["trial_id"]) & (pl.col("attempt") == row["attempt"])
             ).sort("epoch")
-            loss = (
-                part.get_column("train_loss").to_list()
-                if "train_loss" in part.columns
-                else [math.nan] * part.height
-            )
+            name = next((c for c in TRAIN_LOSS if c in part.columns), None)
+            loss = part.get_column(name).to_list() if name else [math.nan] * part.height
             curves[f"{row['trial_id']} {row['arm']}"] = (
                 part["epoch"].to_list(),
                 part[exp.metric].to_list(),
@@ -167,15 +164,16 @@ def curves_section(exp: Experiment, sink: fg.FigureSink, top: int = 5) -> Sectio
     return sec
 
 
-def warnings_section(exp: Experiment, stats: dict[str, ArmStats], reports: int) -> Section:
+def warnings_section(exp: Experiment, cmp: Comparison, reports: int) -> Section:
     sec = Section("Warnings a reviewer would raise", anchor="warnings")
-    found = edge_warnings(exp, stats)
-    seeds = {a: len(s.seeds) for a, s in stats.items()}
-    few = sorted(a for a, n in seeds.items() if n < 3)
-    if few:
+    found = [cmp.floor] if cmp.floor else []
+    if cmp.floor_arms and not cmp.floor:
         found.append(
-            f"fewer than 3 completed seeds in {len(few)} arm(s) ({', '.join(few[:4])}{' …' if len(few) > 4 else ''}): CIs are wide and the smallest attainable permutation p is ≥ 0.25."
+            f"{len(cmp.floor_arms)} arm(s) predict a single class on validation in every selected trial "
+            f"(the majority-class floor): {', '.join(cmp.floor_arms[:4])}{' …' if len(cmp.floor_arms) > 4 else ''}."
         )
+    found.extend(edge_warnings(exp, cmp))
+    found.extend(power_warnings(cmp))
     finished = exp.trials.filter(pl.col("status") != "running")
     failed = finished.filter(pl.col("status").is_in(FAILED)).height
     if finished.height and failed / finished.height > 0.2:
@@ -185,21 +183,46 @@ def warnings_section(exp: Experiment, stats: dict[str, ArmStats], reports: int) 
     running = exp.trials.filter(pl.col("status") == "running").height
     if running:
         found.append(f"{running} trial(s) still running: this report reads a partial experiment.")
-    found.extend(gap_warnings(exp, stats))
+    found.extend(gap_warnings(exp))
     if any(c.startswith("test/") for c in exp.trials.columns) and reports > 1:
         found.append(
             f"test metrics have been shown {reports} times for this experiment (reports.log): choosing a configuration after looking at test results biases them; select on validation."
         )
-    if exp.baseline_arm() is None:
+    if cmp.base is None:
         found.append("no baseline arm with results: improvements are not measured against the baseline MLLM.")
     for text in found:
         sec.text(text, "warning")
     if not found:
-        sec.text("none: best values are inside the search space, ≥ 3 seeds per arm, failures ≤ 20 %.")
+        sec.text(
+            "none: best values are inside the search space, the seeds can reach α with the exact sign-flip "
+            "test after Holm, failures ≤ 20 %, no train/validation gap."
+        )
     return sec
 
 
-def edge_warnings(exp: Experiment, stats: dict[str, ArmStats]) -> list[str]:
+def power_warnings(cmp: Comparison) -> list[str]:
+    """What the seeds can detect (``report.power``): said again here, with the seeds actually shared."""
+    out: list[str] = []
+    one = sorted(a for a, s in cmp.stats.items() if len(s.seeds) < 2)
+    if one:
+        out.append(
+            f"{len(one)} arm(s) with fewer than 2 completed seeds ({', '.join(one[:4])}{' …' if len(one) > 4 else ''}): "
+            "no Student-t CI and no seed-level test for them."
+        )
+    p = cmp.power
+    if p.n_arms == 0:
+        return out
+    out.extend(w + "." for w in p.warnings())
+    fewer = sorted(a for a, s in cmp.stats.items() if a != cmp.base and 0 < s.pairs < p.n_seeds)
+    if fewer:
+        out.append(
+            f"{len(fewer)} arm(s) share fewer than {p.n_seeds} seeds with the baseline (trials that did not "
+            f"complete): {', '.join(fewer[:4])}{' …' if len(fewer) > 4 else ''}; their seed-level tests are weaker still."
+        )
+    return out
+
+
+def edge_warnings(exp: Experiment, cmp: Comparison) -> list[str]:
     out: list[str] = []
     ok = exp.ok().sort(exp.metric, descending=exp.descending)
     if exp.spec is None or ok.is_empty():
@@ -219,7 +242,7 @@ def edge_warnings(exp: Experiment, stats: dict[str, ArmStats]) -> list[str]:
             out.append(
                 f"best trial's {key}={value:.4g} is at the {'low' if pos <= 0.05 else 'high'} edge of [{param.low:g}, {param.high:g}]: widen the range."
             )
-    ranked = ranked_arms(exp, stats)
+    ranked = [] if cmp.floor else cmp.ranked
     params = exp.arm_params()
     for key, param in exp.spec.scientific.items():
         choices = list(param.choices or ())
@@ -237,19 +260,26 @@ def edge_warnings(exp: Experiment, stats: dict[str, ArmStats]) -> list[str]:
     return out
 
 
-def gap_warnings(exp: Experiment, stats: dict[str, ArmStats]) -> list[str]:
+def gap_warnings(exp: Experiment) -> list[str]:
+    """Overfitting: the best trial's train/X against val/X at the epoch it kept (its ``train/accuracy``
+    and ``train/loss`` are reported per epoch, so the epochs table is read first, the trial row after)."""
     ok = exp.ok().sort(exp.metric, descending=exp.descending)
     if ok.is_empty():
         return []
     best = ok.row(0, named=True)
+    row = exp.selected_epoch(str(best["trial_id"]), int(best["attempt"])) or {}
+    merged = {**best, **{k: v for k, v in row.items() if v is not None}}
     out = []
-    for col in ok.columns:
-        if col.startswith("train/") and f"val/{col[6:]}" in ok.columns:
-            train, val = best.get(col), best.get(f"val/{col[6:]}")
-            if isinstance(train, float) and isinstance(val, float) and train - val > 0.1:
-                out.append(
-                    f"large train/val gap in the best trial: {col}={train:.3f} vs val/{col[6:]}={val:.3f} (overfitting?)."
-                )
+    for key in ("accuracy", "macro_f1", "balanced_accuracy"):
+        train, val = merged.get(f"train/{key}"), merged.get(f"val/{key}")
+        if isinstance(train, float) and isinstance(val, float) and train - val > GAP:
+            epoch = f" at epoch {row['epoch']}" if row.get("epoch") is not None else ""
+            loss = next((merged[c] for c in TRAIN_LOSS if isinstance(merged.get(c), float)), None)
+            loss_text = f", train/loss {loss:.3f}" if loss is not None else ""
+            out.append(
+                f"large train/val gap in the best trial ({best['trial_id']}){epoch}: train/{key}={train:.3f} "
+                f"vs val/{key}={val:.3f}{loss_text} (overfitting?)."
+            )
     return out
 
 
@@ -280,135 +310,4 @@ def failures_section(exp: Experiment) -> Section:
             "every trial that did not complete",
         )
     )
-    return sec
-
-
-# -- exports -------------------------------------------------------------------------------------------
-DEEPCAVE_STATUS = {
-    "completed": "success",
-    "stopped_early": "success",
-    "diverged": "crashed",
-    "oom": "memoryout",
-    "infeasible": "not_evaluated",
-    "error": "crashed",
-    "running": "not_evaluated",
-}
-
-
-def export_section(exp: Experiment, out: Path) -> Section:
-    """DeepCAVE's DataFrame run (configspace.csv + trials.csv, as documented for
-    ``deepcave.runs.converters.dataframe``) and the Optuna study for optuna-dashboard."""
-    sec = Section("Exports", anchor="exports")
-    directory = out / "deepcave"
-    directory.mkdir(parents=True, exist_ok=True)
-    spec = exp.spec
-    space: list[dict[str, Any]] = []
-    names: list[str] = []
-    for key in [*exp.factors, *exp.nuisance]:
-        param = spec.scientific.get(key) or spec.nuisance.get(key) if spec else None
-        if param is None:
-            continue
-        names.append(key)
-        if param.is_range:
-            kind = "integer" if param.integer else "float"
-            space.append(
-                {
-                    "name": key,
-                    "type": kind,
-                    "log": param.log,
-                    "lower": param.low,
-                    "upper": param.high,
-                    "default": param.default_value(),
-                    "distribution": "uniform",
-                }
-            )
-        else:
-            items = [str(v) for v in exp.value_order(key)] or [str(c) for c in param.choices or ()]
-            space.append(
-                {"name": key, "type": "categorical", "default": items[0], "items": items, "ordered": False}
-            )
-    names.append("seed")
-    max_items = max((len(s.get("items", [])) for s in space), default=0)
-    header = [
-        "name",
-        "type",
-        "log",
-        "lower",
-        "upper",
-        "default",
-        "distribution",
-        *[f"item_{i}" for i in range(max_items)],
-        "ordered",
-    ]
-    with (directory / "configspace.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for s in space:
-            items = s.get("items", [])
-            w.writerow(
-                [
-                    s["name"],
-                    s["type"],
-                    s.get("log", ""),
-                    s.get("lower", ""),
-                    s.get("upper", ""),
-                    s["default"],
-                    s.get("distribution", ""),
-                    *items,
-                    *[""] * (max_items - len(items)),
-                    s.get("ordered", ""),
-                ]
-            )
-    (directory / "configspace.json").write_text(json.dumps({"hyperparameters": space}, indent=1, default=str))
-    objective = f"{exp.metric}:normal [0.0; 1.0] ({'maximize' if exp.descending else 'minimize'})"
-    with (directory / "trials.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "config_id",
-                *[n for n in names if n != "seed"],
-                objective,
-                "status",
-                "start_time",
-                "end_time",
-                "budget",
-                "seed",
-                "additional",
-            ]
-        )
-        configs: dict[tuple[str, ...], int] = {}
-        clock = 0.0
-        for r in exp.trials.sort("trial_id").iter_rows(named=True):
-            values = tuple(
-                str(r.get(n)) if r.get(n) is not None else "inactive" for n in names if n != "seed"
-            )
-            cid = configs.setdefault(values, len(configs))
-            wall = float(r.get("wall_s") or 0.0)
-            metric = r.get(exp.metric)
-            w.writerow(
-                [
-                    cid,
-                    *values,
-                    "" if metric is None or (isinstance(metric, float) and np.isnan(metric)) else metric,
-                    DEEPCAVE_STATUS.get(str(r["status"]), "crashed"),
-                    clock,
-                    clock + wall,
-                    r.get("epochs") or 0,
-                    r.get("seed", -1),
-                    json.dumps({"trial_id": r["trial_id"], "arm": r["arm"]}),
-                ]
-            )
-            clock += wall
-    sec.text(
-        f'DeepCAVE (DataFrame converter): `{directory.name}/configspace.csv` and `{directory.name}/trials.csv` (inactive conditional values are the category "inactive"; budget = epochs; times are cumulative wall seconds).'
-    )
-    db = Path(exp.root) / "optuna.db"
-    if db.is_file():
-        sec.text(f"optuna-dashboard sqlite:///{db.resolve()}", "code")
-        sec.text(f"The Optuna study is `{exp.name}` in {db.resolve()} (open it with the command above).")
-    else:
-        storage = exp.spec.study.storage if exp.spec and exp.spec.study.storage else None
-        sec.note(
-            f"no optuna.db in the experiment directory{f'; the study lives at {storage}' if storage else ''}."
-        )
     return sec

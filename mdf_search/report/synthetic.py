@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
@@ -62,16 +63,42 @@ def _effect(arm_params: Mapping[str, Any]) -> float:
     return gain + (0.03 if film not in ("none", "") else 0.0)
 
 
-def _metrics(rng: np.random.Generator, quality: float, n_val: int = 60) -> dict[str, Any]:
-    """A confusion matrix drawn at the given accuracy level, and the metrics computed from it."""
-    from mdf_search.train.metrics import classification_metrics
-
-    y_true = np.repeat(np.arange(len(CLASSES)), n_val // len(CLASSES))
+def _draw(rng: np.random.Generator, quality: float, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (the same fixed split for every trial) and predictions drawn at the given accuracy level."""
+    y_true = np.repeat(np.arange(len(CLASSES)), n // len(CLASSES))
     hard = np.array([0.0, 0.1, 0.25])[y_true]  # inherited is the hard class
     correct = rng.random(y_true.size) < np.clip(quality - hard, 0.05, 0.99)
     wrong = (y_true + rng.integers(1, len(CLASSES), y_true.size)) % len(CLASSES)
-    y_pred = np.where(correct, y_true, wrong)
+    return y_true, np.where(correct, y_true, wrong)
+
+
+def _metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    from mdf_search.train.metrics import classification_metrics
+
     return dict(classification_metrics(y_true, y_pred, CLASSES))
+
+
+def prediction_table(split: str, epoch: int, y_true: np.ndarray, y_pred: np.ndarray) -> pa.Table:
+    """One split of one trial's predictions as the trial writes them (``results.schema``'s
+    ``PREDICTION_SAMPLE`` columns, then ``prob/<class>``): two images per case (``<split>-c<i // 2>``)."""
+    n = int(y_true.size)
+    probs = {
+        f"prob/{c}": pa.array(np.where(y_pred == k, 0.8, 0.1), pa.float32()) for k, c in enumerate(CLASSES)
+    }
+    return pa.table(
+        {
+            "split": [split] * n,
+            "epoch": pa.array([epoch] * n, pa.int64()),
+            "task": ["type"] * n,
+            "sample_id": [f"{split}{i:04d}.png" for i in range(n)],
+            "manifest_row": pa.array(range(n), pa.int64()),
+            "case_id": [f"{split}-c{i // 2:04d}" for i in range(n)],
+            "source": ["synthetic"] * n,
+            "label": [CLASSES[t] for t in y_true.tolist()],
+            "pred": [CLASSES[p] for p in y_pred.tolist()],
+            **probs,
+        }
+    )
 
 
 def synthetic_experiment(
@@ -87,12 +114,14 @@ def synthetic_experiment(
     seed: int = 0,
     arm_names: Iterable[str] | None = None,
     messages: Mapping[int, str] | None = None,
+    predictions: bool = True,
 ) -> Path:
     """Write ``root/spec.yaml``, ``provenance.json`` and trials/epochs via ``ResultsStore``.
 
     ``failures`` makes one trial error, one diverge, one stop early; ``running`` leaves that many trials
     mid-flight; ``only_arms`` keeps the first N arms; ``arm_names`` overrides arm ids (escaping tests);
-    ``messages`` sets the message of trial number i.
+    ``messages`` sets the message of trial number i; ``predictions`` writes the per-sample predictions
+    table (val and test rows of every trial that finished with metrics) as the trial loop does.
     """
     root = Path(root)
     name = experiment or root.name
@@ -126,21 +155,22 @@ def synthetic_experiment(
             quality = 0.55 + _effect(arm.params) + rng.normal(0, 0.03)
             base = {"experiment": name, "trial_id": trial_id, "attempt": 1, "arm": arm_id}
             metrics: dict[str, Any] = {}
+            drawn: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             for epoch in range(1, last + 1):
                 q = quality - 0.15 * (epochs - epoch) / max(epochs, 1)
-                val = _metrics(rng, q)
-                test = _metrics(rng, q - 0.02)
+                drawn = {"val": _draw(rng, q), "test": _draw(rng, q - 0.02)}
+                val, test = _metrics(*drawn["val"]), _metrics(*drawn["test"])
                 metrics = {
                     **{f"val/{k}": v for k, v in val.items()},
                     **{f"test/{k}": v for k, v in test.items()},
-                    "train_loss": float(1.2 - 0.3 * epoch + rng.normal(0, 0.02)),
+                    "train/loss": float(1.2 - 0.3 * epoch + rng.normal(0, 0.02)),
                     "train/accuracy": float(min(0.99, q + 0.08)),
                     "trainable_params": 1.0e6 + 2.5e5 * len(str(arm.params.get("fusion.levels", ""))),
                     "total_params": 5.0e6,
                     "samples_per_s": float(rng.uniform(20, 40)),
                 }
                 if status == "diverged":
-                    metrics["train_loss"] = float("nan")
+                    metrics["train/loss"] = float("nan")
                 store.write_epoch({**base, "epoch": epoch, "status": "running", **metrics})
             wall = float(rng.uniform(20, 40)) * last
             store.write_trial(
@@ -161,8 +191,12 @@ def synthetic_experiment(
                     **params,
                     **({} if status in ("error",) else metrics),
                     "best_val": metrics.get("val/macro_f1"),
+                    "best_epoch": last,
                 }
             )
+            if predictions and status in ("completed", "stopped_early") and drawn:
+                parts = [prediction_table(split, last, *ys) for split, ys in drawn.items()]
+                store.write_predictions(trial_id, 1, pa.concat_tables(parts))
             number += 1
     return root
 

@@ -17,16 +17,18 @@ PARAMS = TrialConfig.from_flat({}).to_flat()
 
 @pytest.fixture
 def hand_experiment(tmp_path: Path) -> Callable[..., Path]:
-    """``make(values)``: values = {arm: [(seed, status, val/macro_f1), ...]} with fusion.levels from the arm."""
+    """``make(values)``: values = {arm: [(seed, status, val/macro_f1), ...]} with fusion.levels from the arm;
+    a row may carry a fourth item, a dict of more columns (``test/accuracy``, ``val/confusion``, ...)
+    that override the defaults (val/accuracy = val/macro_f1 + 0.01)."""
 
-    def make(values: dict[str, list[tuple[int, str, float | None]]], name: str = "hand") -> Path:
+    def make(values: dict[str, list[tuple[Any, ...]]], name: str = "hand") -> Path:
         root = tmp_path / name
         write_spec(root, name)
         store = ResultsStore(str(root))
         n = 0
         for arm, rows in values.items():
             levels = arm.split("=", 1)[1] if "=" in arm else "none"
-            for seed, status, value in rows:
+            for seed, status, value, *more in rows:
                 row: dict[str, Any] = {
                     **PARAMS,
                     "experiment": name,
@@ -42,6 +44,7 @@ def hand_experiment(tmp_path: Path) -> Callable[..., Path]:
                 if value is not None:
                     row["val/macro_f1"] = value
                     row["val/accuracy"] = value + 0.01
+                row.update(*more)
                 store.write_trial(row)
                 n += 1
         return root

@@ -41,7 +41,7 @@ def test_group_by_arm_collapses_completed_seeds_into_mean_and_t_interval(
     none = rows["fusion.levels=none"]
     half = 4.302652729911275 * 0.1 / math.sqrt(3)
     assert none["n"] == 3 and none["mean"] == pytest.approx(0.6) and none["sd"] == pytest.approx(0.1)
-    assert none["ci95_lo"] == pytest.approx(0.6 - half) and none["ci95_hi"] == pytest.approx(0.6 + half)
+    assert none["t_ci95_lo"] == pytest.approx(0.6 - half) and none["t_ci95_hi"] == pytest.approx(0.6 + half)
     four = rows["fusion.levels=4"]  # the diverged value (0.1) and the error are not seeds' results
     assert four["n"] == 2 and four["mean"] == pytest.approx(0.85) and four["best"] == pytest.approx(0.9)
     assert frame["arm"].to_list() == ["fusion.levels=4", "fusion.levels=none"]

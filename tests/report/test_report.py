@@ -44,7 +44,13 @@ def test_complete_experiment_writes_every_section_and_figure(tmp_path: Path) -> 
         assert (tmp_path / "out" / "figures" / f"{name}.svg").is_file()
         assert f"figures/{name}.png" in md
     assert html.count("data:image/png;base64,") == len(list((tmp_path / "out" / "figures").glob("*.png")))
-    assert "this section failed" not in md and "Baseline MLLM" in md and "p (Holm)" in md
+    assert "this section failed" not in md and "Baseline MLLM" in md and "p (sign-flip, Holm)" in md
+    assert (
+        "p (paired t, Holm)" in md
+        and "95 % Student-t CI over n seeds" in md
+        and "bootstrap of the mean" not in md
+    )
+    assert "Δ test accuracy" in md and "supported at α=0.05 by" in md
     assert "mdf-search sweep" in md and "mdf-search resume" in md
 
 
@@ -63,7 +69,7 @@ def test_partial_and_failing_experiments_degrade_with_notes(tmp_path: Path) -> N
         assert "this section failed" not in md, name
     assert "still running" in (tmp_path / "out_running" / "report.md").read_text()
     one = (tmp_path / "out_one_arm" / "report.md").read_text()
-    assert "fewer than 3 completed seeds" in one
+    assert "fewer than 2 completed seeds" in one and "adequate" not in one
     failing = (tmp_path / "out_failing" / "report.md").read_text()
     assert "high failure rate" in failing and "CUDA error" in failing
 

@@ -56,4 +56,28 @@ def test_effect_size_and_relative_change() -> None:
     assert math.isnan(stats.paired_effect_size([1.0]))
     assert stats.relative_change(0.55, 0.5) == pytest.approx(0.1)
     summary = stats.summarize([0.5, 0.6, 0.7])
-    assert summary.n == 3 and summary.sd == pytest.approx(0.1) and summary.boot_lo <= 0.6 <= summary.boot_hi
+    assert summary.n == 3 and summary.sd == pytest.approx(0.1) and summary.t_lo < 0.6 < summary.t_hi
+
+
+def test_paired_t_test_matches_scipy_and_is_undefined_without_spread() -> None:
+    from scipy import stats as sps
+
+    diffs = [0.02, 0.05, -0.01, 0.04]
+    assert stats.paired_t_test(diffs) == pytest.approx(sps.ttest_1samp(diffs, 0.0).pvalue)
+    # [1, 2, 3]: t = 2 / (1 / sqrt 3) = 3.4641 on 2 df -> two-sided p = 0.0742
+    assert stats.paired_t_test([1.0, 2.0, 3.0]) == pytest.approx(0.07418, abs=1e-4)
+    assert math.isnan(stats.paired_t_test([0.1]))
+    assert math.isnan(stats.paired_t_test([0.1, 0.1, 0.1]))  # t = ±inf: reported, not tested
+
+
+def test_ci_coverage_t_holds_its_level_and_the_bootstrap_undercovers() -> None:
+    cover = stats.ci_coverage((2, 3), reps=2000, n_boot=400, seed=0)
+    for n, (t_cov, _) in cover.items():
+        assert abs(t_cov - 0.95) < 0.02, (n, t_cov)  # Monte Carlo sd ~0.005
+    assert abs(cover[2][1] - 0.5) < 0.04  # percentile bootstrap of 2 values = [min, max]: P(0 inside) = 1/2
+    assert cover[3][1] < 0.8
+    assert stats.ci_coverage((2,), reps=200, n_boot=50, seed=3) == stats.ci_coverage(
+        (2,), reps=200, n_boot=50, seed=3
+    )
+    with pytest.raises(ValueError, match="n >= 2"):
+        stats.ci_coverage((1,))

@@ -1,0 +1,146 @@
+"""The report's exports: DeepCAVE's DataFrame run (configspace + trials CSV) and the Optuna study for
+optuna-dashboard, named relative to the experiment directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mdf_search.report.document import Section
+from mdf_search.report.experiment import Experiment
+
+DEEPCAVE_STATUS = {
+    "completed": "success",
+    "stopped_early": "success",
+    "diverged": "crashed",
+    "oom": "memoryout",
+    "infeasible": "not_evaluated",
+    "error": "crashed",
+    "running": "not_evaluated",
+}
+
+
+def export_section(exp: Experiment, out: Path) -> Section:
+    """DeepCAVE's DataFrame run (configspace.csv + trials.csv, as documented for
+    ``deepcave.runs.converters.dataframe``) and the Optuna study for optuna-dashboard."""
+    sec = Section("Exports", anchor="exports")
+    directory = out / "deepcave"
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = exp.spec
+    space: list[dict[str, Any]] = []
+    names: list[str] = []
+    for key in [*exp.factors, *exp.nuisance]:
+        param = spec.scientific.get(key) or spec.nuisance.get(key) if spec else None
+        if param is None:
+            continue
+        names.append(key)
+        if param.is_range:
+            kind = "integer" if param.integer else "float"
+            space.append(
+                {
+                    "name": key,
+                    "type": kind,
+                    "log": param.log,
+                    "lower": param.low,
+                    "upper": param.high,
+                    "default": param.default_value(),
+                    "distribution": "uniform",
+                }
+            )
+        else:
+            items = [str(v) for v in exp.value_order(key)] or [str(c) for c in param.choices or ()]
+            space.append(
+                {"name": key, "type": "categorical", "default": items[0], "items": items, "ordered": False}
+            )
+    names.append("seed")
+    max_items = max((len(s.get("items", [])) for s in space), default=0)
+    header = [
+        "name",
+        "type",
+        "log",
+        "lower",
+        "upper",
+        "default",
+        "distribution",
+        *[f"item_{i}" for i in range(max_items)],
+        "ordered",
+    ]
+    with (directory / "configspace.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for s in space:
+            items = s.get("items", [])
+            w.writerow(
+                [
+                    s["name"],
+                    s["type"],
+                    s.get("log", ""),
+                    s.get("lower", ""),
+                    s.get("upper", ""),
+                    s["default"],
+                    s.get("distribution", ""),
+                    *items,
+                    *[""] * (max_items - len(items)),
+                    s.get("ordered", ""),
+                ]
+            )
+    (directory / "configspace.json").write_text(json.dumps({"hyperparameters": space}, indent=1, default=str))
+    objective = f"{exp.metric}:normal [0.0; 1.0] ({'maximize' if exp.descending else 'minimize'})"
+    with (directory / "trials.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "config_id",
+                *[n for n in names if n != "seed"],
+                objective,
+                "status",
+                "start_time",
+                "end_time",
+                "budget",
+                "seed",
+                "additional",
+            ]
+        )
+        configs: dict[tuple[str, ...], int] = {}
+        clock = 0.0
+        for r in exp.trials.sort("trial_id").iter_rows(named=True):
+            values = tuple(
+                str(r.get(n)) if r.get(n) is not None else "inactive" for n in names if n != "seed"
+            )
+            cid = configs.setdefault(values, len(configs))
+            wall = float(r.get("wall_s") or 0.0)
+            metric = r.get(exp.metric)
+            w.writerow(
+                [
+                    cid,
+                    *values,
+                    "" if metric is None or (isinstance(metric, float) and np.isnan(metric)) else metric,
+                    DEEPCAVE_STATUS.get(str(r["status"]), "crashed"),
+                    clock,
+                    clock + wall,
+                    r.get("epochs") or 0,
+                    r.get("seed", -1),
+                    json.dumps({"trial_id": r["trial_id"], "arm": r["arm"]}),
+                ]
+            )
+            clock += wall
+    sec.text(
+        f'DeepCAVE (DataFrame converter): `{directory.name}/configspace.csv` and `{directory.name}/trials.csv` (inactive conditional values are the category "inactive"; budget = epochs; times are cumulative wall seconds).'
+    )
+    db = Path(exp.root) / "optuna.db"
+    if db.is_file():
+        sec.text("optuna-dashboard sqlite:///optuna.db", "code")
+        sec.text(
+            f"The Optuna study is `{exp.name}` in optuna.db of the experiment directory (run the command "
+            "above from it)."
+        )
+    else:
+        storage = exp.spec.study.storage if exp.spec and exp.spec.study.storage else None
+        sec.note(
+            f"no optuna.db in the experiment directory{f'; the study lives at {storage}' if storage else ''}."
+        )
+    return sec
