@@ -1,62 +1,153 @@
 """Multi-depth fusion: U-Net skip features → patch tokens → chosen Mllama cross-attention layers.
 
-Each fused level is pooled to a ``grid x grid`` patch grid and projected to the LLM hidden size (plus a
-learned position embedding per patch and an embedding per level), then normalised. The tokens of every
-level mapped to a cross-attention layer are concatenated and handed to that layer through
-:class:`FusedCrossAttention`, which wraps the layer's own ``MllamaTextCrossAttention`` and so reuses its
-q/k/v/o projections and norms:
+Each fused level becomes a ``grid x grid`` patch grid, projected to the LLM hidden size (plus a learned
+position embedding per patch), then normalised. ``fusion.projection`` chooses how a patch becomes a token:
 
-- ``concat``: the U-Net tokens join the image keys/values (``[image; tanh(s) * unet]``) and the additive
-  cross-attention mask is padded with zeros (attend) for them, on every step, generation's cached decode
-  steps included (the cache then already holds the joined keys).
-- ``parallel``: the paper's "scaled cross-attention": ``attn(image) + tanh(s) * attn(unet)``, a second
-  attention branch over the U-Net tokens only, recomputed every step (it is never cached).
+- ``pool``: the patch's per-channel mean (adaptive average pooling), then a linear map ``C → D``. Detail
+  inside a patch survives only as far as it moves the mean.
+- ``patch``: a learned strided convolution over the whole patch, as a ViT's patch embedding
+  (``kernel = stride = ceil(level_size / grid)``), then a linear map ``C → D``. The convolution keeps the
+  level's width ``C``: a ViT-style ``Conv2d(C, D, k, k)`` would hold ``C * D * k**2`` parameters (5.1 B for
+  level 1 of the 11b preset alone); the factorisation ``Conv2d(C, C, k, k)`` then ``Linear(C, D)``
+  (an ASSUMPTION) costs ``C**2 * k**2``, about the same at every level because ``C`` doubles as the side
+  halves. A level whose side is not a multiple of ``grid`` (e.g. 70 px at 11b, level 4, grid 4) is
+  zero-padded symmetrically to ``k * grid`` first (:func:`patch_geometry`), so every level still gives
+  ``grid**2`` tokens; the padding is less than ``grid`` pixels.
 
-``s`` is one learnable scalar per fused layer, owned by the wrapper so that ZeRO-3 gathers it with the
-module whose forward reads it. The tokens travel from the joint model's forward to the wrappers through a
-:class:`FusionContext` (a plain holder, set for the duration of one forward or one ``generate``).
+The tokens of every level mapped to a cross-attention layer are concatenated and handed to that layer
+through :class:`FusedCrossAttention`, which wraps the layer's own ``MllamaTextCrossAttention`` and so
+reuses its q/k/v/o projections and norms. Each wrapper owns one learnable scalar ``s`` (``fusion_scale``,
+initialised to ``fusion.scale_init``) and gates the U-Net path with ``g = tanh(s)``:
+
+- ``parallel``: the paper's "scaled cross-attention": ``attn(image) + g * attn(unet)``, a second attention
+  branch over the U-Net tokens only, recomputed every step (it is never cached).
+- ``concat``: the U-Net tokens join the image keys/values in one softmax, and the gate sets how much of
+  that softmax's share they keep: ``attn(image) + g * (attn([image; unet]) - attn(image))``. If the U-Net
+  keys take a share ``m`` of the joint softmax (per head and query), the output is exactly an attention in
+  which they take ``g * m`` and the image keys ``1 - g * m`` in their own proportions. The additive
+  cross-attention mask is padded with zeros (attend) for the U-Net keys.
+
+``s = 0`` (the default) closes the path: ``g = 0``, the output is the wrapped layer's own output bit for
+bit, and the fused model starts as the baseline MLLM. It still learns to open: ``d out / d s`` at 0 is
+``attn(unet)`` (parallel) or ``attn([image; unet]) - attn(image)`` (concat), non-zero, so the scale gets a
+gradient from the first step (once Mllama's own cross-attention gates are non-zero); the U-Net and the
+projectors get theirs once ``g`` has moved. ``|g| < 1`` throughout; a negative ``g`` subtracts the U-Net
+contribution (concat: extrapolates away from the joint attention), as Mllama's own tanh gates may.
+
+Why not gate concat inside the softmax: scaling the U-Net tokens before ``k_proj`` does nothing to the
+keys, because ``k_norm`` (RMS) cancels the scale (with the old gate at 0 the U-Net keys still took ~54 % of
+the mass on tiny); and a bias on the U-Net logits that closes the path exactly (mass 0 in fp32) saturates
+the softmax, whose gradient with respect to that bias is then 0 too, so a closed gate could never open.
+Any smooth gate that is exactly closed and non-negative has a zero derivative there, hence the signed
+interpolation. Its cost: in a fused layer the image keys/values are projected twice (once per attention)
+during training and prefill.
+
+The tokens travel from the joint model's forward to the wrappers through a :class:`FusionContext` (a plain
+holder, set for the duration of one forward or one ``generate``), which also keeps the joint keys/values of
+``concat`` layers between generation's cached decode steps (the model's own cache holds the image keys).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdf_search.config import PROJECTIONS
+
+INJECTIONS = ("concat", "parallel")
+
+
+class _KeyValues(NamedTuple):
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+class JointKeyValues:
+    """The joint (image + U-Net) keys/values of each ``concat`` layer, kept from prefill to the decode steps.
+
+    Implements the part of transformers' cache interface ``MllamaTextCrossAttention`` uses: ``update`` at
+    prefill (the whole key set: it replaces, never appends) and ``layers[layer_idx].keys / .values``.
+    """
+
+    def __init__(self) -> None:
+        self.layers: dict[int, _KeyValues] = {}
+
+    def update(
+        self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.layers[layer_idx] = _KeyValues(keys, values)
+        return keys, values
+
 
 class FusionContext:
-    """Layer index → U-Net tokens ``(B, N, D)`` for the forward in progress."""
+    """Layer index → U-Net tokens ``(B, N, D)`` for the forward (or ``generate``) in progress."""
 
     def __init__(self) -> None:
         self.tokens: dict[int, torch.Tensor] = {}
+        self.joint = JointKeyValues()
 
     @contextlib.contextmanager
     def use(self, tokens: dict[int, torch.Tensor]) -> Iterator[None]:
-        self.tokens = tokens
+        self.tokens, self.joint = tokens, JointKeyValues()
         try:
             yield
         finally:
-            self.tokens = {}
+            self.tokens, self.joint = {}, JointKeyValues()
+
+
+def patch_geometry(size: int, grid: int) -> tuple[int, int]:
+    """``(kernel, padding)`` of the ``patch`` projection for a ``size`` px level: kernel = stride =
+    ``ceil(size / grid)``, and ``padding = kernel * grid - size`` zero pixels (split around the level)."""
+    if not 1 <= grid <= size:
+        raise ValueError(f"1 <= fusion.grid <= level side must hold, but got (grid={grid}, side={size})")
+    kernel = -(-size // grid)
+    return kernel, kernel * grid - size
 
 
 class LevelProjector(nn.Module):
-    """One U-Net level ``(B, C, h, w)`` → ``grid**2`` tokens of the LLM width ``(B, grid**2, D)``."""
+    """One U-Net level ``(B, C, h, w)`` → ``grid**2`` tokens of the LLM width ``(B, grid**2, D)``.
 
-    def __init__(self, channels: int, hidden: int, grid: int) -> None:
+    ``size`` (the level's side in pixels) is needed by ``projection="patch"``, whose kernel depends on it.
+    """
+
+    def __init__(
+        self, channels: int, hidden: int, grid: int, projection: str = "pool", size: int | None = None
+    ) -> None:
         super().__init__()
+        if projection not in PROJECTIONS:
+            raise ValueError(f"fusion.projection must be one of {list(PROJECTIONS)}, but got {projection!r}")
         self.grid = grid
+        self.projection = projection
+        self.size = size
+        self.patch: nn.Conv2d | None = None
+        self.padding = (0, 0, 0, 0)
+        if projection == "patch":
+            if size is None:
+                raise ValueError("projection='patch' needs the level's side in pixels (size)")
+            kernel, pad = patch_geometry(size, grid)
+            self.padding = (pad // 2, pad - pad // 2) * 2  # left, right, top, bottom
+            self.patch = nn.Conv2d(channels, channels, kernel_size=kernel, stride=kernel)
         self.proj = nn.Linear(channels, hidden)
         self.pos = nn.Parameter(torch.zeros(grid * grid, hidden))
         nn.init.normal_(self.pos, std=0.02)
         self.norm = nn.LayerNorm(hidden)
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
-        pooled = F.adaptive_avg_pool2d(feature, self.grid)  # (B, C, g, g): patch-wise means
-        tokens = pooled.flatten(2).transpose(1, 2)  # (B, g*g, C)
+        if self.patch is None:
+            patches = F.adaptive_avg_pool2d(feature, self.grid)  # (B, C, g, g): patch-wise means
+        else:
+            if feature.shape[-2:] != (self.size, self.size):
+                raise ValueError(
+                    f"the patch projection was built for {self.size}x{self.size} px but got "
+                    f"{tuple(feature.shape[-2:])}: the U-Net input must have the preset's unet_size"
+                )
+            patches = self.patch(F.pad(feature, self.padding) if any(self.padding) else feature)
+        tokens = patches.flatten(2).transpose(1, 2)  # (B, g*g, C)
         return self.norm(self.proj(tokens) + self.pos)
 
 
@@ -69,11 +160,17 @@ class Fusion(nn.Module):
         layer_levels: dict[int, tuple[int, ...]],
         hidden: int,
         grid: int,
+        projection: str = "pool",
+        level_sizes: dict[int, int] | None = None,
     ) -> None:
         super().__init__()
+        sizes = level_sizes or {}
         self.layer_levels = layer_levels
         self.projectors = nn.ModuleDict(
-            {str(lv): LevelProjector(c, hidden, grid) for lv, c in level_channels.items()}
+            {
+                str(lv): LevelProjector(c, hidden, grid, projection, sizes.get(lv))
+                for lv, c in level_channels.items()
+            }
         )
 
     @property
@@ -92,19 +189,24 @@ class Fusion(nn.Module):
 
 
 class FusedCrossAttention(nn.Module):
-    """Wraps one ``MllamaTextCrossAttention`` and adds the U-Net tokens of its layer."""
+    """Wraps one ``MllamaTextCrossAttention`` and adds the U-Net tokens of its layer, gated by ``tanh(s)``."""
 
     def __init__(
         self, inner: nn.Module, layer_idx: int, mode: str, scale_init: float, context: FusionContext
     ) -> None:
         super().__init__()
-        if mode not in ("concat", "parallel"):
+        if mode not in INJECTIONS:
             raise ValueError(f"injection mode must be 'concat' or 'parallel', but got {mode!r}")
         self.inner = inner
         self.layer_idx = layer_idx
         self.mode = mode
         self.fusion_scale = nn.Parameter(torch.full((1,), float(scale_init)))
         self._context = context  # not a module: shared, read-only here
+
+    @property
+    def gate(self) -> torch.Tensor:
+        """``tanh(s)``: 0 closes the U-Net path, ±1 is the limit."""
+        return self.fusion_scale.tanh()
 
     def forward(
         self,
@@ -114,12 +216,13 @@ class FusedCrossAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # The image path is the wrapped layer's own call, untouched: with the gate at 0 it is the output.
+        out, weights = self.inner(
+            hidden_states, cross_attention_states, cache=cache, attention_mask=attention_mask, **kwargs
+        )
         tokens = self._context.tokens.get(self.layer_idx)
         if tokens is None:  # no fusion in this call (e.g. a text-only pass)
-            return self.inner(
-                hidden_states, cross_attention_states, cache=cache, attention_mask=attention_mask, **kwargs
-            )
-        gate = self.fusion_scale.tanh()
+            return out, weights
         if tokens.shape[0] != hidden_states.shape[0]:
             raise ValueError(
                 f"U-Net tokens have batch {tokens.shape[0]} but the text has {hidden_states.shape[0]}; "
@@ -127,22 +230,46 @@ class FusedCrossAttention(nn.Module):
             )
         tokens = tokens.to(hidden_states.dtype)
         if self.mode == "concat":
-            if cross_attention_states is not None:
-                cross_attention_states = torch.cat([cross_attention_states, gate * tokens], dim=1)
-            if attention_mask is not None:
-                attention_mask = F.pad(attention_mask, (0, tokens.shape[1]), value=0.0)
-            return self.inner(
-                hidden_states, cross_attention_states, cache=cache, attention_mask=attention_mask, **kwargs
+            joint = self._joint_attention(
+                hidden_states, cross_attention_states, tokens, cache, attention_mask, kwargs
             )
-        out, weights = self.inner(
-            hidden_states, cross_attention_states, cache=cache, attention_mask=attention_mask, **kwargs
-        )
+            return out + self.gate * (joint - out), weights
         # No mask: every text token sees every U-Net token. is_causal must be explicit, or SDPA treats a
         # missing mask as causal and hides all but the first tokens from the first queries.
         unet_out, _ = self.inner(
             hidden_states, tokens, cache=None, attention_mask=None, **{**kwargs, "is_causal": False}
         )
-        return out + gate * unet_out, weights
+        return out + self.gate * unet_out, weights
+
+    def _joint_attention(
+        self,
+        hidden_states: torch.Tensor,
+        cross_attention_states: torch.Tensor | None,
+        tokens: torch.Tensor,
+        cache: Any,
+        attention_mask: torch.Tensor | None,
+        kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        """One attention over ``[image; unet]`` keys (the U-Net keys always attended)."""
+        if attention_mask is not None:
+            attention_mask = F.pad(attention_mask, (0, tokens.shape[1]), value=0.0)
+        joint_cache = self._context.joint
+        if cross_attention_states is not None:
+            # Mllama hands the image states over as (B * images * tiles, patches, D) and views its keys as
+            # (B, -1, ...): flatten the same way before joining.
+            image = cross_attention_states.reshape(tokens.shape[0], -1, cross_attention_states.shape[-1])
+            states = torch.cat([image, tokens], dim=1)
+            # generation (a cache is in use): keep the joint keys for the decode steps
+            store = joint_cache if cache is not None else None
+            joint, _ = self.inner(hidden_states, states, cache=store, attention_mask=attention_mask, **kwargs)
+            return joint
+        if self.layer_idx not in joint_cache.layers:
+            raise RuntimeError(
+                f"fused layer {self.layer_idx}: a cached decode step without the joint keys of its prefill; "
+                "run prefill and decode inside one FusionContext.use (MDFModel.generate does)"
+            )
+        joint, _ = self.inner(hidden_states, None, cache=joint_cache, attention_mask=attention_mask, **kwargs)
+        return joint
 
 
 def install_fusion(

@@ -10,7 +10,9 @@ One forward, in order:
    scoring with the LM head.
 
 With no fused levels and no FiLM sites the model *is* the plain ``MllamaForConditionalGeneration`` plus a
-head: nothing is wrapped, and its logits are identical to the library's.
+head: nothing is wrapped, and its logits are identical to the library's. A fused model built from the same
+seed starts as exactly that baseline: its fusion gates start closed (``fusion.scale_init=0``, ``fusion.py``),
+FiLM starts as the identity, and the heads are initialised before the U-Net side draws from the RNG.
 """
 
 from __future__ import annotations
@@ -70,6 +72,16 @@ class MDFModel(nn.Module):
         if cfg.freeze.strategy == "lora":
             inject_lora(mllama, cfg.freeze)
 
+        # The heads are initialised before every U-Net-side module: building those draws from the global
+        # RNG, and the heads must start with the baseline's weights (same seed), so that a fused model whose
+        # gates start closed (fusion.scale_init=0) gives the baseline's outputs bit for bit. (They are
+        # registered last, as before, so parameter and state-dict order do not change.)
+        heads = nn.ModuleDict()
+        if cfg.head.kind == "linear":
+            heads.update({f"{name}_head": nn.Linear(hidden, len(n)) for name, n in classes.items()})
+        elif label_ids is None or set(label_ids) != set(classes):
+            raise ValueError("head=label_token needs the label token ids of every head's classes")
+
         # The baseline MLLM (no fused level, no FiLM, no segmentation loss) has no U-Net at all, so its
         # parameter counts and optimizer hold only what it trains.
         uses_unet = bool(cfg.fusion.levels or cfg.film.placement or cfg.unet.aux_seg_weight > 0)
@@ -87,17 +99,15 @@ class MDFModel(nn.Module):
         if cfg.fusion.levels:
             layer_levels = layers_to_levels(self.layer_map)
             level_channels = {lv: preset.unet_channels[lv - 1] for lv in cfg.fusion.levels}
-            self.fusion = Fusion(level_channels, layer_levels, hidden, cfg.fusion.grid)
+            level_sizes = {lv: preset.unet_size // 2 ** (lv - 1) for lv in cfg.fusion.levels}
+            self.fusion = Fusion(
+                level_channels, layer_levels, hidden, cfg.fusion.grid, cfg.fusion.projection, level_sizes
+            )
             self.context = install_fusion(mllama, layer_levels, cfg.fusion.injection, cfg.fusion.scale_init)
 
-        if cfg.head.kind == "linear":
-            self.heads = nn.ModuleDict(
-                {f"{name}_head": nn.Linear(hidden, len(n)) for name, n in classes.items()}
-            )
-        else:
-            if label_ids is None or set(label_ids) != set(classes):
-                raise ValueError("head=label_token needs the label token ids of every head's classes")
-            self.heads = nn.ModuleDict()
+        self.heads = heads
+        if cfg.head.kind == "label_token":
+            assert label_ids is not None  # checked with the heads above
             for name, ids in label_ids.items():
                 self.register_buffer(
                     f"label_ids_{name}", torch.tensor(ids, dtype=torch.long), persistent=False

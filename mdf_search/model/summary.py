@@ -11,6 +11,7 @@ import torch
 
 from mdf_search.config import TrialConfig
 from mdf_search.model.freezing import parameter_counts
+from mdf_search.model.fusion import patch_geometry
 from mdf_search.model.mdf import MDFModel, task_classes
 from mdf_search.model.mllama import build_mllama
 from mdf_search.model.presets import get_preset
@@ -48,6 +49,15 @@ def _count(module: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
+def _projection(cfg: TrialConfig, level: int) -> str:
+    """How a level becomes tokens, e.g. ``pool to 4x4`` or ``patch 18x18 px, 2 px padding → 4x4``."""
+    grid = cfg.fusion.grid
+    if cfg.fusion.projection == "pool":
+        return f"pool to {grid}x{grid}"
+    kernel, pad = patch_geometry(get_preset(cfg.model.preset).unet_size // 2 ** (level - 1), grid)
+    return f"patch {kernel}x{kernel} px{f', {pad} px padding' if pad else ''} → {grid}x{grid}"
+
+
 def summarize(cfg: TrialConfig, *, meta: bool = True) -> ModelSummary:
     preset = get_preset(cfg.model.preset)
     device = torch.device("meta") if meta else torch.device("cpu")
@@ -62,7 +72,9 @@ def summarize(cfg: TrialConfig, *, meta: bool = True) -> ModelSummary:
         rows.append(ModuleRow("film", *_count(model.film)))
     if model.fusion is not None:
         for level, projector in model.fusion.projectors.items():
-            rows.append(ModuleRow(f"fusion.level{level}", *_count(projector)))
+            rows.append(
+                ModuleRow(f"fusion.level{level} ({_projection(cfg, int(level))})", *_count(projector))
+            )
     rows.append(ModuleRow("mllama.vision_model", *_count(inner.vision_model)))
     rows.append(ModuleRow("mllama.projector", *_count(inner.multi_modal_projector)))
     rows.append(ModuleRow("mllama.embed_tokens", *_count(inner.language_model.embed_tokens)))

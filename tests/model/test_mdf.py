@@ -22,6 +22,14 @@ BASELINE = {"fusion.levels": "none", "fusion.injection": "none", "film.placement
         pytest.param({"fusion.levels": "1234", "fusion.injection": "concat"}, id="concat-4-levels"),
         pytest.param({"fusion.levels": "2", "fusion.injection": "parallel"}, id="parallel-1-level"),
         pytest.param({"fusion.levels": "1234", "fusion.injection": "parallel"}, id="parallel-4-levels"),
+        pytest.param(
+            {"fusion.injection": "concat", "fusion.projection": "patch", "fusion.scale_init": 1.0},
+            id="concat-patch",
+        ),
+        pytest.param(
+            {"fusion.injection": "parallel", "fusion.projection": "patch", "fusion.scale_init": 1.0},
+            id="parallel-patch",
+        ),
     ],
 )
 def test_forward_backward_every_injection(flat: dict[str, object], batch: dict[str, torch.Tensor]) -> None:
@@ -39,11 +47,25 @@ def test_forward_backward_every_injection(flat: dict[str, object], batch: dict[s
     )
 
 
+def _wrappers(model: torch.nn.Module) -> list[FusedCrossAttention]:
+    return [m for m in model.modules() if isinstance(m, FusedCrossAttention)]
+
+
+@pytest.mark.parametrize("projection", ["pool", "patch"])
 @pytest.mark.parametrize("injection", ["concat", "parallel"])
 def test_gradients_reach_unet_projection_scale_and_film(
-    injection: str, batch: dict[str, torch.Tensor]
+    injection: str, projection: str, batch: dict[str, torch.Tensor]
 ) -> None:
-    model = make_model(gate_init=0.5, **{"fusion.injection": injection, "film.placement": "enc"})
+    """With the fusion gate open (fusion.scale_init=0, the default, closes it: see the tests below)."""
+    model = make_model(
+        gate_init=0.5,
+        **{
+            "fusion.injection": injection,
+            "fusion.projection": projection,
+            "fusion.scale_init": 1.0,
+            "film.placement": "enc",
+        },
+    )
     loss, _ = mdf_loss(model(batch), batch)
     loss.backward()
     named = dict(model.named_parameters())
@@ -67,7 +89,7 @@ def test_gradients_reach_unet_projection_scale_and_film(
 
 def test_zero_mllama_gates_block_every_fusion_gradient(batch: dict[str, torch.Tensor]) -> None:
     """FACTS.md: with the library's zero gates nothing injected into cross-attention gets a gradient."""
-    model = make_model(gate_init=0.0, **{"film.placement": "none"})
+    model = make_model(gate_init=0.0, **{"film.placement": "none", "fusion.scale_init": 1.0})
     loss, _ = mdf_loss(model(batch), batch)
     loss.backward()
     unet = [p.grad for n, p in model.named_parameters() if n.startswith("unet.")]
@@ -95,18 +117,67 @@ def test_baseline_logits_identical_to_plain_mllama(batch: dict[str, torch.Tensor
         torch.testing.assert_close(model(batch).logits["type"], head, rtol=0, atol=1e-6)
 
 
-def test_parallel_fusion_with_zero_scale_is_the_baseline(batch: dict[str, torch.Tensor]) -> None:
-    fused = make_model(
-        **{"fusion.injection": "parallel", "fusion.scale_init": 0.0, "film.placement": "none"}
-    ).eval()
-    plain = _plain_copy(fused)
-    keys = BATCH_MLLAMA_KEYS
+@pytest.mark.parametrize("injection", ["parallel", "concat"])
+def test_fused_model_at_init_is_the_baseline(injection: str, batch: dict[str, torch.Tensor]) -> None:
+    """fusion.scale_init=0 (the default) closes the U-Net path: the outputs are the baseline's, bit for bit.
+
+    Honest by construction order, no weights copied: ``make_model`` builds the backbone before MDFModel, and
+    MDFModel initialises its heads before any U-Net-side module, so the same seed gives both models the
+    same Mllama and head weights (checked first). The fused model keeps the default FiLM (enc1..enc4).
+    """
+    baseline = make_model(seed=0, **BASELINE).eval()
+    fused = make_model(seed=0, **{"fusion.injection": injection}).eval()
+    assert fused.cfg.fusion.scale_init == 0.0 and fused.unet is not None and fused.film is not None
+    plain_state = backbone_state_dict(baseline.mllama)
+    fused_state = backbone_state_dict(fused.mllama)
+    assert fused_state.keys() == plain_state.keys()
+    assert all(torch.equal(fused_state[k], v) for k, v in plain_state.items())
+    assert all(
+        torch.equal(a, b) for a, b in zip(fused.heads.parameters(), baseline.heads.parameters(), strict=True)
+    )
     with torch.no_grad():
-        assert torch.equal(fused.lm_logits(batch), plain(**{k: batch[k] for k in keys}).logits)
-        for module in fused.modules():
-            if isinstance(module, FusedCrossAttention):
-                module.fusion_scale.fill_(1.0)
-        assert not torch.equal(fused.lm_logits(batch), plain(**{k: batch[k] for k in keys}).logits)
+        expected = baseline(batch).logits["type"]
+        assert torch.equal(fused(batch).logits["type"], expected)
+        assert torch.equal(fused.lm_logits(batch), baseline.lm_logits(batch))
+        # closed means closed: what the U-Net sees no longer matters at all
+        other = {**batch, "unet_pixels": torch.rand_like(batch["unet_pixels"])}
+        assert torch.equal(fused(other).logits["type"], expected)
+        # generation's cached decode steps too
+        unpadded = make_batch(pad=False)
+        assert torch.equal(
+            fused.generate(unpadded, max_new_tokens=3, do_sample=False),
+            baseline.generate(unpadded, max_new_tokens=3, do_sample=False),
+        )
+        for module in _wrappers(fused):
+            module.fusion_scale.fill_(1.0)
+        assert not torch.equal(fused(batch).logits["type"], expected)
+
+
+@pytest.mark.parametrize("injection", ["parallel", "concat"])
+def test_closed_fusion_gate_gets_a_gradient_and_opens(injection: str, batch: dict[str, torch.Tensor]) -> None:
+    """From the closed state the scale itself gets a gradient (d tanh(s)/ds = 1 at 0, times a non-zero
+    U-Net branch); the U-Net gets none until the gate has moved, then it does."""
+    model = make_model(gate_init=0.5, **{"fusion.injection": injection})
+    scales = [m.fusion_scale for m in _wrappers(model)]
+    assert scales and all(float(s.detach()) == 0.0 for s in scales)
+    mdf_loss(model(batch), batch)[0].backward()
+    assert all(s.grad is not None and float(s.grad.abs()) > 0 for s in scales)
+    upstream = [p for n, p in model.named_parameters() if n.startswith(("unet.", "fusion.", "film."))]
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in upstream)
+
+    torch.optim.SGD(scales, lr=0.5).step()
+    model.zero_grad()
+    assert all(float(s.detach()) != 0.0 for s in scales)
+    mdf_loss(model(batch), batch)[0].backward()
+    named = dict(model.named_parameters())
+    for prefix in (
+        "unet.encoders.0.",
+        "fusion.projectors.1.",
+        "fusion.projectors.4.",
+        "film.generators.enc1.",
+    ):
+        grads = [p.grad for n, p in named.items() if n.startswith(prefix)]
+        assert any(g is not None and float(g.abs().sum()) > 0 for g in grads), f"no gradient reaches {prefix}"
 
 
 @pytest.mark.parametrize("injection", ["concat", "parallel"])
@@ -122,8 +193,9 @@ def test_generate_with_fusion_uses_the_unet_tokens(injection: str) -> None:
     extended = dict(batch)
     extended["input_ids"] = generated[:, :-3]
     extended["attention_mask"] = torch.ones_like(extended["input_ids"])
-    extended["cross_attention_mask"] = torch.ones(2, extended["input_ids"].shape[1], 1, 1, dtype=torch.long)
-    extended["cross_attention_mask"][:, :1] = 0
+    xattn = batch["cross_attention_mask"]  # the new tokens see the image as the last prompt token does
+    extra = extended["input_ids"].shape[1] - xattn.shape[1]
+    extended["cross_attention_mask"] = torch.cat([xattn, xattn[:, -1:].expand(-1, extra, -1, -1)], dim=1)
     with torch.no_grad():
         assert torch.equal(model.lm_logits(extended)[:, -1].argmax(-1), generated[:, -3])
 
