@@ -126,7 +126,7 @@ def ddp_loop_per_worker(config: dict[str, Any]) -> None:
     dataset = FundusDataset(open_cache(data.cache), read_split(data.split).rows("train"))
     collate = Collator(
         tokenizer,
-        preset.vision_size,
+        preset.vision,
         preset.unet_size,
         cfg.data.max_text_tokens,
         augment=True,

@@ -4,7 +4,8 @@ GPU and print samples/s, MFU against the H100's 989 TFLOP/s dense bf16 peak, and
     bash benchmarks/gpu_check.sh            # < 8 min on one H100; exits 0 with a message where there is no GPU
 
 MFU is an estimate: 6 x parameters x tokens for the text model (B x T tokens) and the vision tower
-(B x patches), the U-Net's convolutions left out, so it is a lower bound.
+(B x max_num_tiles x patches: the tower computes padding tiles too), the U-Net's convolutions left
+out, so it is a lower bound.
 """
 
 from __future__ import annotations
@@ -25,16 +26,20 @@ def _batch(preset, batch: int, length: int, device):  # type: ignore[no-untyped-
 
     ids = torch.randint(4, preset.vocab_size, (batch, length), device=device)
     ids[:, 0], ids[:, 1] = 1, 2
-    xattn = torch.ones(batch, length, 1, 1, dtype=torch.long, device=device)
-    xattn[:, 0] = 0
+    tiles = preset.max_num_tiles  # the image in tile 0, the others padding (data.vision_tiles=1)
+    xattn = torch.zeros(batch, length, 1, tiles, dtype=torch.long, device=device)
+    xattn[:, 1:, :, 0] = 1
+    tile_mask = torch.zeros(batch, 1, tiles, dtype=torch.long, device=device)
+    tile_mask[:, :, 0] = 1
     return {
         "input_ids": ids,
         "attention_mask": torch.ones(batch, length, dtype=torch.long, device=device),
         "pixel_values": torch.randn(
-            batch, 1, 1, 3, preset.vision_size, preset.vision_size, device=device, dtype=torch.bfloat16
-        ),
+            batch, 1, tiles, 3, preset.vision_size, preset.vision_size, device=device, dtype=torch.bfloat16
+        )
+        * tile_mask.view(batch, 1, tiles, 1, 1, 1),
         "aspect_ratio_ids": torch.ones(batch, 1, dtype=torch.long, device=device),
-        "aspect_ratio_mask": torch.ones(batch, 1, 1, dtype=torch.long, device=device),
+        "aspect_ratio_mask": tile_mask,
         "cross_attention_mask": xattn,
         "unet_pixels": torch.rand(
             batch, 3, preset.unet_size, preset.unet_size, device=device, dtype=torch.bfloat16
@@ -81,7 +86,7 @@ def run(preset_name: str, micro_batch: int, length: int) -> None:
     counts = {n: int(getattr(p, "ds_numel", p.numel())) for n, p in model.named_parameters()}
     vision = sum(v for n, v in counts.items() if ".vision_model." in n)
     text = sum(counts.values()) - vision
-    patches = (preset.vision_size // int(preset.vision["patch_size"])) ** 2 + 1
+    patches = preset.max_num_tiles * ((preset.vision_size // int(preset.vision["patch_size"])) ** 2 + 1)
     flops = 6 * (text * micro_batch * length + vision * micro_batch * patches) * STEPS
     mfu = flops / seconds / (PEAK_TFLOPS * 1e12)
     print(

@@ -1,12 +1,33 @@
 """Batches for the MDF model: a torch Dataset over the cache and a collate function that builds Mllama inputs.
 
 The collate function is where the two image paths part: the U-Net gets the cached image at its own,
-higher resolution in [0, 1]; the vision tower gets the same (augmented) image resized to its tile size
-and normalised with CLIP statistics, in Mllama's tile layout ``(B, images=1, tiles=1, 3, H, W)``.
+higher resolution in [0, 1]; the vision tower gets the same (augmented) image normalised with CLIP
+statistics, in Mllama's tile layout, exactly as transformers' ``MllamaImageProcessor`` and
+``MllamaProcessor`` lay it out (tested against them):
 
-Text-only examples (``FundusDataset(..., drop_images=True)``, e.g. a text-only baseline) still carry a
-placeholder all-zero image with an all-zero cross-attention mask: under DeepSpeed every rank must run
-the same modules each step, and a rank that skipped the cross-attention layers would hang the others.
+- ``pixel_values`` ``(B, 1, max_num_tiles, 3, S, S)`` for tiles of ``S`` px: ``vision_tiles=1`` puts the
+  fundus at tile size in tile 0; ``vision_tiles=4`` resizes it to ``2S`` and splits it 2x2 in row-major
+  order (top-left, top-right, bottom-left, bottom-right, as the processor's ``split_to_tiles``). The
+  remaining tiles up to the vision config's ``max_num_tiles`` are zeros. The vision tower computes all
+  ``max_num_tiles`` tiles whatever ``vision_tiles`` is: padding tiles cost as much as real ones.
+- ``aspect_ratio_ids`` ``(B, 1)``: 1 + the index of the tiling ``(rows, columns)`` in the vision config's
+  ``supported_aspect_ratios`` (``[1, 1]`` → 1, ``[2, 2]`` → 6 for Mllama's default list); 0 means "no
+  image", as the processor pads missing images.
+- ``aspect_ratio_mask`` ``(B, 1, max_num_tiles)``: 1 on the image's tiles, 0 on padding tiles (tile 0 is
+  always 1, as in the processor).
+- ``cross_attention_mask`` ``(B, T, 1, max_num_tiles)``: 1 from the ``<|image|>`` token to the end of the
+  sequence on the image's tiles, 0 on padding tiles and before the image token.
+
+The prompt is written as ``MllamaProcessor`` writes a base-model prompt (``build_string_from_input``):
+``<|image|><|begin_of_text|>`` then the text. Both the trained tokenizer (``model/mllama.py``) and
+LLaMA 3's prepend their own ``<|begin_of_text|>``, so the ids start ``[BOS, IMAGE, BOS, ...]``, the same
+ids the processor gives for the 11B.
+
+Examples without an image for the vision tower (``FundusDataset(..., image="off")``, or
+``drop_images=True`` for a text-only baseline) still carry a placeholder all-zero image with an all-zero
+cross-attention mask: under DeepSpeed every rank must run the same modules each step, and a rank that
+skipped the cross-attention layers would hang the others. ``image="off"`` blanks only the vision tower:
+the U-Net still gets the fundus.
 
 Augmentation is deterministic per (seed, epoch, example index), independent of batch composition and of
 DataLoader workers, so a resumed or re-run trial sees the same pixels.
@@ -15,7 +36,8 @@ DataLoader workers, so a resumed or re-run trial sees the same pixels.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,17 +47,27 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mdf_search.data.cache import Cache
+from mdf_search.model.presets import MAX_NUM_TILES, MLLAMA_ASPECT_RATIOS
 
 IMAGE_TOKEN = "<|image|>"
+BOS_TOKEN = "<|begin_of_text|>"
 QUESTION = "Question: which retinal disease does this fundus image show? Answer:"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TEXT_MODES = ("on", "off", "shuffled")
+IMAGE_MODES = ("on", "off")
+_SPECIAL = re.compile(r"<\|[A-Za-z0-9_]+\|>")  # special-token spellings never come from the data
 
 
 def prompt_text(clinical_text: str) -> str:
-    """The prompt: the image token first (Mllama attends to the image from there on), history, question."""
-    history = f" Clinical history: {clinical_text.strip()}" if clinical_text and clinical_text.strip() else ""
-    return f"{IMAGE_TOKEN}{history} {QUESTION}"
+    """The prompt as ``MllamaProcessor`` writes it: image token, BOS, history, question.
+
+    Mllama attends to the image from the ``<|image|>`` token on. Special-token spellings inside the
+    clinical text are removed (a text must not add a second image or a BOS).
+    """
+    text = _SPECIAL.sub("", clinical_text or "").strip()
+    history = f"Clinical history: {text} " if text else ""
+    return f"{IMAGE_TOKEN}{BOS_TOKEN}{history}{QUESTION}"
 
 
 @dataclass(frozen=True)
@@ -50,18 +82,51 @@ class Augment:
 
 
 class FundusDataset(Dataset[dict[str, Any]]):
-    """Rows of a cache (manifest row indices, e.g. ``split.rows("train")``): views, no copies, no PNGs."""
+    """Rows of a cache (manifest row indices, e.g. ``split.rows("train")``): views, no copies, no PNGs.
 
-    def __init__(self, cache: Cache, rows: Sequence[int] | np.ndarray, *, drop_images: bool = False) -> None:
+    Modality switches (controls; the defaults are the full model):
+
+    - ``text``: ``"on"``; ``"off"`` drops the clinical history from every prompt; ``"shuffled"`` permutes
+      the clinical texts across the *cases* of this dataset's rows with ``text_seed``: every image of
+      case ``c`` gets the text of case ``perm(c)`` (the text of that case's first row here; empty texts
+      move too), so the text distribution is kept and its link to the label is broken. Deterministic for
+      the same rows and seed (the caller picks which splits to shuffle and the seed).
+    - ``image``: ``"on"``; ``"off"`` blanks the image for the vision tower only (a zero placeholder with
+      a zero cross-attention mask); the U-Net and the vessel mask still get the fundus.
+    - ``drop_images``: no image anywhere (neither tower; no vessel mask): a text-only example.
+    """
+
+    def __init__(
+        self,
+        cache: Cache,
+        rows: Sequence[int] | np.ndarray,
+        *,
+        text: str = "on",
+        image: str = "on",
+        text_seed: int = 0,
+        drop_images: bool = False,
+    ) -> None:
+        if text not in TEXT_MODES:
+            raise ValueError(f"text must be one of {list(TEXT_MODES)}, but got {text!r}")
+        if image not in IMAGE_MODES:
+            raise ValueError(f"image must be one of {list(IMAGE_MODES)}, but got {image!r}")
         self.cache = cache
         self.rows = np.asarray(rows, dtype=np.int64)
         if self.rows.size and (self.rows.min() < 0 or self.rows.max() >= len(cache)):
             raise IndexError(
                 f"rows must be in [0, {len(cache)}), but got [{self.rows.min()}, {self.rows.max()}]"
             )
-        self.drop_images = drop_images
+        self.text, self.image, self.drop_images = text, image, drop_images
         index = cache.index
-        self._text = index.column("clinical_text").to_pylist()
+        texts = [t or "" for t in index.column("clinical_text").to_pylist()]
+        if text == "off":
+            self._texts = [""] * len(self.rows)
+        elif text == "shuffled":
+            self._texts = _shuffle_by_case(
+                [texts[r] for r in self.rows], index.column("case_id").to_pylist(), self.rows, text_seed
+            )
+        else:
+            self._texts = [texts[r] for r in self.rows]
         self._disease = index.column("disease_index").to_pylist()
         self._type = index.column("type_index").to_pylist()
         self._has_mask = index.column("has_mask").to_pylist()
@@ -74,12 +139,24 @@ class FundusDataset(Dataset[dict[str, Any]]):
         return {
             "index": row,
             "image": None if self.drop_images else self.cache.images[row],
+            "vision": not self.drop_images and self.image == "on",  # the vision tower sees the image
             "mask": self.cache.masks[row],
             "has_mask": bool(self._has_mask[row]) and not self.drop_images,
-            "text": self._text[row],
+            "text": self._texts[i],
             "disease": int(self._disease[row]),
             "type": int(self._type[row]),
         }
+
+
+def _shuffle_by_case(texts: list[str], case_ids: list[str], rows: np.ndarray, seed: int) -> list[str]:
+    """Each row gets the text of another case (a seeded permutation of the cases in ``rows``' order)."""
+    cases = list(dict.fromkeys(case_ids[r] for r in rows))
+    first: dict[str, str] = {}
+    for r, t in zip(rows, texts, strict=True):
+        first.setdefault(case_ids[r], t)
+    perm = np.random.default_rng(seed).permutation(len(cases))
+    source = {case: cases[int(j)] for case, j in zip(cases, perm, strict=True)}
+    return [first[source[case_ids[r]]] for r in rows]
 
 
 def _affine(gen: torch.Generator, cfg: Augment) -> torch.Tensor:
@@ -110,37 +187,92 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
+@dataclass(frozen=True)
+class TileLayout:
+    """Mllama's tiling of the vision input, read from a vision config (a preset's ``vision`` dict)."""
+
+    tile_size: int
+    max_num_tiles: int
+    aspect_ratios: tuple[tuple[int, int], ...]  # supported (rows, columns) tilings; id = index + 1
+
+    @classmethod
+    def from_vision_config(cls, vision: Mapping[str, Any]) -> TileLayout:
+        """As ``MllamaVisionConfig`` reads it: ``max_num_tiles`` defaults to 4 and ``supported_aspect_ratios``
+        to Mllama's default list."""
+        ratios = vision.get("supported_aspect_ratios")
+        return cls(
+            tile_size=int(vision["image_size"]),
+            max_num_tiles=int(vision.get("max_num_tiles", MAX_NUM_TILES)),
+            aspect_ratios=tuple((int(h), int(w)) for h, w in ratios) if ratios else MLLAMA_ASPECT_RATIOS,
+        )
+
+    def grid(self, tiles: int) -> tuple[int, int]:
+        """The square tiling of ``tiles`` tiles (1 → 1x1, 4 → 2x2), checked against the config."""
+        side = math.isqrt(tiles)
+        if side * side != tiles or tiles > self.max_num_tiles or (side, side) not in self.aspect_ratios:
+            raise ValueError(
+                f"vision_tiles={tiles} needs a square tiling [{side}, {side}] among the vision config's "
+                f"supported_aspect_ratios {[list(r) for r in self.aspect_ratios]} and "
+                f"max_num_tiles={self.max_num_tiles} >= {tiles}; use vision_tiles=1"
+            )
+        return side, side
+
+    def aspect_ratio_id(self, grid: tuple[int, int]) -> int:
+        return self.aspect_ratios.index(grid) + 1
+
+    def tile(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``(B, 3, rows * S, cols * S)`` → ``(B, 1, max_num_tiles, 3, S, S)``, tiles in row-major order,
+        padding tiles zero."""
+        b, c, _, _ = images.shape
+        rows, cols, s = grid[0], grid[1], self.tile_size
+        tiles = (
+            images.reshape(b, c, rows, s, cols, s).permute(0, 2, 4, 1, 3, 5).reshape(b, rows * cols, c, s, s)
+        )
+        return F.pad(tiles, (0, 0, 0, 0, 0, 0, 0, self.max_num_tiles - rows * cols)).unsqueeze(1)
+
+
 class Collator:
     """Items from :class:`FundusDataset` → the dict of tensors the model takes.
 
-    ``tokenizer`` is a HF ``PreTrainedTokenizerFast``-compatible callable that knows ``<|image|>`` and pads
-    on the right.
+    ``tokenizer`` is a HF ``PreTrainedTokenizerFast``-compatible callable that knows ``<|image|>`` and
+    ``<|begin_of_text|>`` and pads on the right. ``vision`` is the backbone's vision config (a preset's
+    ``vision`` dict): its ``image_size``, ``max_num_tiles`` and ``supported_aspect_ratios`` decide the
+    layout. ``vision_tiles`` (1 or 4) is how many tiles the fundus fills (``data.vision_tiles``).
     """
 
     def __init__(
         self,
         tokenizer: Any,
-        vision_size: int,
+        vision: Mapping[str, Any],
         unet_size: int,
         max_text_tokens: int,
         augment: bool,
         seed: int = 0,
         augment_config: Augment | None = None,
+        *,
+        vision_tiles: int = 1,
     ) -> None:
+        if not isinstance(vision, Mapping):
+            raise TypeError(
+                f"Collator takes the vision config (e.g. preset.vision), not {type(vision).__name__} "
+                f"{vision!r}: the tile layout needs its image_size, max_num_tiles and supported_aspect_ratios"
+            )
         if getattr(tokenizer, "padding_side", "right") != "right":
             raise ValueError(
                 f"the tokenizer must pad on the right, but padding_side={tokenizer.padding_side!r}; "
                 "set tokenizer.padding_side = 'right'"
             )
-        image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        if image_id is None or image_id == getattr(tokenizer, "unk_token_id", None):
-            raise ValueError(
-                f"the tokenizer has no {IMAGE_TOKEN!r} token; add it with "
-                f"additional_special_tokens=[{IMAGE_TOKEN!r}]"
-            )
+        for token in (IMAGE_TOKEN, BOS_TOKEN):
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if token_id is None or token_id == getattr(tokenizer, "unk_token_id", None):
+                raise ValueError(
+                    f"the tokenizer has no {token!r} token; add it with additional_special_tokens=[{token!r}]"
+                )
         self.tokenizer = tokenizer
-        self.image_token_id = int(image_id)
-        self.vision_size = vision_size
+        self.image_token_id = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+        self.layout = TileLayout.from_vision_config(vision)
+        self.grid = self.layout.grid(vision_tiles)
+        self.vision_tiles = vision_tiles
         self.unet_size = unet_size
         self.max_text_tokens = max_text_tokens
         self.augment = augment
@@ -149,6 +281,11 @@ class Collator:
         self.epoch = 0
         self._mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+    @property
+    def vision_size(self) -> int:
+        """Side of the vision tower's input image before tiling: ``tiles per side x tile size``."""
+        return self.grid[0] * self.layout.tile_size
 
     def set_epoch(self, epoch: int) -> None:
         """Call at the start of each epoch so augmentation differs between epochs but not between runs."""
@@ -181,12 +318,34 @@ class Collator:
         )
         return warped[:, :3], warped[:, 3:]
 
-    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = len(items)
-        has_image = torch.tensor([it["image"] is not None for it in items], dtype=torch.bool)
-        images, masks = self._pixels(items)
+    def vision_inputs(self, images: torch.Tensor, has_image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``pixel_values``, ``aspect_ratio_ids`` and ``aspect_ratio_mask`` from images in [0, 1] at any size."""
+        batch, layout = images.shape[0], self.layout
         vision = (_resize(images, self.vision_size) - self._mean) / self._std
-        vision = vision * has_image.view(-1, 1, 1, 1)  # placeholder: exact zeros for text-only examples
+        vision = vision * has_image.view(-1, 1, 1, 1)  # placeholder: exact zeros without an image
+        tiles = self.grid[0] * self.grid[1]
+        ids = torch.where(has_image, layout.aspect_ratio_id(self.grid), 0).long().view(batch, 1)
+        mask = torch.zeros(batch, 1, layout.max_num_tiles, dtype=torch.long)
+        mask[:, :, 0] = 1  # as the processor: tile 0 is valid even for a missing image
+        mask[has_image, :, :tiles] = 1
+        return {
+            "pixel_values": layout.tile(vision, self.grid),
+            "aspect_ratio_ids": ids,
+            "aspect_ratio_mask": mask,
+        }
+
+    def cross_attention_mask(self, input_ids: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
+        """``(B, T, 1, max_num_tiles)``: from the first image token on, over the image's tiles."""
+        batch, length = input_ids.shape
+        is_image = input_ids == self.image_token_id
+        first = torch.where(is_image.any(1), is_image.float().argmax(1), torch.full((batch,), length))
+        rows = (torch.arange(length).unsqueeze(0) >= first.unsqueeze(1)) & has_image.unsqueeze(1)
+        tiles = torch.arange(self.layout.max_num_tiles) < self.grid[0] * self.grid[1]
+        return (rows[:, :, None, None] & tiles[None, None, None, :]).long()
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        has_image = torch.tensor([it["image"] is not None and it.get("vision", True) for it in items])
+        images, masks = self._pixels(items)
         tokens = self.tokenizer(
             [prompt_text(it["text"]) for it in items],
             padding="max_length",
@@ -195,19 +354,11 @@ class Collator:
             return_tensors="pt",
         )
         input_ids = tokens["input_ids"].long()
-        is_image = input_ids == self.image_token_id
-        first = torch.where(
-            is_image.any(1), is_image.float().argmax(1), torch.full((batch,), input_ids.shape[1])
-        )
-        positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
-        xattn = (positions >= first.unsqueeze(1)) & has_image.unsqueeze(1)
         return {
             "input_ids": input_ids,
             "attention_mask": tokens["attention_mask"].long(),
-            "pixel_values": vision.reshape(batch, 1, 1, 3, self.vision_size, self.vision_size).contiguous(),
-            "aspect_ratio_ids": torch.ones(batch, 1, dtype=torch.long),
-            "aspect_ratio_mask": torch.ones(batch, 1, 1, dtype=torch.long),
-            "cross_attention_mask": xattn.long().view(batch, -1, 1, 1),
+            **self.vision_inputs(images, has_image),
+            "cross_attention_mask": self.cross_attention_mask(input_ids, has_image),
             "unet_pixels": _resize(images, self.unet_size).clamp_(0.0, 1.0).contiguous(),
             "vessel_mask": _resize(masks, self.unet_size).clamp_(0.0, 1.0).contiguous(),
             "has_mask": torch.tensor([bool(it["has_mask"]) for it in items], dtype=torch.bool),

@@ -269,6 +269,7 @@ def ensure_cache(
     return open_cache(build_cache(manifest_path, root, size, workers=workers, progress=progress))
 
 
-def cache_size_for(unet_size: int, vision_size: int) -> int:
-    """The cache keeps the larger of the two model inputs; batches resize down from it."""
-    return max(unet_size, vision_size)
+def cache_size_for(unet_size: int, vision_size: int, vision_tiles: int = 1) -> int:
+    """The cache keeps the larger of the two model inputs (the vision input is 2x the tile size with
+    ``vision_tiles=4``: a 2x2 tiling); batches resize down from it."""
+    return max(unet_size, vision_size * (2 if vision_tiles == 4 else 1))

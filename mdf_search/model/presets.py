@@ -4,6 +4,11 @@
 the CPU benchmark; ``1b`` is about a billion parameters of the same architecture with random weights, for
 GPU benchmarks; ``11b`` is LLaMA 3.2 11B Vision exactly (weights from a local directory).
 
+Every preset tiles the vision input as the 11B does: ``max_num_tiles=4`` and Mllama's default
+``supported_aspect_ratios``, so CPU tests run the 11B's layout (the vision tower always computes four
+tiles, padding ones included: 4x the vision cost of a one-tile config). The tiny vision tower is kept
+small (32 wide, 2 + 1 layers) so that this stays cheap.
+
 U-Net widths and input sizes are ASSUMPTIONS (the paper does not publish its U-Net). The U-Net always
 sees a higher resolution than the vision tower: at ``tiny`` a 16 px tower patch covers 2x2 px of the
 U-Net's finest level per 1 px, so signs of 1-3 px (microaneurysms) live mostly in U-Net features.
@@ -13,6 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+# MllamaVisionConfig's default supported_aspect_ratios ((rows, columns) of tiles), valid with max_num_tiles=4.
+MLLAMA_ASPECT_RATIOS: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (4, 1))  # fmt: skip
+MAX_NUM_TILES = 4
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class Preset:
 
     @property
     def max_num_tiles(self) -> int:
-        return int(self.vision.get("max_num_tiles", 1))
+        return int(self.vision.get("max_num_tiles", MAX_NUM_TILES))  # MllamaVisionConfig's default
 
     @property
     def vocab_size(self) -> int:
@@ -61,8 +70,8 @@ def _vision(
         "attention_heads": heads,
         "image_size": image,
         "patch_size": patch,
-        "max_num_tiles": 1,
-        "supported_aspect_ratios": [[1, 1]],
+        "max_num_tiles": MAX_NUM_TILES,
+        "supported_aspect_ratios": [list(r) for r in MLLAMA_ASPECT_RATIOS],
         "intermediate_layers_indices": indices,
         "vision_output_dim": hidden * (1 + len(indices)),
     }
@@ -89,8 +98,8 @@ PRESETS: dict[str, Preset] = {
             "attention_heads": 4,
             "image_size": 64,
             "patch_size": 16,
-            "max_num_tiles": 1,
-            "supported_aspect_ratios": [[1, 1]],
+            "max_num_tiles": MAX_NUM_TILES,
+            "supported_aspect_ratios": [list(r) for r in MLLAMA_ASPECT_RATIOS],
             "intermediate_layers_indices": [0, 1],
             "vision_output_dim": 96,
         },
@@ -156,7 +165,8 @@ PRESETS: dict[str, Preset] = {
             "attention_heads": 16,
             "image_size": 560,
             "patch_size": 14,
-            "max_num_tiles": 4,
+            "max_num_tiles": MAX_NUM_TILES,
+            "supported_aspect_ratios": [list(r) for r in MLLAMA_ASPECT_RATIOS],
             "intermediate_layers_indices": [3, 7, 15, 23, 30],
             "vision_output_dim": 7680,
         },

@@ -96,7 +96,7 @@ def prepare_trial_data(cfg: TrialConfig, *, workers: int = 2, progress: Any = No
     cache = build_cache(
         manifest,
         root / "cache",
-        cache_size_for(preset.unet_size, preset.vision_size),
+        cache_size_for(preset.unet_size, preset.vision_size, cfg.data.vision_tiles),
         workers=workers,
         progress=progress,
     )

@@ -124,11 +124,12 @@ class Run:
         self.collate = {
             train: Collator(
                 self.tokenizer,
-                preset.vision_size,
+                preset.vision,
                 preset.unet_size,
                 self.cfg.data.max_text_tokens,
                 augment=train and self.cfg.data.augment,
                 seed=self.cfg.run.seed,
+                vision_tiles=self.cfg.data.vision_tiles,
             )
             for train in (True, False)
         }

@@ -32,8 +32,11 @@ purpose: saved tensors per token per decoder layer ``HIDDEN_TENSORS * hidden + F
 elements; cross-attention keys/values counted at the full hidden width (GQA heads repeated); attention
 scores (``B * heads * T_q * T_k``, scores + probabilities) stored per layer only with eager attention, and
 otherwise one layer's worth as transient workspace (transformers' default for Mllama is SDPA, whose fused
-kernels store no score matrix); vision input ``VISION_TILES`` tile(s) per image, as the data pipeline
-feeds; every text layer's activations are kept even when the LLM is frozen (gradients flow back to the
+kernels store no score matrix); the vision tower computes the vision config's ``max_num_tiles`` tiles
+per image (4 at every preset) whatever ``data.vision_tiles`` is, because Mllama pads the tile dimension
+to ``max_num_tiles`` and runs its layers over padding tiles too (only attention masks them), and the
+text attends over all of them as cross-attention keys; so vision activations and cross-attention keys
+scale with ``max_num_tiles``, not with the tiles the fundus fills; every text layer's activations are kept even when the LLM is frozen (gradients flow back to the
 fused U-Net tokens); the vision tower and the U-Net keep activations only when something in them trains
 (FiLM counts for the U-Net), otherwise one level/layer is transient. Gigabytes are GiB (``2**30``), as in
 DeepSpeed's printout and ``nvidia-smi``.
@@ -59,7 +62,6 @@ HIDDEN_TENSORS = 10  # per token per layer: 2 norm inputs, 2 residuals, q, k, v,
 FFN_TENSORS = 4  # per token per layer: gate, up, act(gate), act(gate) * up
 UNET_TENSORS = 8  # per pixel x channel of an encoder level / bottleneck: 2x (conv, norm, act) + pool + FiLM
 UNET_DECODER_TENSORS = 10  # per decoder level: upsample, concat (2x), 2x (conv, norm, act), FiLM
-VISION_TILES = 1  # tiles per image: the data pipeline feeds one tile (batches.py), not Mllama's max 4
 FREEZE_TABLE = ("none", "mllm", "lora")
 
 
@@ -217,7 +219,8 @@ def activation_rows(
     scores = self_layers * workspace[0]
 
     patches = (preset.vision_size // int(vision["patch_size"])) ** 2 + 1  # + class token
-    vision_tokens = VISION_TILES * patches
+    tiles = preset.max_num_tiles  # computed tiles, padding included (see the module docstring)
+    vision_tokens = tiles * patches
     unet_tokens: dict[int, int] = {}
     if cfg.fusion.levels:
         layer_map = resolve_layer_map(cfg.fusion.layer_map, cfg.fusion.levels, preset.cross_attention_layers)
@@ -234,7 +237,7 @@ def activation_rows(
 
     hv, fv = int(vision["hidden_size"]), int(vision["intermediate_size"])
     v_layers = int(vision["num_hidden_layers"]) + int(vision.get("num_global_layers", 0))
-    v_tokens = VISION_TILES * (patches + (-patches) % 8)  # Mllama pads patches to a multiple of 8
+    v_tokens = tiles * (patches + (-patches) % 8)  # Mllama pads patches to a multiple of 8
     v_layer = b * v_tokens * (HIDDEN_TENSORS * hv + FFN_TENSORS * fv) * q
     v_trains = counts.roles.get("vision", (0, 0))[1] > 0
     v_out = b * vision_tokens * int(vision["vision_output_dim"]) * q
@@ -361,7 +364,11 @@ def _too_big(plan: Plan, cfg: TrialConfig) -> str:
     else:
         if cfg.optim.micro_batch > 1:
             hints.append(f"optim.micro_batch < {cfg.optim.micro_batch} (with more optim.grad_accum)")
-        hints.append("a shorter data.max_text_tokens")
+        vision = dict(plan.rows).get("activations: vision tower", 0)
+        if vision * 2 > acts and cfg.freeze.strategy in ("none", "unet"):  # the vision tower trains
+            hints.append("freeze=vision_tower (its activations dominate: every image is max_num_tiles tiles)")
+        else:
+            hints.append("a shorter data.max_text_tokens")
     if cfg.optim.precision == "fp32":
         hints.append("optim.precision=bf16")
     return (
@@ -425,14 +432,17 @@ def plan_11b_table(
 ) -> list[FreezeRow]:
     """Full fine-tune vs frozen LLM vs LoRA for LLaMA 3.2 11B Vision + U-Net on ``gpu_mem_gb`` GPUs.
 
-    Defaults: bf16, ZeRO-3 without offload, the TrialConfig defaults otherwise (micro-batch 4, 64
-    tokens); ``overrides`` are flat keys (e.g. ``{"optim.offload_optimizer": True}``).
+    Defaults: bf16, ZeRO-3 without offload, micro-batch 2 (as the shipped 11b studies: at 4, the full
+    fine-tune's vision activations alone, four 560 px tiles per image through 40 layers, take ~64 GiB),
+    the TrialConfig defaults otherwise (64 tokens); ``overrides`` are flat keys (e.g.
+    ``{"optim.offload_optimizer": True}``).
     """
     flat = {
         "model.preset": "11b",
         "model.weights": "(meta)",
         "optim.precision": "bf16",
         "optim.zero_stage": 3,
+        "optim.micro_batch": 2,
     }
     cfg = TrialConfig.from_flat({**flat, **(overrides or {})})
     return plan_freeze_table(cfg, gpu_mem_gb, max_gpus=max_gpus)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import MllamaImageProcessor, MllamaProcessor
+from transformers import MllamaImageProcessorPil, MllamaProcessor, MllamaVisionConfig
 
 from mdf_search.model.mdf import BATCH_MLLAMA_KEYS
 from mdf_search.model.mllama import (
@@ -41,6 +41,56 @@ def test_preset_sizes(name: str, low: float, high: float) -> None:
     assert low <= meta_parameter_count(PRESETS[name]) <= high
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_tiles_as_the_11b(name: str) -> None:
+    """Four tiles and Mllama's default aspect ratios everywhere, so CPU tests run the 11B's layout."""
+    preset = PRESETS[name]
+    assert preset.max_num_tiles == 4
+    assert preset.vision["supported_aspect_ratios"] == MllamaVisionConfig().supported_aspect_ratios
+
+
+@pytest.mark.parametrize("vision_tiles", [1, 4])
+def test_tiny_backbone_runs_a_collated_batch(vision_tiles: int) -> None:
+    """The real tiny Mllama on the Collator's layout (1 or 4 image tiles of max_num_tiles=4): the fundus
+    changes the logits of an example that shows it (the gates are open), never those of an example whose
+    vision input is off (its placeholder is all zeros whatever the fundus)."""
+    from mdf_search.data.batches import Collator, prompt_text
+
+    preset = get_preset("tiny")
+    tokenizer = train_tokenizer([prompt_text(t) for t in CORPUS], vocab_size=preset.vocab_size)
+    model = build_mllama(preset, gate_init=0.5).eval()
+    size = preset.vision_size * (2 if vision_tiles == 4 else 1)
+    g = torch.Generator().manual_seed(0)
+
+    def fundus() -> object:
+        return torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8).numpy()
+
+    items = [
+        {
+            "index": i,
+            "image": fundus(),
+            "vision": i == 0,
+            "mask": torch.zeros(size, size, dtype=torch.uint8).numpy(),
+            "has_mask": False,
+            "text": CORPUS[i],
+            "disease": 0,
+            "type": 0,
+        }
+        for i in range(2)
+    ]
+    collate = Collator(
+        tokenizer, preset.vision, preset.unet_size, 24, augment=False, vision_tiles=vision_tiles
+    )
+    batch = collate(items)
+    with torch.no_grad():
+        logits = model(**{k: batch[k] for k in BATCH_MLLAMA_KEYS}).logits
+        other = collate([{**item, "image": fundus()} for item in items])
+        changed = model(**{k: other[k] for k in BATCH_MLLAMA_KEYS}).logits
+    assert torch.isfinite(logits).all()
+    assert not torch.allclose(logits[0], changed[0])  # the image is seen
+    assert torch.equal(logits[1], changed[1])  # the vision-off example is not affected
+
+
 def test_random_presets_open_the_cross_attention_gates() -> None:
     model = build_mllama(get_preset("tiny"), gate_init=0.25)
     layer = model.model.language_model.layers[1]
@@ -72,8 +122,8 @@ def test_pretrained_loading_is_the_same_code_for_a_tiny_checkpoint(tmp_path: Pat
     preset = get_preset("tiny")
     tokenizer = train_tokenizer(CORPUS, vocab_size=preset.vocab_size)
     model = build_mllama(preset, gate_init=0.5).eval()
-    image_processor = MllamaImageProcessor(
-        size={"height": preset.vision_size, "width": preset.vision_size}, max_image_tiles=1
+    image_processor = MllamaImageProcessorPil(
+        size={"height": preset.vision_size, "width": preset.vision_size}, max_image_tiles=preset.max_num_tiles
     )
     MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp_path)
     model.save_pretrained(tmp_path)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 
 import pytest
 
-from mdf_search.config import TrialConfig
+from mdf_search.config import ConfigError, OptimConfig, TrialConfig
 from mdf_search.train.memory import (
     CUDA_CONTEXT_BYTES,
     GIB,
     OPTIMIZER_BYTES,
+    activation_rows,
     count_parameters,
     min_gpus_to_fit,
     model_states,
@@ -197,8 +199,29 @@ def test_infeasible_plan_has_a_reason_with_the_numbers_and_a_fix() -> None:
     assert plan.reason is not None and "GiB per GPU" in plan.reason and "optim.zero_stage=3" in plan.reason
 
 
+@pytest.mark.parametrize("vision_tiles", [1, 4])
+def test_vision_activations_count_every_computed_tile(vision_tiles: int) -> None:
+    """Mllama computes max_num_tiles=4 tiles per image (padding tiles too), whatever data.vision_tiles."""
+    flat = {
+        "model.preset": "11b",
+        "model.weights": "(meta)",
+        "optim.precision": "bf16",
+        "optim.micro_batch": 1,
+    }
+    cfg = TrialConfig.from_flat({**flat, "data.vision_tiles": vision_tiles})
+    rows = dict(activation_rows(cfg, count_parameters(cfg)))
+    patches = (560 // 14) ** 2 + 1  # 1601 per tile, padded to 1608 inside the tower
+    per_layer = 4 * 1608 * (10 * 1280 + 4 * 5120) * 2
+    assert rows["activations: vision tower"] == 40 * per_layer + 4 * patches * 7680 * 2
+    # The text attends over every tile's tokens: 4 x 1601 image keys/values in each cross-attention layer.
+    assert rows["activations: cross-attention keys/values"] >= 8 * 4 * patches * 2 * 4096 * 2
+
+
 def test_offload_without_zero_is_refused_with_a_reason() -> None:
-    cfg = TrialConfig.from_flat({"optim.zero_stage": 0, "optim.offload_optimizer": True})
+    with pytest.raises(ConfigError, match="optimizer offload needs ZeRO"):
+        TrialConfig.from_flat({"optim.zero_stage": 0, "optim.offload_optimizer": True})
+    # The planner checks it too, for a config built without from_flat.
+    cfg = dataclasses.replace(TrialConfig(), optim=OptimConfig(zero_stage=0, offload_optimizer=True))
     plan = plan_trial(cfg, gpus=1, gpu_mem_gb=80)
     assert not plan.fits and plan.reason is not None and "zero_stage >= 1" in plan.reason
 
