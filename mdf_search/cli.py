@@ -344,14 +344,33 @@ def _load_spec(path: Path) -> object:
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Argument(help="search-space YAML files")]) -> None:
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="search-space YAML files")],
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="also run every arm's model at full preset size through one forward, loss and backward on a "
+            "Collator batch, with fake tensors (no weights; seconds per 11b arm)",
+        ),
+    ] = False,
+) -> None:
     """Check search-space files completely without running anything (exit 2 on any problem)."""
     from mdf_search.search.space import validate_files
 
     code, lines = validate_files(files)
     for line in lines:
         console.print(line, highlight=False)
+    if deep and code == 0:
+        code = _deep_check(files)
     raise typer.Exit(code)
+
+
+def _deep_check(files: list[Path]) -> int:
+    from mdf_search.search.deep import check_files
+
+    code, _ = check_files(files, emit=lambda line: console.print(line, highlight=False))
+    return code
 
 
 def _run_study(
