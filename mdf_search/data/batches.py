@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from mdf_search.config import IMAGE_MODES, TEXT_MODES
 from mdf_search.data.cache import Cache
 from mdf_search.model.presets import MAX_NUM_TILES, MLLAMA_ASPECT_RATIOS
 
@@ -54,8 +55,6 @@ BOS_TOKEN = "<|begin_of_text|>"
 QUESTION = "Question: which retinal disease does this fundus image show? Answer:"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-TEXT_MODES = ("on", "off", "shuffled")
-IMAGE_MODES = ("on", "off")
 _SPECIAL = re.compile(r"<\|[A-Za-z0-9_]+\|>")  # special-token spellings never come from the data
 
 
