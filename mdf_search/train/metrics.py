@@ -21,6 +21,12 @@ Conventions (each one tested, and the same as scikit-learn's, so numbers can be 
   ``class_names`` (0.0 where undefined, with ``support`` 0 to tell the reader why), so every trial of a
   study has the same columns.
 - ``confusion[i][j]`` counts samples of true class ``i`` predicted as ``j`` (rows true, columns predicted).
+- **AUROC** (when class probabilities are given) is one-vs-rest per class, ``auroc/<class>``, with tied
+  scores counted as half (the Mann-Whitney statistic, as ``sklearn.metrics.roc_auc_score``). A class with
+  no positive or no negative sample in the split has no ROC curve: its AUROC is NaN, and the macro
+  ``auroc`` averages the classes that have one (NaN when none has).
+
+:func:`balanced_class_weights` is the training-side statistic of ``optim.class_weights: balanced``.
 """
 
 from __future__ import annotations
@@ -73,8 +79,70 @@ def _per_class(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return recall, precision, f1, support
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> Metrics:
-    """Accuracy, balanced accuracy, macro recall/F1, per-class recall/F1/support and the confusion matrix.
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values`` with ties given the mean of their ranks."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    new_group = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+    starts = np.flatnonzero(new_group)
+    ends = np.append(starts[1:], len(values))  # exclusive
+    group = np.cumsum(new_group) - 1  # tie group of each sorted position
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = ((starts + 1 + ends) / 2.0)[group]
+    return ranks
+
+
+def binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positive``; NaN without both classes."""
+    pos = np.asarray(positive, dtype=bool)
+    n_pos = int(pos.sum())
+    n_neg = pos.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _average_ranks(np.asarray(scores, dtype=np.float64))
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auroc_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """``auroc`` (macro over classes with a defined AUROC) and ``auroc/<class>`` (one-vs-rest)."""
+    names = list(class_names)
+    t = np.asarray(y_true)
+    p = np.asarray(probs)
+    if p.ndim != 2 or p.shape != (t.shape[0], len(names)):
+        raise ValueError(
+            f"probs must have shape (samples, classes) = ({t.shape[0]}, {len(names)}), but got {p.shape}"
+        )
+    per_class = [binary_auroc(t == i, p[:, i]) for i in range(len(names))]
+    defined = [v for v in per_class if not np.isnan(v)]
+    out = {"auroc": float(np.mean(defined)) if defined else float("nan")}
+    out.update({f"auroc/{name}": value for name, value in zip(names, per_class, strict=True)})
+    return out
+
+
+def balanced_class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Cross-entropy weights ``n / (k * n_class)`` from the (training) labels, scikit-learn's "balanced".
+
+    ``k`` counts the classes present in ``labels``; a class absent from them gets weight 0 (no training
+    target has it, so the weight never applies). Fit on the training split only (SCIENCE.md: leakage).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array of class indices, but got shape {y.shape}")
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"labels must be in [0, {n_classes}), but got values in [{y.min()}, {y.max()}]")
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    return np.divide(y.size, present.sum() * counts, out=np.zeros(n_classes), where=present)
+
+
+def classification_metrics(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    class_names: Sequence[str],
+    probs: np.ndarray | None = None,
+) -> Metrics:
+    """Accuracy, balanced accuracy, macro recall/F1, per-class recall/F1/support and the confusion matrix,
+    plus macro and per-class AUROC when ``probs`` (samples x classes) is given.
 
     See the module docstring for which classes enter each average and the zero-division rule.
     """
@@ -95,6 +163,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
         out[f"recall/{name}"] = float(recall[i])
         out[f"f1/{name}"] = float(f1[i])
         out[f"support/{name}"] = float(support[i])
+    if probs is not None:
+        out.update(auroc_metrics(y_true, probs, names))
     out["confusion"] = confusion.tolist()
     return out
 
@@ -130,6 +200,7 @@ def metrics_for_tasks(
     pred_by_task: Mapping[str, np.ndarray],
     label_by_task: Mapping[str, np.ndarray],
     classes_by_task: Mapping[str, Sequence[str]],
+    prob_by_task: Mapping[str, np.ndarray] | None = None,
 ) -> Metrics:
     """Metrics of every head: plain keys for one task, ``<task>/<key>`` keys for two (``task=dual``).
 
@@ -144,7 +215,10 @@ def metrics_for_tasks(
         )
     out: Metrics = {}
     for task in tasks:
-        metrics = classification_metrics(label_by_task[task], pred_by_task[task], classes_by_task[task])
+        probs = prob_by_task.get(task) if prob_by_task is not None else None
+        metrics = classification_metrics(
+            label_by_task[task], pred_by_task[task], classes_by_task[task], probs
+        )
         out.update(metrics if len(tasks) == 1 else prefixed(metrics, task))
     return out
 

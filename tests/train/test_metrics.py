@@ -1,4 +1,5 @@
-"""Whole-split classification metrics: hand-computed cases, scikit-learn agreement, dedupe, key layout."""
+"""Whole-split classification metrics: hand-computed cases, scikit-learn agreement, dedupe, key layout,
+AUROC, and the balanced class weights of ``optim.class_weights``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import numpy as np
 import pytest
 
 from mdf_search.train.metrics import (
+    auroc_metrics,
+    balanced_class_weights,
+    binary_auroc,
     classification_metrics,
     dedupe_predictions,
     metrics_for_tasks,
@@ -192,3 +196,96 @@ def test_type_breakdown_acquired_vs_inherited() -> None:
 def test_type_breakdown_needs_every_class_typed() -> None:
     with pytest.raises(ValueError, match=r"\['rp'\]"):
         type_breakdown(np.array([0]), np.array([0]), {"dr": "acquired"}, ("dr", "rp"))
+
+
+# -- AUROC ----------------------------------------------------------------------------------------------
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_auroc_agrees_with_scikit_learn_with_ties_and_absent_classes() -> None:
+    skm = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(1)
+    names = [f"k{i}" for i in range(5)]
+    checked_absent = 0
+    for trial in range(60):
+        n = int(rng.integers(2, 50))
+        y = rng.choice(5, size=n, p=[0.4, 0.3, 0.2, 0.1, 0.0])  # k4 never occurs; k3 often absent
+        # probabilities rounded to a coarse grid: many tied scores within and across classes
+        probs = np.round(_softmax(rng.normal(size=(n, 5)) + 1.5 * np.eye(5)[y]) * 8) / 8
+        m = auroc_metrics(y, probs, names)
+        expected = []
+        for i, name in enumerate(names):
+            positive = y == i
+            if positive.all() or not positive.any():
+                assert np.isnan(m[f"auroc/{name}"]), (trial, name)
+                checked_absent += 1
+                continue
+            value = skm.roc_auc_score(positive, probs[:, i])
+            assert m[f"auroc/{name}"] == pytest.approx(value, abs=1e-12), (trial, name)
+            expected.append(value)
+        if expected:
+            assert m["auroc"] == pytest.approx(np.mean(expected), abs=1e-12)
+        else:
+            assert np.isnan(m["auroc"])
+    assert checked_absent >= 60  # the absent-class rule was exercised (k4 in every trial)
+
+
+def test_auroc_hand_computed_ties_count_half() -> None:
+    # positives scored 0.8 and 0.5, negatives 0.5 and 0.2: pairs (0.8>0.5, 0.8>0.2, 0.5=0.5, 0.5>0.2) = 3.5/4
+    assert binary_auroc(np.array([1, 1, 0, 0]), np.array([0.8, 0.5, 0.5, 0.2])) == pytest.approx(3.5 / 4)
+    assert np.isnan(binary_auroc(np.array([1, 1]), np.array([0.1, 0.9])))  # no negative sample
+
+
+def test_auroc_multiclass_one_vs_rest_equals_scikit_learn_macro_when_every_class_occurs() -> None:
+    skm = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(2)
+    y = np.tile(np.arange(3), 10)
+    probs = _softmax(rng.normal(size=(30, 3)) + np.eye(3)[y])
+    m = auroc_metrics(y, probs, ("a", "b", "c"))
+    assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+
+
+def test_probabilities_add_auroc_keys_per_head() -> None:
+    y = np.array([0, 1, 2, 1])
+    probs = np.eye(3)[y] * 0.9 + 0.1 / 3
+    m = classification_metrics(y, y, ("healthy", "acquired", "inherited"), probs)
+    assert m["auroc"] == 1.0 and m["auroc/inherited"] == 1.0
+    dual = metrics_for_tasks(
+        {"disease": np.array([0, 1, 0, 1]), "type": y},
+        {"disease": np.array([0, 1, 1, 1]), "type": y},
+        {"disease": ("normal", "dr"), "type": ("healthy", "acquired", "inherited")},
+        {"type": probs},  # only the type head has probabilities here
+    )
+    assert dual["type/auroc"] == 1.0 and "disease/auroc" not in dual
+    assert "auroc" not in classification_metrics(y, y, ("healthy", "acquired", "inherited"))
+
+
+def test_auroc_rejects_probabilities_of_the_wrong_shape() -> None:
+    with pytest.raises(ValueError, match=r"\(samples, classes\) = \(2, 3\)"):
+        auroc_metrics(np.array([0, 1]), np.ones((2, 2)), ("a", "b", "c"))
+
+
+# -- class weights --------------------------------------------------------------------------------------
+def test_balanced_class_weights_agree_with_scikit_learn() -> None:
+    utils = pytest.importorskip("sklearn.utils")
+    y = np.array([0, 0, 0, 0, 1, 1, 2])
+    weights = balanced_class_weights(y, 3)
+    expected = utils.class_weight.compute_class_weight("balanced", classes=np.arange(3), y=y)
+    assert weights.tolist() == pytest.approx(expected.tolist())
+    assert weights.tolist() == pytest.approx([7 / (3 * 4), 7 / (3 * 2), 7 / (3 * 1)])
+    # weighted, every class contributes the same total weight: n / k
+    assert (weights[y].sum() / 3) == pytest.approx(np.bincount(y, weights=weights[y])[0])
+
+
+def test_a_class_absent_from_training_gets_weight_zero_and_k_counts_present_classes() -> None:
+    weights = balanced_class_weights(np.array([0, 0, 2]), 4)
+    assert weights.tolist() == pytest.approx([3 / (2 * 2), 0.0, 3 / (2 * 1), 0.0])
+
+
+def test_balanced_class_weights_refuse_bad_labels() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        balanced_class_weights(np.array([], dtype=int), 3)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        balanced_class_weights(np.array([0, 3]), 3)
