@@ -4,6 +4,12 @@ Core columns have fixed types; every trial parameter is a typed column named by 
 (``fusion.levels``, ``optim.lr``, ...), typed from :mod:`mdf_search.config`; every scalar metric a
 trial reports is a ``float64`` column under its own name (``val/macro_f1``, ``val/recall/inherited``);
 list-valued metrics (confusion matrices) are stored as JSON text.
+
+The ``predictions`` table has a fixed schema instead (:func:`prediction_schema`): one row per (trial,
+attempt, split, sample, task head), the class probabilities in one ``prob/<class>`` column per class of
+the label space (disease classes, then type classes). A row fills the columns of its head's classes and
+leaves the others null, so trials of any task (disease, type, dual) share one schema within an experiment
+and any Parquet reader can glob the part files.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from mdf_search.config import flat_fields
 KEYS: dict[str, tuple[str, ...]] = {
     "trials": ("trial_id", "attempt"),
     "epochs": ("trial_id", "attempt", "epoch"),
+    "predictions": ("trial_id", "attempt", "split", "task", "sample_id"),
 }
 
 STATUSES = ("running", "completed", "stopped_early", "diverged", "oom", "infeasible", "error")
@@ -38,6 +45,9 @@ TRIAL_CORE = pa.schema(
         ("cpu_hours", pa.float64()),
         ("world_size", pa.int64()),
         ("split_hash", pa.string()),
+        ("selection_metric", pa.string()),  # the study's metric and mode, which chose best_epoch
+        ("selection_mode", pa.string()),
+        ("best_epoch", pa.int64()),  # the selected epoch: the row's val/, test/, train/ metrics are its
         ("config_hash", pa.string()),
         ("git_sha", pa.string()),
         ("versions", pa.string()),
@@ -53,9 +63,35 @@ EPOCH_CORE = pa.schema(
         ("arm", pa.string()),
         ("epoch", pa.int64()),
         ("status", pa.string()),
+        ("best_epoch", pa.int64()),  # selected so far (epoch rows keep the epoch's own metrics)
         ("written_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+
+# Written by the trial (rank 0, into its checkpoint); the results writer adds trial_id and attempt.
+PREDICTION_SAMPLE = pa.schema(
+    [
+        ("split", pa.string()),  # val | test
+        ("epoch", pa.int64()),  # the selected epoch (1-based, as in the epochs table)
+        ("task", pa.string()),  # the head: disease | type (task=dual writes both)
+        ("sample_id", pa.string()),  # the manifest's image_path: stable across trials and splits
+        ("manifest_row", pa.int64()),
+        ("case_id", pa.string()),
+        ("source", pa.string()),
+        ("label", pa.string()),  # class names of the head
+        ("pred", pa.string()),
+    ]
+)
+PREDICTION_TRIAL = pa.schema([("trial_id", pa.string()), ("attempt", pa.int64())])
+PROB = "prob/"
+
+
+def prediction_schema(class_names: Iterable[str], *, with_trial: bool = True) -> pa.Schema:
+    """The predictions table's columns for a label space's class names (disease classes, then types)."""
+    probs = [pa.field(f"{PROB}{name}", pa.float32()) for name in dict.fromkeys(class_names)]
+    head = [*PREDICTION_TRIAL, *PREDICTION_SAMPLE] if with_trial else list(PREDICTION_SAMPLE)
+    return pa.schema([*head, *probs])
 
 
 def _param_type(default: Any) -> pa.DataType:

@@ -5,6 +5,7 @@ Layout under ``<storage>/<experiment>/`` (a local path or any pyarrow filesystem
     trials/<trial_id>-a<attempt>.parquet       one row: the latest state of that trial attempt
     epochs/<trial_id>-a<attempt>-e<epoch>.parquet   one row per reported epoch
     trials/compact-<seq>.parquet, epochs/compact-<seq>.parquet   parts folded together (see below)
+    predictions/<trial_id>-a<attempt>.parquet   per-sample predictions of the attempt's selected epoch
 
 Writes are atomic: a part is written under a ``.tmp`` name that no reader globs, then renamed over its
 final name. A part's name is its key, so rewriting a trial's state or a resumed epoch replaces the row
@@ -13,6 +14,13 @@ instead of duplicating it, and readers also de-duplicate by key keeping the newe
 Compaction keeps reads fast for large studies: after every ``COMPACT_EVERY`` new parts the writer folds
 the compact file and the parts into one new compact file (written atomically), then deletes the folded
 parts. A reader that lists a part just before it is deleted retries once.
+
+Predictions (``results/schema.py``: one row per trial, attempt, split, sample and head, softmax
+probabilities in ``prob/<class>`` columns) are never compacted: a part holds one attempt's validation and
+test predictions at its selected epoch and is replaced whenever the trial selects a later epoch, so the
+table is ready for paired tests over images without reading a compact file of every trial. Every part of
+an experiment has the same schema: ``pl.scan_parquet("<root>/predictions/*.parquet")`` or DuckDB's
+``read_parquet('<root>/predictions/*.parquet')`` read them directly.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mdf_search.results.schema import KEYS, to_table
+from mdf_search.results.schema import KEYS, PREDICTION_SAMPLE, PREDICTION_TRIAL, PROB, to_table
 
 log = logging.getLogger(__name__)
 COMPACT_EVERY = 256
@@ -59,7 +67,7 @@ class ResultsStore:
         self.fs, self.path = filesystem(self.root)
 
     # -- writing (one writer per experiment: the sweep driver) -------------------------------------
-    def _write(self, table_name: str, name: str, table: pa.Table) -> None:
+    def _write(self, table_name: str, name: str, table: pa.Table, *, compact: bool = True) -> None:
         directory = f"{self.path}/{table_name}"
         self.fs.create_dir(directory, recursive=True)
         final = f"{directory}/{name}.parquet"
@@ -67,6 +75,8 @@ class ResultsStore:
         with self.fs.open_output_stream(tmp) as sink:
             pq.write_table(table, sink)
         self.fs.move(tmp, final)
+        if not compact:
+            return
         self._since_compaction[table_name] += 1
         if self._since_compaction[table_name] >= COMPACT_EVERY:
             self.compact(table_name)
@@ -78,6 +88,30 @@ class ResultsStore:
     def write_epoch(self, row: Mapping[str, Any]) -> None:
         table = to_table([row], "epochs")
         self._write("epochs", f"{row['trial_id']}-a{row['attempt']}-e{row['epoch']}", table)
+
+    def write_predictions(self, trial_id: str, attempt: int, samples: pa.Table) -> None:
+        """Replace the attempt's predictions part with ``samples`` (the columns a trial writes, see
+        ``PREDICTION_SAMPLE``, then ``prob/<class>`` float32 columns); trial_id and attempt are prepended."""
+        missing = [f.name for f in PREDICTION_SAMPLE if f.name not in samples.column_names]
+        extra = [
+            n for n in samples.column_names if n not in PREDICTION_SAMPLE.names and not n.startswith(PROB)
+        ]
+        if missing or extra:
+            raise ValueError(
+                f"predictions of {trial_id} must have the columns {PREDICTION_SAMPLE.names} and "
+                f"{PROB}<class> columns, but lack {missing} and have unknown {extra}"
+            )
+        probs = [n for n in samples.column_names if n.startswith(PROB)]
+        schema = pa.schema(
+            [*PREDICTION_TRIAL, *PREDICTION_SAMPLE, *(pa.field(n, pa.float32()) for n in probs)]
+        )
+        head = {
+            "trial_id": pa.array([trial_id] * samples.num_rows, pa.string()),
+            "attempt": pa.array([int(attempt)] * samples.num_rows, pa.int64()),
+        }
+        columns = [head[f.name] if f.name in head else samples.column(f.name).cast(f.type) for f in schema]
+        table = pa.Table.from_arrays(columns, schema=schema)
+        self._write("predictions", f"{trial_id}-a{attempt}", table, compact=False)
 
     def compact(self, table_name: str) -> None:
         """Fold every part (and the previous compact file) into one new compact file, then delete them."""
@@ -145,3 +179,18 @@ class ResultsStore:
 
     def epochs(self) -> pl.DataFrame:
         return self.read("epochs")
+
+    def predictions(self) -> pl.DataFrame:
+        """Every attempt's predictions (one part per attempt, no duplicates), sorted by key.
+
+        Join with :meth:`trials` on ``(trial_id, attempt)`` to keep the attempt a trial row reports.
+        """
+        frames = []
+        for path in self._files("predictions"):  # replaced by rename, never deleted: no retry needed
+            with self.fs.open_input_file(path) as source:
+                frame = pl.from_arrow(pq.read_table(source))
+            if isinstance(frame, pl.DataFrame):
+                frames.append(frame)
+        if not frames:
+            return pl.DataFrame()
+        return pl.concat(frames, how="diagonal_relaxed").sort(list(KEYS["predictions"]))
