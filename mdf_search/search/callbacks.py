@@ -6,6 +6,12 @@ The results writer is the *one* writer of an experiment's Parquet tables. Trial 
 - ``completed`` / ``diverged`` / ``oom`` / ``infeasible``: the trial's last reported ``status``;
 - ``stopped_early``: Tune ended the trial (ASHA) while its last report still said ``running``;
 - ``error``: the trial raised (after Tune's retries); the message is the first line of the error.
+
+A trial row carries the metrics of the trial's *selected* epoch (the loop reports them under
+``selected/``; SCIENCE.md: every number shown for a trial comes from the epoch validation selected), with
+``best_epoch`` naming it; an epoch row carries that epoch's own metrics. The Optuna searcher is told the
+study metric at the selected epoch too. The writer also copies each attempt's per-sample predictions out
+of the checkpoint that reported a newly selected epoch (``train/predictions.py`` says why that way).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mdf_search.config import TrialConfig
 from mdf_search.results.store import ResultsStore
+from mdf_search.train import predictions
+from mdf_search.train.selection import Selection
 
 log = logging.getLogger(__name__)
 TUNE_KEYS = (
@@ -44,12 +52,21 @@ TUNE_KEYS = (
     "should_checkpoint",
     "experiment_tag",
 )
+SELECTED = "selected/"  # the loop's prefix of the selected epoch's metrics
+
+
+def selected_view(result: dict[str, Any]) -> dict[str, Any]:
+    """A report as its trial's row sees it: the selected epoch's metrics replace the reporting epoch's."""
+    own = {k: v for k, v in result.items() if not k.startswith(SELECTED)}
+    return {**own, **{k.removeprefix(SELECTED): v for k, v in result.items() if k.startswith(SELECTED)}}
 
 
 def _scalar_metrics(result: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in result.items():
         if key in TUNE_KEYS or key in ("status", "message", "epoch", "world_size", "split_hash"):
+            continue
+        if key.startswith(SELECTED):  # an epoch row holds its own epoch's metrics only
             continue
         if isinstance(value, bool | int | float) or value is None:
             out[key] = value
@@ -67,13 +84,16 @@ class ResultsWriter(Callback):
         experiment: str,
         provenance: dict[str, str],
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        selection: Selection | None = None,
     ) -> None:
         self.store = ResultsStore(store_root)
         self.experiment = experiment
         self.provenance = provenance
         self.on_event = on_event
+        self.selection = selection or Selection()
         self.errors: list[tuple[str, str]] = []
         self.finished = 0
+        self._predictions_at: dict[str, int] = {}  # "<trial>-a<attempt>" → selected epoch copied
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into the experiment state; the event sink (a console) stays here.
@@ -112,9 +132,27 @@ class ResultsWriter(Callback):
             "cpu_hours": wall * workers / 3600 if not gpus else 0.0,
             "world_size": int(last.get("world_size", workers) or workers),
             "split_hash": str(last.get("split_hash", "") or ""),
+            "selection_metric": self.selection.metric,
+            "selection_mode": self.selection.mode,
         }
-        row.update(_scalar_metrics(last))
+        row.update(_scalar_metrics(selected_view(last)))
         return row
+
+    def _copy_predictions(self, trial_id: str, attempt: int, result: dict[str, Any]) -> None:
+        """Copy the attempt's predictions out of the reporting checkpoint when it selected a new epoch
+        (or this writer has not copied this attempt's yet: a resumed attempt, a restarted driver)."""
+        epoch, path = result.get("best_epoch"), result.get("checkpoint_path")
+        key = f"{trial_id}-a{attempt}"
+        if epoch is None or not path or self._predictions_at.get(key) == epoch:
+            return
+        try:
+            table = predictions.read_checkpoint(self.store.fs, str(path))
+        except OSError as err:  # e.g. the checkpoint was already rotated away; the next report carries them
+            log.warning("predictions of %s: cannot read checkpoint %s (%s)", key, path, err)
+            return
+        if table is not None:
+            self.store.write_predictions(trial_id, attempt, table)
+            self._predictions_at[key] = int(epoch)
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -127,6 +165,7 @@ class ResultsWriter(Callback):
             **_scalar_metrics(result),
         )
         self.store.write_epoch(epoch_row)
+        self._copy_predictions(base["trial_id"], base["attempt"], result)
         self.store.write_trial(self._trial_row(trial, "running"))
         self._emit("result", trial, result)
 
@@ -137,7 +176,7 @@ class ResultsWriter(Callback):
             status = "stopped_early"
         self.store.write_trial(self._trial_row(trial, status))
         self.finished += 1
-        self._emit(status, trial, last)
+        self._emit(status, trial, selected_view(last))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         message = _error_message(trial)
@@ -270,8 +309,11 @@ class ResumableOptunaSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        """The study is told the study metric at the trial's selected epoch, not at its last one."""
         import optuna
 
+        if result and isinstance(self.metric, str) and f"{SELECTED}{self.metric}" in result:
+            result = {**result, self.metric: result[f"{SELECTED}{self.metric}"]}
         try:
             super().on_trial_complete(trial_id, result=result, error=error)
         except optuna.exceptions.UpdateFinishedTrialError:

@@ -11,6 +11,8 @@
   retried.
 - ``resume`` (or ``sweep`` on an existing experiment) restores the Tuner: finished trials are not rerun,
   unfinished ones resume from their checkpoints, and the Optuna study keeps its history.
+- The spec's ``metric``/``mode`` travel to every trial as a :class:`Selection`: inside a trial they pick
+  the epoch whose metrics (test included) the trial reports, as they pick trials and arms outside it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 from mdf_search.cluster import TRIAL_SLOT
 from mdf_search.config import TrialConfig
+from mdf_search.train.selection import Selection
 
 log = logging.getLogger(__name__)
 RETRIES = 1  # Tune-level retries of a crashed trial (each resumes from its checkpoint)
@@ -59,8 +62,12 @@ def provenance() -> dict[str, str]:
     return {"git_sha": sha or "unknown", "versions": json.dumps(versions, sort_keys=True)}
 
 
-def trial_driver(config: dict[str, Any], experiment_root: str = "") -> None:
-    """One Tune trial: refuse what cannot fit, prepare data, then run Ray Train and report to Tune."""
+def trial_driver(
+    config: dict[str, Any], experiment_root: str = "", selection: Selection | None = None
+) -> None:
+    """One Tune trial: refuse what cannot fit, prepare data, then run Ray Train and report to Tune.
+
+    ``selection``: the study's metric and mode (the trial's epoch is chosen with them)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -85,6 +92,7 @@ def trial_driver(config: dict[str, Any], experiment_root: str = "") -> None:
         storage_path=f"{experiment_root}/train",
         callbacks=[TuneReportCallback()],
         hooks=config.get("hooks") or {},
+        selection=selection,
     )
     trainer.fit()
 
@@ -128,20 +136,23 @@ def _tuner(
     on_event: Callable[[str, dict[str, Any]], None] | None,
     hooks: dict[str, Any] | None,
     restore: bool,
+    selection: Selection,
 ) -> tuple[Any, Any, Any]:
     from ray import tune
 
     from mdf_search.search.callbacks import PerArmASHA, ResultsWriter, ResumableOptunaSearch, SweepGuard
     from mdf_search.search.designs import define_by_run, make_sampler, num_trials, study_name
 
-    writer = ResultsWriter(root, spec.experiment, provenance(), on_event=on_event)
+    writer = ResultsWriter(root, spec.experiment, provenance(), on_event=on_event, selection=selection)
     gpus_per_worker = float(spec.resources.gpus_per_worker)
     guard = SweepGuard(
         writer,
         max_gpu_hours=float(spec.budget.max_gpu_hours or 0),
         gpus_per_trial=gpus_per_worker * spec.resources.workers * spec.resources.concurrent_trials,
     )
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, experiment_root=root), {TRIAL_SLOT: 1})
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, experiment_root=root, selection=selection), {TRIAL_SLOT: 1}
+    )
     run_config = tune.RunConfig(
         name=spec.experiment,
         storage_path=storage_path,
@@ -206,6 +217,7 @@ def run_sweep(
     """Run (or resume) the study described by ``spec`` (a loaded ``SearchSpec``); returns when it ends."""
     from ray import tune
 
+    selection = Selection(spec.metric, spec.mode)  # refuses a test metric before anything starts
     root = experiment_root(storage, spec.experiment)
     storage_path = root.rsplit("/", 1)[0]
     can_restore = tune.Tuner.can_restore(root)
@@ -217,7 +229,7 @@ def run_sweep(
     if restore and not can_restore:
         raise FileNotFoundError(f"{root}: no Tune experiment to resume; start it with `mdf-search sweep`")
     _record_spec(spec, root)
-    tuner, writer, guard = _tuner(spec, root, storage_path, on_event, hooks, restore)
+    tuner, writer, guard = _tuner(spec, root, storage_path, on_event, hooks, restore, selection)
     tuner.fit()
     return SweepOutcome(root, writer.finished, writer.errors, guard.reason)
 

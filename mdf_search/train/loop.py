@@ -2,8 +2,20 @@
 
 Per epoch: train, evaluate on the whole validation split (predictions gathered from every rank and
 de-duplicated by sample index, so the metrics are those of the split, not a mean of per-rank metrics),
-then report metrics and a checkpoint to Ray Train. After the last epoch the test split is evaluated
-once, with the final weights, and reported under ``test/`` keys (never used for selection).
+then report metrics and a checkpoint to Ray Train.
+
+Selection (SCIENCE.md: validation chooses, test only reports): the epoch whose validation value of the
+study's metric is best under the study's mode (``train/selection.py``) is the trial's selected epoch.
+Whenever an epoch becomes the selected one, the test split is evaluated with that epoch's weights, so
+the test metrics reported for a trial are those of the model validation selected, never of the last
+epoch unless it is the selected one. Test evaluation runs under a forked RNG: it never changes training.
+
+Every report carries the epoch's own ``train/``, ``val/`` keys (``test/`` only at epochs that became
+the selected one; ``eval_time_s`` is what evaluating them took), ``best_epoch`` and ``best_value`` (the
+study metric there), and the selected epoch's ``val/``, ``test/`` and ``train/`` metrics again under
+``selected/`` (the results writer puts those in the trial's row, and the Optuna searcher takes the study
+value from there). Rank 0 keeps the selected epoch's per-sample predictions and writes them into every
+checkpoint (``train/predictions.py``).
 
 Statuses reported in ``status``: ``running`` (every epoch), ``completed`` (last epoch), ``diverged``
 (a non-finite loss on any rank: all ranks stop together, nothing is retried) and ``oom`` (CUDA out of
@@ -22,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mdf_search.config import TrialConfig
@@ -32,15 +46,18 @@ from mdf_search.data.cache import open_cache
 from mdf_search.data.schema import LabelSpace
 from mdf_search.data.splits import read_split
 from mdf_search.model.freezing import parameter_counts
-from mdf_search.model.mdf import mdf_loss
+from mdf_search.model.mdf import MDFOutput, mdf_loss
 from mdf_search.model.presets import get_preset
-from mdf_search.train import checkpoint
+from mdf_search.train import checkpoint, predictions
 from mdf_search.train.builders import TrialData, build_model
 from mdf_search.train.deepspeed import build_ds_config, initialize, optimizer_steps, zero3_construction
-from mdf_search.train.metrics import dedupe_predictions, metrics_for_tasks, prefixed
+from mdf_search.train.evaluate import evaluate, evaluate_test, gather, to_device
+from mdf_search.train.metrics import balanced_class_weights, prefixed
+from mdf_search.train.predictions import Gathered
+from mdf_search.train.selection import Selection
 
 log = logging.getLogger(__name__)
-SELECTION_METRIC = "val/macro_f1"  # what "best" means inside a trial; the study's metric is its own
+TEXT_SHUFFLE_STREAM = 0x7E47  # data.text=shuffled: the permutation's seed is (trial seed, this stream)
 
 
 def _device(cfg: TrialConfig) -> torch.device:
@@ -58,14 +75,15 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in batch.items():
-        value = value.to(device, non_blocking=True)
-        if value.is_floating_point() and key not in ("vessel_mask",):
-            value = value.to(dtype)
-        out[key] = value
-    return out
+def derived_seed(seed: int, stream: int) -> int:
+    """An independent 31-bit seed for one use of the trial seed (``stream`` names the use)."""
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def order_seed(seed: int, order_salt: int) -> int:
+    """The training sampler's seed: the trial seed itself with ``data.order_salt=0`` (today's order, so
+    earlier results and the resume tests hold), otherwise a seed derived from both."""
+    return seed if order_salt == 0 else derived_seed(seed, order_salt)
 
 
 def _seed_everything(seed: int) -> None:
@@ -82,12 +100,6 @@ def _all_true(flag: bool, device: torch.device) -> bool:
     return bool(tensor.item() == 1.0)
 
 
-def _gather(obj: Any) -> list[Any]:
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 class Run:
     """The state of one rank of one trial (a plain holder; the steps below are functions of it)."""
 
@@ -95,6 +107,7 @@ class Run:
         self.cfg = TrialConfig.from_flat(config["params"])
         self.data = TrialData(**config["data"])
         self.hooks: dict[str, Any] = config.get("hooks", {})
+        self.selection = Selection.from_dict(config.get("selection"))
         self.progress = config.get("progress")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = _device(self.cfg)
@@ -102,7 +115,21 @@ class Run:
         self.space = LabelSpace.from_json(self.data.label_space)
         split = read_split(self.data.split)
         cache = open_cache(self.data.cache)
-        self.sets = {name: FundusDataset(cache, split.rows(name)) for name in ("train", "val", "test")}
+        self.samples = predictions.SampleIndex.from_cache_index(cache.index)
+        data = self.cfg.data
+        # data.text=shuffled permutes texts across the *training* cases only (a seed of its own per trial
+        # seed): the text-label link is broken where the model learns it; val and test keep their texts.
+        text_seed = derived_seed(self.cfg.run.seed, TEXT_SHUFFLE_STREAM)
+        self.sets = {
+            name: FundusDataset(
+                cache,
+                split.rows(name),
+                text=data.text if name == "train" or data.text == "off" else "on",
+                image=data.image,
+                text_seed=text_seed,
+            )
+            for name in ("train", "val", "test")
+        }
         empty = [name for name, ds in self.sets.items() if len(ds) == 0 and name != "test"]
         if empty:
             raise ValueError(f"split {self.data.split} has no {empty} rows; lower data.val_frac or add data")
@@ -120,6 +147,9 @@ class Run:
                 self.cfg, self.data.label_space, tokenizer_dir=self.data.tokenizer or None
             )
         self.param_counts = parameter_counts(model)
+        self.classes: dict[str, tuple[str, ...]] = dict(model.classes)
+        self.class_columns = [*self.space.diseases, *self.space.types]  # the predictions' prob/ columns
+        self.class_weights = self._class_weights(cache.index, split.rows("train"))
         self.engine, _, _ = initialize(model, self.cfg, self.ds_config)
         self.collate = {
             train: Collator(
@@ -134,8 +164,22 @@ class Run:
             for train in (True, False)
         }
         self.epoch = 0
-        self.best: float | None = None
+        self.best: float | None = None  # the study metric at the selected epoch
+        self.best_epoch: int | None = None  # 1-based, as reported
+        self.selected: dict[str, Any] = {}  # the selected epoch's val/, test/ and train/ metrics
+        self.predictions: pa.Table | None = None  # rank 0: the selected epoch's per-sample predictions
         self.last_metrics: dict[str, Any] | None = None  # of the checkpoint a restarted run resumed from
+
+    def _class_weights(self, index: pa.Table, train_rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """``optim.class_weights=balanced``: per head, fitted on the training split only; {} for none."""
+        if self.cfg.optim.class_weights == "none":
+            return {}
+        out = {}
+        for task, names in self.classes.items():
+            labels = np.asarray(index.column(f"{task}_index").to_pylist(), dtype=np.int64)[train_rows]
+            weights = balanced_class_weights(labels, len(names))
+            out[task] = torch.tensor(weights, dtype=torch.float32, device=self.device)
+        return out
 
     def loader(self, name: str) -> DataLoader[Any]:
         train = name == "train"
@@ -144,7 +188,7 @@ class Run:
             num_replicas=self.world,
             rank=self.rank,
             shuffle=train,
-            seed=self.cfg.run.seed,
+            seed=order_seed(self.cfg.run.seed, self.cfg.data.order_salt),
             drop_last=False,
         )
         sampler.set_epoch(self.epoch)
@@ -158,11 +202,41 @@ class Run:
         )
 
 
+def _loss(run: Run, out: MDFOutput, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``mdf_loss``; with balanced class weights each head's cross-entropy is weighted (same seg term)."""
+    loss, parts = mdf_loss(out, batch, run.cfg.unet.aux_seg_weight)
+    if not run.class_weights:
+        return loss
+    weighted = sum(
+        (
+            F.cross_entropy(logits, batch[f"labels_{t}"], weight=run.class_weights[t])
+            for t, logits in out.logits.items()
+        ),
+        torch.zeros((), device=loss.device),
+    )
+    seg = parts.get("seg")
+    return weighted + run.cfg.unet.aux_seg_weight * seg if seg is not None else weighted
+
+
+def _per_task(values: dict[str, float], tasks: list[str], name: str) -> dict[str, float]:
+    """``train/<name>`` for one head, ``train/<task>/<name>`` for two (the val/ keys' layout)."""
+    if len(tasks) == 1:
+        return {f"train/{name}": values[tasks[0]]}
+    return {f"train/{t}/{name}": values[t] for t in tasks}
+
+
 def _train_epoch(run: Run) -> dict[str, float] | None:
-    """One epoch; None when the loss went non-finite on any rank."""
+    """One epoch; None when the loss went non-finite on any rank.
+
+    ``train/loss`` is the mean optimised loss over the epoch's steps (every rank runs the same number);
+    ``train/accuracy`` counts the training batches as seen (augmented, sampler padding included) over all
+    ranks: summed correct over summed samples, not a mean of per-rank accuracies.
+    """
     engine = run.engine
     engine.train()
+    tasks = list(run.classes)
     losses: list[float] = []
+    correct = dict.fromkeys(tasks, 0)
     step_times: list[float] = []
     samples = 0
     loader = run.loader("train")
@@ -172,8 +246,9 @@ def _train_epoch(run: Run) -> dict[str, float] | None:
     for step, batch in enumerate(loader):
         start = time.perf_counter()
         first_step_unix = first_step_unix or time.time()
-        batch = _to(batch, run.device, run.dtype)
-        loss, _ = mdf_loss(engine(batch), batch, run.cfg.unet.aux_seg_weight)
+        batch = to_device(batch, run.device, run.dtype)
+        out = engine(batch)
+        loss = _loss(run, out, batch)
         if crash_at is not None and run.epoch * total + step >= crash_at:
             loss = loss * float("nan")  # test hook: an injected divergence
         if not _all_true(bool(torch.isfinite(loss)), run.device):
@@ -183,13 +258,21 @@ def _train_epoch(run: Run) -> dict[str, float] | None:
         step_times.append(time.perf_counter() - start)
         losses.append(float(loss.detach()))
         samples += batch["input_ids"].shape[0]
+        for t in tasks:
+            correct[t] += int((out.logits[t].detach().argmax(-1) == batch[f"labels_{t}"]).sum())
         if run.progress is not None and run.rank == 0:
             run.progress.update.remote(epoch=run.epoch, step=step + 1, steps=total, loss=losses[-1])
     # steady state: the first step pays for allocations and ZeRO-3 traces
     steady = step_times[1:] or step_times
     per_rank = np.mean(steady)
+    mean_loss = float(np.mean(gather(float(np.mean(losses)))))
+    counts = gather((samples, correct))
+    seen = sum(n for n, _ in counts)
+    accuracy = {t: sum(c[t] for _, c in counts) / seen for t in tasks}
     return {
-        "train_loss": float(np.mean(_gather(float(np.mean(losses))))),
+        "train/loss": mean_loss,
+        "train_loss": mean_loss,  # the same value under its first name (report/review.py, cli.py read it)
+        **_per_task(accuracy, tasks, "accuracy"),
         "step_time_s": float(per_rank),
         "samples_per_s": float(run.cfg.optim.micro_batch * run.world / per_rank),
         "epoch_time_s": float(sum(step_times)),
@@ -197,52 +280,20 @@ def _train_epoch(run: Run) -> dict[str, float] | None:
     }
 
 
-@torch.no_grad()
-def _evaluate(run: Run, name: str) -> dict[str, Any]:
-    engine = run.engine
-    engine.eval()
-    tasks = list(engine.module.classes)
-    indices: list[int] = []
-    preds: dict[str, list[int]] = {t: [] for t in tasks}
-    labels: dict[str, list[int]] = {t: [] for t in tasks}
-    losses: list[float] = []
-    for batch in run.loader(name):
-        batch = _to(batch, run.device, run.dtype)
-        out = engine(batch)
-        per_sample = sum(
-            torch.nn.functional.cross_entropy(out.logits[t], batch[f"labels_{t}"], reduction="none")
-            for t in tasks
+def _select(run: Run, metrics: dict[str, Any], val: Gathered) -> None:
+    """Called at an epoch validation selected: test it, keep its metrics and (rank 0) its predictions."""
+    test, test_split = evaluate_test(run)
+    metrics.update(test)
+    run.best_epoch = int(metrics["epoch"])
+    keep = ("train/", "val/", "test/", "train_loss")
+    run.selected = {k: v for k, v in metrics.items() if k.startswith(keep)}
+    if run.rank == 0:
+        parts = [("val", val), ("test", test_split)]
+        run.predictions = pa.concat_tables(
+            predictions.sample_table(split, run.best_epoch, g, run.classes, run.class_columns, run.samples)
+            for split, g in parts
+            if g is not None
         )
-        indices.extend(batch["index"].tolist())
-        losses.extend(torch.as_tensor(per_sample).float().tolist())
-        for t in tasks:
-            preds[t].extend(out.logits[t].argmax(-1).tolist())
-            labels[t].extend(batch[f"labels_{t}"].tolist())
-    gathered = _gather((indices, preds, labels, losses))
-    all_idx = [i for g in gathered for i in g[0]]
-    all_loss = [v for g in gathered for v in g[3]]
-    keep = dedupe_predictions(np.asarray(all_idx), np.asarray(all_loss), np.asarray(all_loss))[0]
-    metrics: dict[str, Any] = {}
-    pred_by_task, label_by_task = {}, {}
-    for t in tasks:
-        _, p, y = dedupe_predictions(
-            np.asarray(all_idx),
-            np.asarray([v for g in gathered for v in g[1][t]]),
-            np.asarray([v for g in gathered for v in g[2][t]]),
-        )
-        pred_by_task[t], label_by_task[t] = p, y
-    loss_by_index = dict(zip(all_idx, all_loss, strict=True))
-    metrics["loss"] = float(np.mean([loss_by_index[i] for i in keep]))
-    metrics.update(metrics_for_tasks(pred_by_task, label_by_task, engine.module.classes))
-    metrics["n"] = len(keep)
-    if run.hooks.get("save_predictions") and run.rank == 0:
-        path = Path(run.hooks["save_predictions"]) / f"{name}-epoch{run.epoch}.npz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, Any] = {"index": keep}
-        for t in tasks:
-            arrays[f"pred_{t}"], arrays[f"label_{t}"] = pred_by_task[t], label_by_task[t]
-        np.savez(path, **arrays)
-    return prefixed(metrics, name)
 
 
 @torch.no_grad()
@@ -250,7 +301,7 @@ def _save_probe(run: Run, directory: Path) -> None:
     """Test hook: every rank runs one eval batch (ZeRO-3 needs them in step); rank 0 saves batch + logits."""
     run.engine.eval()
     batch = next(iter(run.loader("val")))
-    out = run.engine(_to(batch, run.device, run.dtype))
+    out = run.engine(to_device(batch, run.device, run.dtype))
     if run.rank == 0:
         directory.mkdir(parents=True, exist_ok=True)
         logits = {k: v.float().cpu() for k, v in out.logits.items()}
@@ -267,14 +318,16 @@ def _report(run: Run, metrics: dict[str, Any], *, with_checkpoint: bool) -> None
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="mdf-ckpt-") as tmp:
-        state = checkpoint.TrialState(
-            run.epoch,
-            run.best,
-            run.cfg.to_flat(),
-            run.data.label_space,
-            {"split_hash": run.data.split_hash, "metrics": metrics},
-        )
+        extra = {
+            "split_hash": run.data.split_hash,
+            "metrics": metrics,
+            "best_epoch": run.best_epoch,
+            "selected": run.selected,
+        }
+        state = checkpoint.TrialState(run.epoch, run.best, run.cfg.to_flat(), run.data.label_space, extra)
         checkpoint.save(run.engine, Path(tmp), state, rank=run.rank, tokenizer=run.tokenizer)
+        if run.rank == 0 and run.predictions is not None:
+            predictions.save(run.predictions, Path(tmp))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -286,8 +339,13 @@ def _epochs(run: Run) -> Iterator[int]:
     if ckpt is not None:
         with ckpt.as_directory() as directory:
             state = checkpoint.load(run.engine, Path(directory), rank=run.rank)
+            if run.rank == 0:
+                run.predictions = predictions.load(Path(directory))
         start, run.best = state.epoch + 1, state.best_metric
+        run.best_epoch, run.selected = state.extra.get("best_epoch"), state.extra.get("selected", {})
         run.last_metrics = state.extra.get("metrics")
+        if run.last_metrics is not None:  # the results writer finds this attempt's predictions there
+            run.last_metrics = {**run.last_metrics, "checkpoint_path": ckpt.path}
         log.info("rank %d resumes after epoch %d", run.rank, state.epoch)
     yield from range(start, run.cfg.optim.epochs)
 
@@ -302,7 +360,8 @@ def _wait_for_lines(path: Path, lines: int, timeout_s: float = 60.0) -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config``: ``{"params": flat trial params, "data": TrialData dict}``."""
+    """Ray Train entry point. ``config``: ``{"params": flat trial params, "data": TrialData dict,
+    "selection": Selection dict, "hooks": test hooks, "progress": actor or None}`` (``train/trainer.py``)."""
     import deepspeed
     import ray.train
 
@@ -347,22 +406,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 }
             )
             return
-        val = _evaluate(run, "val")
-        score = val.get(SELECTION_METRIC, val.get(f"val/type/{SELECTION_METRIC[4:]}"))
-        if score is not None and (run.best is None or score > run.best):
-            run.best = float(score)
+        evaluating = time.perf_counter()
+        val, val_split = evaluate(run, "val")
         last = epoch + 1 == run.cfg.optim.epochs
-        metrics = {
-            **base,
-            **train,
-            **val,
-            "epoch": epoch + 1,
-            "best_val": run.best,
-            "status": "completed" if last else "running",
-            "peak_mem_mb": max(_gather(_peak_memory_mb(run.device))),
-        }
-        if last and len(run.sets["test"]):
-            metrics.update(_evaluate(run, "test"))
+        metrics = {**base, **train, **val, "epoch": epoch + 1, "status": "completed" if last else "running"}
+        score = run.selection.value(val)  # identical on every rank: computed from gathered predictions
+        if run.selection.improves(score, run.best):
+            run.best = score
+            _select(run, metrics, val_split)
+        metrics.update(
+            eval_time_s=time.perf_counter() - evaluating,  # validation, and test at a selected epoch
+            best_epoch=run.best_epoch,
+            best_value=run.best,
+            peak_mem_mb=max(gather(_peak_memory_mb(run.device))),
+            **prefixed(run.selected, "selected"),
+        )
         _report(run, metrics, with_checkpoint=True)
         if last and run.hooks.get("save_logits"):
             _save_probe(run, Path(run.hooks["save_logits"]))

@@ -15,6 +15,7 @@ from mdf_search.cluster import worker_env
 from mdf_search.config import TrialConfig
 from mdf_search.train.builders import TrialData, prepare_trial_data
 from mdf_search.train.loop import train_loop_per_worker
+from mdf_search.train.selection import Selection
 
 CHECKPOINTS_TO_KEEP = 2
 
@@ -62,7 +63,10 @@ def make_trainer(
     progress: Any = None,
     max_failures: int = 0,
     storage_filesystem: Any = None,
+    selection: Selection | None = None,
 ) -> Any:
+    """The trial's ``TorchTrainer``. ``selection``: the study's metric and mode, which pick the trial's
+    epoch (default ``val/macro_f1``, max, as ``mdf-search train`` uses)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -75,6 +79,7 @@ def make_trainer(
         train_loop_config={
             "params": cfg.to_flat(),
             "data": data.to_dict(),
+            "selection": (selection or Selection()).to_dict(),
             "hooks": hooks or {},
             "progress": progress,
         },

@@ -61,8 +61,21 @@ def _spec(tmp_path: Path, name: str, **overrides: Any) -> Path:
     return path
 
 
+def _assert_predictions_of_selected_epochs(store: ResultsStore) -> None:
+    """Every finished trial row's attempt has its predictions: val and test rows at the row's best_epoch,
+    as many as the row's val/n and test/n."""
+    trials = store.trials().filter(pl.col("status").is_in(["completed", "stopped_early"]))
+    preds = store.predictions()
+    assert preds.columns[:2] == ["trial_id", "attempt"] and "prob/inherited" in preds.columns
+    for row in trials.iter_rows(named=True):
+        own = preds.filter((pl.col("trial_id") == row["trial_id"]) & (pl.col("attempt") == row["attempt"]))
+        assert set(own["epoch"]) == {row["best_epoch"]}, row["trial_id"]
+        for split in ("val", "test"):
+            assert own.filter(pl.col("split") == split).height == row[f"{split}/n"], (row["trial_id"], split)
+
+
 def test_grid_sweep_end_to_end_to_parquet(ray_cluster: Any, tmp_path: Path) -> None:
-    spec = load_spec(_spec(tmp_path, "grid", seeds=[0, 1]))
+    spec = load_spec(_spec(tmp_path, "grid", seeds=[0, 1], budget={"trials": 8, "epochs": 2}))
     outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
     assert not outcome.errors and not outcome.stopped_reason
     store = ResultsStore(outcome.experiment_root)
@@ -81,10 +94,25 @@ def test_grid_sweep_end_to_end_to_parquet(ray_cluster: Any, tmp_path: Path) -> N
         "config_hash",
         "git_sha",
         "versions",
+        "best_epoch",
+        "train/loss",
+        "train/accuracy",
+        "val/auroc",
     ):
         assert trials[column].null_count() == 0, column
+    assert set(trials["selection_metric"]) == {"val/loss"} and set(trials["selection_mode"]) == {"min"}
     epochs = store.epochs()
-    assert epochs.height == 4 and set(epochs["epoch"]) == {1}
+    assert epochs.height == 8 and set(epochs["epoch"]) == {1, 2}
+    assert epochs["train/loss"].null_count() == 0 and epochs["train/accuracy"].null_count() == 0
+    # each trial row holds its selected epoch: the one with the lowest val/loss (the study's min metric),
+    # test metrics included (evaluated at that epoch)
+    for row in trials.iter_rows(named=True):
+        own = epochs.filter(pl.col("trial_id") == row["trial_id"]).sort("epoch")
+        best = int(own["val/loss"].arg_min() or 0) + 1
+        chosen = own.row(best - 1, named=True)
+        assert row["best_epoch"] == best and row["val/loss"] == chosen["val/loss"]
+        assert row["test/accuracy"] == chosen["test/accuracy"] and row["train/loss"] == chosen["train/loss"]
+    _assert_predictions_of_selected_epochs(store)
     study = optuna.load_study(study_name="grid", storage=f"sqlite:///{outcome.experiment_root}/optuna.db")
     assert len(study.trials) == 4 and {t.params["seed"] for t in study.trials} == {0, 1}
 
@@ -134,6 +162,7 @@ def test_asha_stops_trials_within_an_arm_and_records_them(ray_cluster: Any, tmp_
     stopped = trials.filter(pl.col("status") == "stopped_early")
     assert stopped.height >= 1 and (stopped["epochs"] < 3).all()
     assert trials.filter(pl.col("status") == "completed").height >= 1
+    _assert_predictions_of_selected_epochs(ResultsStore(outcome.experiment_root))  # stopped trials too
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_continues(ray_cluster: Any, tmp_path: Path) -> None:
@@ -217,6 +246,7 @@ def test_kill_the_driver_mid_sweep_then_resume(tmp_path: Path, session_tmp: Path
     assert set(trials["status"]) == {"completed"}
     epochs = store.epochs()
     assert epochs.group_by(["trial_id", "epoch"]).len()["len"].max() == 1
+    _assert_predictions_of_selected_epochs(store)  # resumed trials and attempts included
     after = optuna.load_study(study_name="killed", storage=f"sqlite:///{storage}/killed/optuna.db")
     assert sorted(t.number for t in after.trials)[: len(numbers_before)] == numbers_before  # history kept
     assert len(after.trials) >= len(numbers_before)

@@ -7,13 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
 from mdf_search.config import TrialConfig
+from mdf_search.train import predictions
 from mdf_search.train.builders import TrialData, prepare_trial_data
 from mdf_search.train.checkpoint import export_checkpoint, load_exported
 from mdf_search.train.metrics import metrics_for_tasks
+from mdf_search.train.selection import Selection
 from mdf_search.train.trainer import EpochLog, make_trainer
 
 pytestmark = pytest.mark.integration
@@ -41,29 +44,62 @@ def data(ray_cluster: Any) -> TrialData:
     return prepare_trial_data(TrialConfig.from_flat(SMALL))
 
 
-def test_loss_decreases_and_metrics_match_saved_predictions(data: TrialData, tmp_path: Path) -> None:
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with NaN equal to NaN (an AUROC of a class a split lacks)."""
+    return bool(a == b or (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b)))
+
+
+def _checkpoint_predictions(result: Any) -> pl.DataFrame:
+    with result.checkpoint.as_directory() as directory:
+        table = predictions.load(Path(directory))
+    assert table is not None
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def test_selection_follows_a_min_metric_and_predictions_belong_to_the_selected_epoch(
+    data: TrialData, tmp_path: Path
+) -> None:
     cfg = TrialConfig.from_flat({**SMALL, "optim.epochs": 3})
-    preds = tmp_path / "preds"
-    result, epochs = _run(cfg, data, tmp_path, "learn", hooks={"save_predictions": str(preds)})
+    selection = Selection("val/loss", "min")
+    result, epochs = _run(cfg, data, tmp_path, "learn", selection=selection)
     assert result.error is None
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
-    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    assert epochs[-1]["status"] == "completed" and "test/accuracy" in epochs[-1]
-    assert all("test/accuracy" not in e for e in epochs[:-1])  # test metrics only once, at the end
-    # whole-split metrics equal a recomputation from the saved (gathered, de-duplicated) predictions
-    saved = np.load(preds / "val-epoch2.npz")
-    recomputed = metrics_for_tasks(
-        {"type": saved["pred_type"]},
-        {"type": saved["label_type"]},
-        {"type": ("healthy", "acquired", "inherited")},
-    )
-    for key, value in recomputed.items():
-        assert (
-            epochs[-1][f"val/{key}"] == pytest.approx(value)
-            if not isinstance(value, list)
-            else epochs[-1][f"val/{key}"] == value
+    assert epochs[-1]["train/loss"] < epochs[0]["train/loss"]
+    for e in epochs:
+        assert e["train/loss"] == e["train_loss"] and 0.0 <= e["train/accuracy"] <= 1.0
+        assert 0.0 <= e["val/auroc"] <= 1.0 and "val/auroc/inherited" in e
+    # best_epoch is the running argmin of val/loss; test is evaluated exactly where it changes
+    losses = [e["val/loss"] for e in epochs]
+    for i, e in enumerate(epochs):
+        best = int(np.argmin(losses[: i + 1])) + 1
+        assert e["best_epoch"] == best and e["best_value"] == losses[best - 1]
+        assert ("test/accuracy" in e) == (best == e["epoch"])
+    final = epochs[-1]
+    chosen = epochs[final["best_epoch"] - 1]
+    for key, value in chosen.items():
+        if key.startswith(("val/", "test/", "train/")):
+            assert _same(final[f"selected/{key}"], value), key
+    # the checkpoint's predictions: the selected epoch's val and test, recomputing the reported metrics
+    frame = _checkpoint_predictions(result)
+    assert set(frame["epoch"]) == {final["best_epoch"]} and set(frame["task"]) == {"type"}
+    assert {"sample_id", "case_id", "source", "label", "pred", "prob/inherited"} <= set(frame.columns)
+    for split in ("val", "test"):
+        part = frame.filter(pl.col("split") == split).sort("manifest_row")
+        assert part.height == chosen[f"{split}/n"] == part["sample_id"].n_unique()
+        names = ("healthy", "acquired", "inherited")
+        probs = part.select([f"prob/{c}" for c in names]).to_numpy()
+        recomputed = metrics_for_tasks(
+            {"type": np.array([names.index(v) for v in part["pred"]])},
+            {"type": np.array([names.index(v) for v in part["label"]])},
+            {"type": names},
+            {"type": probs},
         )
-    assert epochs[-1]["val/n"] == len(saved["index"]) == len(set(saved["index"].tolist()))
+        for key, value in recomputed.items():
+            assert chosen[f"{split}/{key}"] == (
+                pytest.approx(value, nan_ok=True) if not isinstance(value, list) else value
+            )
     for key in ("samples_per_s", "step_time_s", "peak_mem_mb", "startup_s"):
         assert epochs[-1][key] > 0
 
@@ -82,8 +118,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(data: TrialData, tm
     assert [e["epoch"] for e in after] == [1, 2, 3]  # same log: epoch 1 from the first run, then 2 and 3
     final, reference = after[-1], straight[-1]
     for key, value in reference.items():
-        if key.startswith(("val/", "test/", "train_loss", "best_val")):
-            assert final[key] == value, key  # bit for bit: same seed, config and world size
+        if key.startswith(("val/", "test/", "train", "best_", "selected/")):
+            assert _same(final[key], value), key  # bit for bit: same seed, config and world size
 
 
 def test_export_reloads_without_deepspeed_with_identical_logits(data: TrialData, tmp_path: Path) -> None:
@@ -102,6 +138,15 @@ def test_export_reloads_without_deepspeed_with_identical_logits(data: TrialData,
     again, _ = _run(cfg, data, tmp_path, "export")
     assert again.metrics["status"] == "completed" and again.metrics["epoch"] == 1
     assert again.metrics["val/macro_f1"] == result.metrics["val/macro_f1"]
+
+
+def test_the_control_knobs_train(data: TrialData, tmp_path: Path) -> None:
+    """Balanced class weights, shuffled training text and a salted order run end to end."""
+    knobs = {"optim.class_weights": "balanced", "data.text": "shuffled", "data.order_salt": 5}
+    cfg = TrialConfig.from_flat({**SMALL, "optim.epochs": 1, **knobs})
+    result, epochs = _run(cfg, data, tmp_path, "knobs")
+    assert result.error is None, result.error
+    assert epochs[-1]["status"] == "completed" and np.isfinite(epochs[-1]["train/loss"])
 
 
 def test_injected_nan_ends_the_trial_as_diverged(data: TrialData, tmp_path: Path) -> None:
