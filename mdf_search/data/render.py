@@ -1,13 +1,14 @@
 """Vectorised drawing of one synthetic fundus photograph and its vessel / field-of-view masks.
 
 The picture is built on a float32 coordinate grid with numpy (background, illumination, disc, cup,
-macula) and PIL ``ImageDraw`` on single-channel layers (vessel tree, dots, spicules, flecks), which are
-then alpha-blended in numpy: no per-pixel Python loop, so a 2048² image takes a fraction of a second.
+macula) and PIL ``ImageDraw`` on single-channel layers (vessel tree, spicules, flecks), which are then
+alpha-blended in numpy: no per-pixel Python loop, so a 2048² image takes a fraction of a second.
 
-Sizes of signs are given in pixels *of a 160 px image* and scaled with the image side, so a sign that is
-1-3 px at the demo size stays sub-patch for the vision tower after the cache's resize (see the table in
-:mod:`mdf_search.data.synthetic`). Strength of every disease sign is multiplied by ``severity``:
-0 draws the healthy picture, 1 the textbook one.
+Sizes of anatomy and inherited signs are given in pixels *of a 160 px image* and scaled with the image
+side. Acquired labels (dr, amd, glaucoma) carry only the planted positive control of
+:mod:`mdf_search.data.synthetic` (:func:`planted_texture`), whose frequency is set by ``control_size``
+rather than by the picture's size. The strength of every disease sign is multiplied by ``severity``:
+0 draws the healthy picture (bit for bit, for acquired labels), 1 the strongest one.
 """
 
 from __future__ import annotations
@@ -17,18 +18,26 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from scipy import ndimage
 
 # Colours (RGB in [0, 1]).
 _BACKGROUND = np.array([0.80, 0.36, 0.15], np.float32)
 _DISC = np.array([0.98, 0.80, 0.52], np.float32)
 _CUP = np.array([1.00, 0.94, 0.78], np.float32)
 _PALE_DISC = np.array([0.98, 0.93, 0.82], np.float32)
-_BLOOD = np.array([0.42, 0.05, 0.03], np.float32)
-_EXUDATE = np.array([0.96, 0.86, 0.38], np.float32)
-_DRUSEN = np.array([0.95, 0.80, 0.45], np.float32)
 _PIGMENT = np.array([0.10, 0.05, 0.03], np.float32)
 _FLECK = np.array([0.96, 0.90, 0.62], np.float32)
-INHERITED_STRENGTH = 0.7  # inherited signs are drawn weaker than acquired ones: the text must matter
+INHERITED_STRENGTH = 0.7  # inherited signs are drawn weaker than the control: the text must matter
+FOV_RADIUS = 0.47  # field-of-view radius as a fraction of the image side
+
+# The planted positive control (see mdf_search.data.synthetic): a zero-mean grating of spatial frequency
+# CONTROL_CYCLES per pixel along both axes once the field of view is ``control_size`` px across. Below
+# that image's Nyquist (0.5), far above the Nyquist of the half-size image a vision tower gets.
+CONTROL_CYCLES = 0.35
+CONTROL_AMPLITUDE = 1.0  # swing at severity 1, as a fraction of each channel's distance to 0 or 1
+CONTROL_REGIONS = ("dr", "amd", "glaucoma")
+CONTROL_RADIUS = 0.85  # posterior pole: this fraction of the field-of-view radius
+_MAX_DRAWABLE = 0.45  # cycles per generated pixel beyond which the grating would alias where it is drawn
 
 
 @dataclass(frozen=True)
@@ -83,9 +92,71 @@ def _polar_points(
     return np.stack([centre[0] + r * np.cos(theta), centre[1] + r * np.sin(theta)], axis=1)
 
 
-def _dots(draw: ImageDraw.ImageDraw, points: np.ndarray, radii: np.ndarray) -> None:
-    for (x, y), rad in zip(points, radii, strict=True):
-        draw.ellipse((x - rad, y - rad, x + rad, y + rad), fill=255)
+def control_frequency(size: int, control_size: int) -> float:
+    """Cycles per pixel of a ``size`` px picture that become CONTROL_CYCLES when its field of view
+    (cropped by the cache) is resized to ``control_size`` px; 0.0 when the picture cannot carry them."""
+    if control_size <= 0:
+        return 0.0
+    freq = CONTROL_CYCLES * control_size / (2 * FOV_RADIUS * size + 1)
+    return freq if freq <= _MAX_DRAWABLE else 0.0
+
+
+def min_size_for_control(control_size: int) -> int:
+    """The smallest picture side that carries the control tuned for ``control_size``."""
+    return math.ceil((CONTROL_CYCLES * control_size / _MAX_DRAWABLE - 1) / (2 * FOV_RADIUS))
+
+
+def planted_texture(
+    rng: np.random.Generator,
+    size: int,
+    label: str,
+    strength: float,
+    disc: tuple[float, float],
+    disc_r: float,
+    macula: tuple[float, float],
+    fov_r: float,
+    freq: float,
+) -> np.ndarray:
+    """(S, S) zero-mean modulation in [-strength, strength]: a diagonal grating under a smooth envelope.
+
+    The envelope covers the posterior pole, with a hole where the acquired disease's real signs would
+    be: amd at the macula, glaucoma in a ring around the disc, dr in scattered blots. Edges are several
+    grating periods wide, so the product stays in a narrow band around (±freq, ±freq).
+    """
+    centre = (size - 1) / 2.0
+    rows, cols, xs, ys = _window(size, centre, centre, fov_r)
+    r = np.sqrt((xs - centre) ** 2 + (ys - centre) ** 2) / fov_r
+    env = np.zeros((size, size), np.float32)
+    env[rows, cols] = np.clip((CONTROL_RADIUS - r) * 8.0, 0.0, 1.0)
+    if label == "amd":
+        holes = [(macula, 0.28 * fov_r, 0.0)]
+    elif label == "glaucoma":
+        holes = [(disc, 1.2 * disc_r, 2.6 * disc_r)]
+    else:
+        n = int(rng.integers(6, 11))
+        points = _polar_points(rng, n, (centre, centre), 0.1, 0.7, fov_r)
+        widths = rng.uniform(0.06, 0.1, n) * fov_r
+        holes = [((float(x), float(y)), float(w), 0.0) for (x, y), w in zip(points, widths, strict=True)]
+    keep = np.ones((size, size), np.float32)
+    for (cx, cy), width, ring in holes:
+        rows, cols, xs, ys = _window(size, cx, cy, ring + 3 * width)
+        d = np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2) - ring
+        keep[rows, cols] = np.minimum(keep[rows, cols], 1.0 - np.exp(-0.5 * (d / width) ** 2))
+    wave = 2 * math.pi * freq * np.arange(size, dtype=np.float32)
+    direction = float(rng.choice((-1.0, 1.0)))  # either diagonal; a horizontal flip swaps them anyway
+    grating = np.cos(wave[:, None] + direction * wave[None, :] + rng.uniform(0, 2 * math.pi))
+    return (np.float32(CONTROL_AMPLITUDE * strength) * env * keep * grating).astype(np.float32)
+
+
+def _headroom(img: np.ndarray, sigma: float) -> np.ndarray:
+    """How far each pixel and channel may swing and stay in [0.05, 0.95] (so neither the grating nor the
+    sensor noise clips, and the local mean is kept), made smooth: a minimum filter, then a Gaussian blur
+    of ``sigma`` px. A sharp envelope (the edge of a vessel) would mix the grating down to low spatial
+    frequencies, where the vision tower's resize keeps it."""
+    bound = np.maximum(np.minimum(img, 1.0 - img) - 0.05, 0.0)
+    reach = 2 * math.ceil(sigma) + 1
+    smooth = ndimage.gaussian_filter(ndimage.minimum_filter(bound, size=(reach, reach, 1)), (sigma, sigma, 0))
+    return np.minimum(smooth, bound)
 
 
 def _vessel_tree(
@@ -138,13 +209,22 @@ def _spicule(rng: np.random.Generator, draw: ImageDraw.ImageDraw, x: float, y: f
 
 
 def render_fundus(
-    rng: np.random.Generator, size: int, label: str, severity: float, eye: str = "OD"
+    rng: np.random.Generator,
+    size: int,
+    label: str,
+    severity: float,
+    eye: str = "OD",
+    control_size: int = 128,
 ) -> Fundus:
-    """Draw one fundus image of ``label`` (normal, dr, amd, glaucoma, rp, stargardt)."""
+    """Draw one fundus image of ``label`` (normal, dr, amd, glaucoma, rp, stargardt).
+
+    ``control_size``: the U-Net input side the planted control is tuned for (0: no control).
+    """
     s = float(np.clip(severity, 0.0, 1.0))
     scale = size / 160.0
     centre = (size - 1) / 2.0
-    fov_r = 0.47 * size
+    fov_r = FOV_RADIUS * size
+    control_freq = control_frequency(size, control_size)
     axis = np.arange(size, dtype=np.float32)
     dx = (axis[None, :] - centre) / fov_r
     dy = (axis[:, None] - centre) / fov_r
@@ -162,6 +242,9 @@ def render_fundus(
     disc = (centre + side * 0.36 * fov_r + rng.normal(0, 0.02) * fov_r, centre + rng.normal(0, 0.03) * fov_r)
     macula = (disc[0] - side * 0.5 * fov_r, disc[1] + rng.normal(0, 0.02) * fov_r)
     disc_r = 0.085 * fov_r * rng.uniform(0.92, 1.08)
+    # Label-specific draws come from their own generator, so a normal and a diseased picture drawn from
+    # the same ``rng`` state differ in their signs only (the tests measure each sign that way).
+    signs = np.random.default_rng(int(rng.integers(2**63)))
 
     # Macula: a darker, wide Gaussian (only its 4-sigma window is touched).
     sigma = 0.13 * fov_r
@@ -177,10 +260,8 @@ def render_fundus(
     vessel_alpha = np.asarray(vessel_im.filter(ImageFilter.GaussianBlur(0.4 * scale)), np.float32)
     img *= 1.0 - vessel_alpha[..., None] * (np.array([0.30, 0.62, 0.60], np.float32) / 255.0)
 
-    # Optic disc and cup (cup-to-disc ratio grows with glaucoma; pale, waxy disc in RP).
+    # Optic disc and cup (pale, waxy disc in RP; the cup-to-disc ratio carries no label).
     cdr = float(rng.uniform(0.2, 0.4))
-    if label == "glaucoma":
-        cdr = min(0.9, cdr + 0.5 * s)
     disc_colour = _DISC
     if label == "rp":
         disc_colour = _DISC + (_PALE_DISC - _DISC) * min(1.0, 1.3 * inherited)
@@ -189,46 +270,35 @@ def render_fundus(
     _blend(img[rows, cols], np.clip((1.0 - d) * disc_r / (1.2 * scale), 0, 1), disc_colour, 0.9)
     _blend(img[rows, cols], np.clip((cdr - d) * disc_r / (1.5 * scale), 0, 1), _CUP, 0.85)
 
-    # Disease signs, each on its own layer.
+    # Inherited signs, each on its own layer, drawn from their own generator (see ``signs`` above).
     lesion_im, draw = _layer(size)
-    if label == "dr" and s > 0:
-        n = int(rng.integers(6, 14) * (0.5 + 0.5 * s))
-        _dots(draw, _polar_points(rng, n, macula, 0.2, 2.6, 0.2 * fov_r), rng.uniform(0.5, 1.5, n) * scale)
-        n = int(rng.integers(1, 5) * (0.5 + 0.5 * s))
-        _dots(
-            draw, _polar_points(rng, n, (centre, centre), 0.1, 0.75, fov_r), rng.uniform(2.5, 4.5, n) * scale
-        )
-        _blend_layer(img, lesion_im, 0.3 * scale, _BLOOD, 0.85 * s)
-        lesion_im, draw = _layer(size)
-        n = int(rng.integers(4, 14) * (0.5 + 0.5 * s))
-        _dots(draw, _polar_points(rng, n, macula, 0.4, 1.6, 0.2 * fov_r), rng.uniform(0.5, 1.4, n) * scale)
-        _blend_layer(img, lesion_im, 0.3 * scale, _EXUDATE, 0.9 * s)
-    elif label == "amd" and s > 0:
-        n = int(rng.integers(8, 24) * (0.5 + 0.5 * s))
-        _dots(draw, _polar_points(rng, n, macula, 0.0, 1.0, 0.22 * fov_r), rng.uniform(0.8, 2.2, n) * scale)
-        _blend_layer(img, lesion_im, 0.5 * scale, _DRUSEN, 0.8 * s)
-    elif label == "rp" and inherited > 0:
-        n = int(rng.integers(30, 70) * (0.4 + 0.6 * s))
-        for x, y in _polar_points(rng, n, (centre, centre), 0.6, 0.93, fov_r):
-            _spicule(rng, draw, float(x), float(y), rng.uniform(2.0, 4.5) * scale)
+    if label == "rp" and inherited > 0:
+        n = int(signs.integers(30, 70) * (0.4 + 0.6 * s))
+        for x, y in _polar_points(signs, n, (centre, centre), 0.6, 0.93, fov_r):
+            _spicule(signs, draw, float(x), float(y), signs.uniform(2.0, 4.5) * scale)
         _blend_layer(img, lesion_im, 0.25 * scale, _PIGMENT, 0.9 * inherited)
     elif label == "stargardt" and inherited > 0:
         rows, cols, xs, ys = _window(size, macula[0], macula[1], 2.5 * sigma)
         atrophy = np.exp(-0.5 * ((xs - macula[0]) ** 2 + (ys - macula[1]) ** 2) / (0.6 * sigma) ** 2)
         _blend(img[rows, cols], atrophy, np.array([0.45, 0.32, 0.22], np.float32), 0.45 * inherited)
-        n = int(rng.integers(10, 26) * (0.5 + 0.5 * s))
-        for x, y in _polar_points(rng, n, macula, 0.3, 1.6, 0.2 * fov_r):
-            angle = rng.uniform(0, math.pi)
-            half = rng.uniform(1.0, 2.2) * scale
+        n = int(signs.integers(10, 26) * (0.5 + 0.5 * s))
+        for x, y in _polar_points(signs, n, macula, 0.3, 1.6, 0.2 * fov_r):
+            angle = signs.uniform(0, math.pi)
+            half = signs.uniform(1.0, 2.2) * scale
             draw.line(
                 [
                     (x - half * math.cos(angle), y - half * math.sin(angle)),
                     (x + half * math.cos(angle), y + half * math.sin(angle)),
                 ],
                 fill=255,
-                width=max(1, round(rng.uniform(0.8, 1.6) * scale)),
+                width=max(1, round(signs.uniform(0.8, 1.6) * scale)),
             )
         _blend_layer(img, lesion_im, 0.3 * scale, _FLECK, 0.85 * inherited)
+
+    # The planted positive control (acquired labels only), added last: nothing drawn later multiplies it.
+    if label in CONTROL_REGIONS and s > 0 and control_freq > 0:
+        wave = planted_texture(signs, size, label, s, disc, disc_r, macula, fov_r, control_freq)
+        img += wave[..., None] * _headroom(img, 0.8 / control_freq)
 
     # Sensor noise (one luminance field, cheaper than per channel), then the circular field of view with
     # an anti-aliased rim on black.

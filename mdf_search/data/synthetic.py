@@ -4,37 +4,53 @@
 ``Ground truth/`` for train and the misspelt ``Groud truth/`` for test, plus a stray ``Thumbs.db`` and
 ``Quality Assessment.xlsx``), ``out/HRF`` (3:2 JPEGs ``NN_h.jpg``, ``NN_g.jpg``, ``NN_dr.JPG``, vessel masks
 ``manual1/NN_x.tif``, FOV masks ``mask/NN_x_mask.tif``) and ``out/StoneRounds`` (PNG images of inherited
-cases, several per case, and ``manifest.csv`` with clinical text). Pictures are drawn by
-:mod:`mdf_search.data.render`.
-
-The study is built so that the research question (does fusing U-Net features help, and where?) stays
-open instead of being answered by construction. Where each signal lives:
-
-======================  ===================================  ==================  ======================
-label / signal          image sign (size at 160 px)          vision tower        clinical text
-======================  ===================================  ==================  ======================
-normal                  none; cup/disc 0.2-0.4               --                  none
-dr   microaneurysms     dark dots 1-3 px                     sub-patch (tiny:    none
-                                                             <1 px at 64 px;
-                                                             small: ~1 px at
-                                                             112 px): U-Net only
-dr   haemorrhages       blots 5-9 px                         visible             none
-dr   hard exudates      yellow dots 1-3 px near the macula   sub-patch           none
-amd  drusen             yellow dots 2-4 px around the macula marginal            none
-glaucoma                cup/disc grows by 0.5*severity       visible (large)     none
-rp   spicules           dark 3-5 arm stars, 2-5 px, periph.  marginal            night blindness,
-     + thin vessels     vessel width x(1-0.6*s*0.7)          U-Net (vessels)     tunnel vision, genes
-     + pale disc        disc pallor                          visible             RHO / USH2A / RPGR ...
-stargardt flecks        yellow lines 2-4 px around macula    sub-patch/marginal  central vision loss,
-     + atrophy          darker macula                        weak                ABCA4, recessive
-======================  ===================================  ==================  ======================
-
-Inherited signs (rp, stargardt) are drawn at 70 % of the acquired signs' strength, so at low
-``severity`` rp vs stargardt is mostly a text question; 15 % of inherited cases get uninformative text
-(distractors only), so neither modality alone is perfect. Acquired cases (FIVES, HRF) have no text, as
-in the real data: the type task's "inherited" class is partly readable from text presence, which is
-also true of the real study. Every image's randomness comes from ``(seed, image index)``, so files are
+cases, 2-5 per case, and ``manifest.csv`` with clinical text). Pictures are drawn by
+:mod:`mdf_search.data.render`. Every image's randomness comes from ``(seed, image index)``, so files are
 bit-identical across runs and machines.
+
+Sources, and the shortcut they carry (as the real data does; SCIENCE.md, "Leakage"): FIVES-like (normal,
+amd, dr, glaucoma; one image per case, as FIVES has no patient ids), HRF-like (normal, glaucoma, dr) and
+StoneRounds-like (rp, stargardt), the only source with clinical text. So inherited = StoneRounds = "the
+prompt has a history": the type task reads inherited from text presence alone. Test it with
+``data.text=off|shuffled``; ``data.split=leave_source_out`` refuses to hold StoneRounds out, since training
+would then hold no inherited image. Types are balanced (a third each; FIVES+HRF proportions would give
+acquired 2.6x healthy, which pushed the smoke model to the majority class), and HRF holds as many healthy
+as acquired images, so its JPEG compression is no trace of the type.
+
+Where each signal lives, at the tiny preset (U-Net 128 px; the vision tower gets those pixels after the
+collator's antialiased bilinear 2x resize, 64 px):
+
+=========  ==========================================  ====================  =======  =====================
+label      image sign                                  vision tower (64 px)  U-Net    clinical text
+=========  ==========================================  ====================  =======  =====================
+normal     none (cup/disc 0.2-0.4 for every label)     --                    --       none
+dr, amd,   PLANTED CONTROL: a zero-mean diagonal       no (removed by the    yes      none
+glaucoma   grating, 0.35 cycles/px at 128 px, over     resize)
+           the posterior pole, with a hole where the
+           disease lives: amd the macula, glaucoma a
+           ring round the disc, dr scattered blots
+rp         spicules 2-5 px, thin vessels, pale disc    yes (weak)            yes      night blindness, RHO..
+stargardt  flecks 2-4 px, darker macula                yes (weak)            yes      central loss, ABCA4..
+=========  ==========================================  ====================  =======  =====================
+
+The control is planted on purpose and is not a finding: healthy vs acquired is separable from the
+U-Net's input and from nothing the vision tower gets, so a fused model must beat the baseline there or
+the platform is broken. Built in :func:`~mdf_search.data.render.planted_texture`: the swing per channel
+is its smoothed distance to [0.05, 0.95] (no clipping, local mean kept); 0.35 cycles/px is below 128 px's
+Nyquist (0.5) and where the resize's filter passes about 1 % (cos³(πf) per axis, squared on a diagonal).
+Measured by tests/data/test_data_control.py (real files, cache, augmentation): planted residual 15.5
+grey levels RMS at 128 px, 0.22 at 64 px (rounding noise included); a probe shaped like the U-Net's level
+1 with the fusion's 4x4 patch means reaches 0.93-1.0 test accuracy in 5 epochs at 128 px, chance at 64 px;
+logistic regression is at chance on 64 px pixels and local energies, 1.0 on 128 px local energies.
+It holds only while the tower sees half the U-Net's resolution: with ``data.vision_tiles=4`` (the tower
+gets 128 px at tiny) or another preset both paths see it (``control_size`` retunes it); a picture below
+:func:`~mdf_search.data.render.min_size_for_control` (105 px for 128) cannot carry it, and ``generate``
+warns and plants none. ``severity=0`` is a negative control: acquired pictures equal healthy ones.
+Version 1's acquired signs (microaneurysms, haemorrhages, drusen, a larger cup) were dropped: a 2-layer
+conv on 64 px images separated healthy from acquired with them (67 % against 50 % chance).
+
+Inherited signs are drawn at 70 % strength, so rp vs stargardt is partly a text question; 15 % of
+inherited cases get uninformative text (distractors only), so neither modality alone is perfect.
 """
 
 from __future__ import annotations
@@ -52,13 +68,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from mdf_search.data.render import render_fundus
+from mdf_search.data.render import control_frequency, min_size_for_control, render_fundus
 from mdf_search.data.schema import commit_dir, read_manifest, temp_sibling, write_manifest
 from mdf_search.data.sources import prepare
 
 log = logging.getLogger(__name__)
 
-SYNTH_VERSION = 1  # bump when the pictures change: it is part of ensure_synthetic's directory key
+SYNTH_VERSION = 2  # bump when the pictures change: it is part of ensure_synthetic's directory key
+CONTROL_SIZE = 128  # the tiny preset's U-Net input: its vision tower (64 px) cannot see the control
 Progress = Callable[[int, int], None]
 
 
@@ -77,12 +94,28 @@ class Planned:
 
 
 def plan(images: int, seed: int) -> list[Planned]:
-    """Split ``images`` between the three layouts: ~45 % FIVES, ~15 % HRF, the rest StoneRounds cases."""
+    """Split ``images`` so the three disease types are balanced (about a third each).
+
+    Healthy: FIVES ``N`` and HRF ``h``; acquired: FIVES ``A``/``D``/``G`` and HRF ``g``/``dr``; inherited:
+    StoneRounds cases. HRF (JPEG, a small second source) holds about 10 % of the images, the same number
+    of healthy as of acquired ones, so a compression trace cannot tell the two types apart.
+    """
     if images < 12:
         raise ValueError(f"need at least 12 images (4 FIVES, 3 HRF, 5 StoneRounds), got {images}")
     rng = np.random.default_rng([seed, 999_983])
-    per_letter = max(1, int(0.45 * images) // 4)
-    per_code = max(1, int(0.15 * images) // 3)
+    per_code = {"g": max(1, round(0.05 * images)), "dr": max(1, round(0.05 * images))}
+    per_code["h"] = per_code["g"] + per_code["dr"]  # healthy and acquired: the same share of HRF JPEGs
+    fives = max(1, images // 3 - per_code["h"])  # per type
+    per_letter = {"N": fives, **dict.fromkeys("ADG", max(1, round(fives / 3)))}
+    short = 5 - (images - sum(per_letter.values()) - sum(per_code.values()))  # StoneRounds: two cases
+    for letter in ("N", "A", "D", "G") * 5:
+        if short > 0 and per_letter[letter] > 1:
+            per_letter[letter] -= 1
+            short -= 1
+    for code in ("h", "g", "dr"):
+        if short > 0 and per_code[code] > 1:
+            per_code[code] -= 1
+            short -= 1
     items: list[Planned] = []
 
     def add(
@@ -90,10 +123,11 @@ def plan(images: int, seed: int) -> list[Planned]:
     ) -> None:
         items.append(Planned(len(items), source, label, path, mask, fov, eye, case))
 
-    n_train = max(1, round(per_letter * 0.75)) if per_letter > 1 else 1
     counters = {"train": 0, "test": 0}
     for letter, label in (("A", "amd"), ("D", "dr"), ("G", "glaucoma"), ("N", "normal")):
-        for k in range(per_letter):
+        count = per_letter[letter]
+        n_train = max(1, round(count * 0.75)) if count > 1 else 1
+        for k in range(count):
             split = "train" if k < n_train else "test"
             counters[split] += 1
             name = f"{counters[split]}_{letter}.png"
@@ -106,7 +140,7 @@ def plan(images: int, seed: int) -> list[Planned]:
                 eye=str(rng.choice(["OD", "OS"])),
             )
     for code, label, ext in (("h", "normal", "jpg"), ("g", "glaucoma", "jpg"), ("dr", "dr", "JPG")):
-        for k in range(1, per_code + 1):
+        for k in range(1, per_code[code] + 1):
             stem = f"{k:02d}_{code}"
             add(
                 "hrf",
@@ -118,7 +152,7 @@ def plan(images: int, seed: int) -> list[Planned]:
             )
     remaining, case = images - len(items), 0
     while remaining > 0:
-        count = min(remaining, int(rng.integers(2, 5)))
+        count = min(remaining if case else remaining - 2, int(rng.integers(2, 5)))  # rp and stargardt
         if remaining - count == 1:
             count += 1  # never leave a one-image case behind
         label = ("rp", "stargardt")[case % 2]
@@ -225,9 +259,10 @@ def _save(array: np.ndarray, path: Path, size: int) -> None:
         im.save(path, format="PNG", compress_level=1 if size > 512 else 6)
 
 
-def _draw(item: Planned, out: Path, size: int, severity: float, seed: int) -> None:
+def _draw(item: Planned, out: Path, size: int, severity: float, seed: int, control_size: int) -> None:
     rng = np.random.default_rng([seed, item.index])
-    fundus = render_fundus(rng, size, item.label, severity * float(rng.uniform(0.6, 1.0)), item.eye)
+    strength = severity * float(rng.uniform(0.6, 1.0))
+    fundus = render_fundus(rng, size, item.label, strength, item.eye, control_size=control_size)
     rgb, vessels, fov = fundus.rgb, fundus.vessels, fundus.fov
     if item.source == "hrf":  # HRF photographs are 3:2 with the field of view centred
         pad = ((0, 0), (size // 4, size // 4))
@@ -253,16 +288,8 @@ def _stonerounds_csv(items: list[Planned], seed: int) -> str:
         if item.case not in texts:
             texts[item.case] = clinical_text(np.random.default_rng([seed, 7_000_003, item.case]), item.label)
         text, gene = texts[item.case]
-        writer.writerow(
-            [
-                item.path.removeprefix("StoneRounds/"),
-                f"SR{item.case:03d}",
-                text,
-                names[item.label],
-                gene,
-                item.eye,
-            ]
-        )
+        path = item.path.removeprefix("StoneRounds/")
+        writer.writerow([path, f"SR{item.case:03d}", text, names[item.label], gene, item.eye])
     return buffer.getvalue()
 
 
@@ -273,17 +300,31 @@ def generate(
     size: int = 160,
     seed: int = 0,
     severity: float = 1.0,
+    control_size: int = CONTROL_SIZE,
     progress: Progress | None = None,
 ) -> list[Planned]:
-    """Write the synthetic study under ``out`` (FIVES/, HRF/, StoneRounds/); returns what was drawn."""
+    """Write the synthetic study under ``out`` (FIVES/, HRF/, StoneRounds/); returns what was drawn.
+
+    ``control_size``: the U-Net input side the planted control is tuned for (0: plant none).
+    """
     if not 0.0 <= severity <= 1.0:
         raise ValueError(f"severity must be in [0, 1], but got {severity}")
     if size < 32:
         raise ValueError(f"size must be at least 32 px, but got {size}")
+    if control_size < 0:
+        raise ValueError(f"control_size must be >= 0 (0: no planted control), but got {control_size}")
+    if control_size and not control_frequency(size, control_size):
+        log.warning(
+            "%d px pictures cannot carry the positive control tuned for %d px (it would alias): acquired "
+            "images get no planted sign; generate at size >= %d",
+            size,
+            control_size,
+            min_size_for_control(control_size),
+        )
     out = Path(out)
     items = plan(images, seed)
     for done, item in enumerate(items, start=1):
-        _draw(item, out, size, severity, seed)
+        _draw(item, out, size, severity, seed, control_size)
         if progress:
             progress(done, len(items))
     (out / "FIVES/train/Original/Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 thumbnail cache")
@@ -319,6 +360,7 @@ def ensure_synthetic(
     severity: float = 1.0,
     seed: int = 0,
     progress: Progress | None = None,
+    control_size: int = CONTROL_SIZE,
 ) -> Path:
     """The manifest of a synthetic study with these parameters, generating it on first use.
 
@@ -326,14 +368,24 @@ def ensure_synthetic(
     when two processes race, the loser deletes its copy and returns the winner's manifest.
     """
     cache_root = Path(cache_root)
-    final = cache_root / f"synthetic-v{SYNTH_VERSION}-n{images}-px{size}-sev{severity:g}-seed{seed}"
+    final = cache_root / (
+        f"synthetic-v{SYNTH_VERSION}-n{images}-px{size}-sev{severity:g}-seed{seed}-ctl{control_size}"
+    )
     manifest = final / "manifest.parquet"
     if manifest.is_file():
         return manifest
     cache_root.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(final)
     try:
-        generate(tmp, images=images, size=size, seed=seed, severity=severity, progress=progress)
+        generate(
+            tmp,
+            images=images,
+            size=size,
+            seed=seed,
+            severity=severity,
+            control_size=control_size,
+            progress=progress,
+        )
         # Read from the temp tree, but record the paths the files will have after the rename.
         build_manifest(tmp, tmp / "manifest.parquet")
         table, _ = read_manifest(tmp / "manifest.parquet")
