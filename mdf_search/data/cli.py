@@ -129,15 +129,27 @@ def synth(
     size: Annotated[int, typer.Option(min=32, max=8192, help="image side in px (2048 = full size)")] = 160,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     severity: Annotated[float, typer.Option(min=0.0, max=1.0, help="strength of disease signs")] = 1.0,
+    control_size: Annotated[
+        int,
+        typer.Option(min=0, help="U-Net input side the planted positive control is tuned for (0: none)"),
+    ] = 128,
     with_manifest: Annotated[
         bool, typer.Option("--manifest/--no-manifest", help="also write manifest.parquet")
     ] = True,
 ) -> None:
-    """Generate a synthetic fundus study in the real datasets' layouts."""
+    """Generate a synthetic fundus study in the real datasets' layouts (with a planted positive control)."""
     from mdf_search.data.synthetic import build_manifest, generate
 
     with _progress("drawing fundus images") as update:
-        generate(out, images=images, size=size, seed=seed, severity=severity, progress=update)
+        generate(
+            out,
+            images=images,
+            size=size,
+            seed=seed,
+            severity=severity,
+            control_size=control_size,
+            progress=update,
+        )
     console.print(f"wrote {images} images ({size} px, severity {severity:g}, seed {seed}) to {out}")
     if with_manifest:
         path = build_manifest(out)
@@ -149,19 +161,31 @@ def synth(
 def split(
     manifest: Annotated[Path, typer.Option(help="manifest Parquet")],
     out: Annotated[Path, typer.Option(help="folder for split-<hash>.parquet")],
-    scheme: Annotated[str, typer.Option(help="stratified | kfold | authors")] = "stratified",
+    scheme: Annotated[
+        str, typer.Option(help="stratified | kfold | authors | leave_source_out")
+    ] = "stratified",
     seed: Annotated[int, typer.Option(min=0)] = 0,
     val_frac: Annotated[float, typer.Option()] = 0.2,
     test_frac: Annotated[float, typer.Option()] = 0.2,
     folds: Annotated[int, typer.Option(min=2)] = 5,
     fold: Annotated[int, typer.Option(min=0)] = 0,
+    test_source: Annotated[
+        str | None, typer.Option(help="the source held out as test (--scheme leave_source_out)")
+    ] = None,
 ) -> None:
     """Make a grouped, stratified split and write it under its content hash."""
     from mdf_search.data.splits import SPLIT_NAMES, make_split, write_split
 
     table, space = read_manifest(manifest)
     made = make_split(
-        table, scheme, seed=seed, val_frac=val_frac, test_frac=test_frac, folds=folds, fold=fold
+        table,
+        scheme,
+        seed=seed,
+        val_frac=val_frac,
+        test_frac=test_frac,
+        folds=folds,
+        fold=fold,
+        test_source=test_source,
     )
     path = write_split(made, out)
     counts = made.counts()

@@ -10,6 +10,12 @@ Schemes (the names are stable strings in results):
 - ``kfold``: a test set held out first, the rest dealt into k folds; fold i is validation.
 - ``authors``: the source's own train/test split where it has one (FIVES); val is carved from the
   authors' train grouped and stratified; sources without one are split as ``stratified``.
+- ``leave_source_out``: every image of ``test_source`` is test (a new site, camera and population);
+  train / val are a grouped, stratified split of the other sources. Test images of a disease *type*
+  absent from train/val could never be learnt, so that is an error (e.g. holding out StoneRounds, the
+  only source of inherited cases: test the StoneRounds shortcut with the text switched off or shuffled
+  instead); a disease *label* seen only in the held-out source (FIVES' amd) is a warning, since only
+  the disease task loses it. The unseen labels are recorded in the split's params.
 
 A split is a Parquet file (manifest row index, image path, case id, label, split) named by the hash of
 its sorted (image path, split) pairs and the scheme; trials refer to it by that hash.
@@ -20,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +39,7 @@ from mdf_search.data.schema import DataError, atomic_file, manifest_hash
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("stratified", "kfold", "authors")
+SCHEMES = ("stratified", "kfold", "authors", "leave_source_out")
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_SCHEMA = pa.schema(
     [
@@ -136,6 +142,49 @@ def _stratified(
     return out
 
 
+def _held_out_rows(manifest: pa.Table, test_source: str) -> list[int]:
+    """Rows of the held-out source; a clear error for an unknown source or one that is all the data."""
+    sources = manifest.column("source").to_pylist()
+    counts = Counter(sources)
+    listing = ", ".join(f"{name!r} ({n} images)" for name, n in sorted(counts.items()))
+    if test_source not in counts:
+        raise DataError(
+            f"test_source {test_source!r} is not a source of this manifest; its sources are {listing}"
+        )
+    if len(counts) < 2:
+        raise DataError(
+            f"leave_source_out needs at least two sources, but this manifest has only {listing}",
+            hint="hold a source out of a manifest that combines several (mdf-search data prepare)",
+        )
+    return [i for i, name in enumerate(sources) if name == test_source]
+
+
+def _check_learnable(manifest: pa.Table, held: Sequence[int], rest: Sequence[int], source: str) -> list[str]:
+    """Fail if a held-out test type never occurs in train/val; warn for labels; return unseen labels."""
+    labels = manifest.column("label").to_pylist()
+    types = manifest.column("disease_type").to_pylist()
+    seen_types, seen_labels = {types[i] for i in rest}, {labels[i] for i in rest}
+    unseen_types = Counter(types[i] for i in held if types[i] not in seen_types)
+    if unseen_types:
+        which = ", ".join(f"{t!r} ({n} test images)" for t, n in sorted(unseen_types.items()))
+        raise DataError(
+            f"holding out source {source!r} leaves no {which} image in train/val: a classifier cannot "
+            "learn a class it never sees, so those test images would be unlearnable and the study would "
+            "measure nothing about them",
+            hint="hold out a source whose disease types also occur in other sources; to test a shortcut "
+            "that one source carries (StoneRounds and clinical text), switch data.text off or shuffle it",
+        )
+    unseen = sorted({labels[i] for i in held} - seen_labels)
+    if unseen:
+        log.warning(
+            "holding out source %r: disease label(s) %s occur only in the test split; they are unlearnable "
+            "for the disease task (the type task is unaffected)",
+            source,
+            unseen,
+        )
+    return unseen
+
+
 def make_split(
     manifest: pa.Table,
     scheme: str = "stratified",
@@ -145,8 +194,12 @@ def make_split(
     test_frac: float = 0.2,
     folds: int = 5,
     fold: int = 0,
+    test_source: str | None = None,
 ) -> Split:
-    """Assign every manifest row to train / val / test under ``scheme``."""
+    """Assign every manifest row to train / val / test under ``scheme``.
+
+    ``test_source`` names the held-out source of ``leave_source_out`` (and is an error with any other).
+    """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {list(SCHEMES)}, but got {scheme!r}")
     if not (0 < val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
@@ -156,6 +209,11 @@ def make_split(
         )
     if scheme == "kfold" and not 0 <= fold < folds:
         raise ValueError(f"`0 <= fold < folds` must hold, but got (fold={fold}, folds={folds})")
+    if (scheme == "leave_source_out") != (test_source is not None):
+        raise ValueError(
+            f"test_source is needed with scheme 'leave_source_out' and only there, but got "
+            f"(scheme={scheme!r}, test_source={test_source!r})"
+        )
     n = manifest.num_rows
     all_rows = list(range(n))
     case_ids = manifest.column("case_id").to_pylist()
@@ -175,6 +233,14 @@ def make_split(
             c: ("test" if b == "test" else "val" if dealt[c] == f"fold{fold}" else "train")
             for c, b in outer.items()
         }
+    elif scheme == "leave_source_out":
+        assert test_source is not None
+        params.update(val_frac=val_frac, test_source=test_source)
+        held = _held_out_rows(manifest, test_source)
+        case_bin.update({case_ids[i]: "test" for i in held})
+        rest = sorted(set(all_rows) - set(held))
+        case_bin.update(_stratified(manifest, rest, {"train": 1 - val_frac, "val": val_frac}, seed))
+        params["unseen_labels"] = _check_learnable(manifest, held, rest, test_source)
     else:
         params.update(val_frac=val_frac, test_frac=test_frac)
         authors = manifest.column("authors_split").to_pylist()

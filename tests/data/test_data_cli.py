@@ -48,6 +48,12 @@ def test_synth_prepare_split_cache(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "splits").glob("split-*.parquet"))) == 1
+    held = ["split", "--manifest", str(manifest), "--out", str(tmp_path / "splits")]
+    result = runner.invoke(data_app, [*held, "--scheme", "leave_source_out", "--test-source", "hrf"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "splits").glob("split-*.parquet"))) == 2
+    result = runner.invoke(data_app, [*held, "--scheme", "leave_source_out", "--test-source", "stonerounds"])
+    assert result.exit_code == 2 and "unlearnable" in _plain(result.output)
     result = runner.invoke(
         data_app, ["cache", "--manifest", str(manifest), "--root", str(tmp_path / "c"), "--size", "32"]
     )

@@ -122,3 +122,63 @@ def test_bad_arguments_and_mixed_case() -> None:
     rows[1]["label"] = "dr" if rows[0]["label"] != "dr" else "normal"
     with pytest.raises(DataError, match="has images with labels"):
         make_split(manifest_table(rows))
+
+
+# ---------------------------------------------------------------------------------------------------
+# leave_source_out, on a manifest the real readers made from files in the real layouts
+# ---------------------------------------------------------------------------------------------------
+def _study(synth_study: Path) -> pa.Table:
+    from mdf_search.data.schema import read_manifest
+
+    return read_manifest(synth_study / "manifest.parquet")[0]
+
+
+def test_leave_source_out_holds_one_source_out_whole(synth_study: Path, tmp_path: Path) -> None:
+    table = _study(synth_study)
+    split = make_split(table, "leave_source_out", seed=0, val_frac=0.25, test_source="hrf")
+    sources = table.column("source").to_pylist()
+    names = split.table.column("split").to_pylist()
+    assert {n for s, n in zip(sources, names, strict=True) if s == "hrf"} == {"test"}
+    assert {s for s, n in zip(sources, names, strict=True) if n == "test"} == {"hrf"}
+    parts = {name: _cases(table, split.rows(name).tolist()) for name in ("train", "val")}
+    assert parts["train"] and parts["val"] and not parts["train"] & parts["val"]
+    counts = split.counts()  # train/val stratified: every label of the rest is in train
+    labels = {lb for s, lb in zip(sources, table.column("label").to_pylist(), strict=True) if s != "hrf"}
+    assert all(counts.get(("train", lb), 0) > counts.get(("val", lb), 0) for lb in labels)
+    assert split.params["test_source"] == "hrf" and split.params["unseen_labels"] == []
+    # Its hash differs from every other scheme's and from holding out another source.
+    others = [make_split(table, s, seed=0, val_frac=0.25) for s in ("stratified", "kfold", "authors")]
+    others.append(make_split(table, "leave_source_out", seed=0, val_frac=0.25, test_source="fives"))
+    assert len({split.hash, *(o.hash for o in others)}) == 5
+    again = read_split(write_split(split, tmp_path))
+    assert again.hash == split.hash and again.scheme == "leave_source_out"
+    assert again.params["test_source"] == "hrf"
+
+
+def test_leave_source_out_warns_for_a_label_only_the_held_out_source_has(
+    synth_study: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FIVES is the only source of amd: the type task still learns every test image, the disease task not."""
+    with caplog.at_level("WARNING", logger="mdf_search.data.splits"):
+        split = make_split(_study(synth_study), "leave_source_out", test_source="fives")
+    assert split.params["unseen_labels"] == ["amd"]
+    assert "['amd']" in caplog.text and "unlearnable for the disease task" in caplog.text
+
+
+def test_leave_source_out_refuses_a_type_training_never_sees(synth_study: Path) -> None:
+    """StoneRounds holds every inherited case: held out, the inherited test images are unlearnable."""
+    with pytest.raises(DataError, match=r"no 'inherited' \(\d+ test images\) image in train/val") as err:
+        make_split(_study(synth_study), "leave_source_out", test_source="stonerounds")
+    assert "unlearnable" in str(err.value) and "data.text" in str(err.value)
+
+
+def test_leave_source_out_bad_arguments(synth_study: Path) -> None:
+    table = _study(synth_study)
+    with pytest.raises(DataError, match=r"'FIVES' is not a source.*'fives' \(\d+ images\), 'hrf'"):
+        make_split(table, "leave_source_out", test_source="FIVES")
+    with pytest.raises(ValueError, match="test_source is needed with scheme 'leave_source_out'"):
+        make_split(table, "leave_source_out")
+    with pytest.raises(ValueError, match=r"only there, but got \(scheme='stratified', test_source='hrf'\)"):
+        make_split(table, "stratified", test_source="hrf")
+    with pytest.raises(DataError, match="at least two sources"):
+        make_split(_manifest(8), "leave_source_out", test_source="s")
