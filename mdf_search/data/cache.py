@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -270,6 +271,12 @@ def ensure_cache(
 
 
 def cache_size_for(unet_size: int, vision_size: int, vision_tiles: int = 1) -> int:
-    """The cache keeps the larger of the two model inputs (the vision input is 2x the tile size with
-    ``vision_tiles=4``: a 2x2 tiling); batches resize down from it."""
-    return max(unet_size, vision_size * (2 if vision_tiles == 4 else 1))
+    """The cache keeps the larger of the two model inputs; batches resize down from it.
+
+    ``vision_size`` is the tower's tile side; ``vision_tiles`` (1 or 4) tiles a square image of
+    ``sqrt(vision_tiles)`` tiles a side, so with 4 the vision input is a 2x2 tiling at twice the tile size.
+    """
+    side = math.isqrt(vision_tiles) if vision_tiles > 0 else 0
+    if side * side != vision_tiles:
+        raise ValueError(f"vision_tiles must be a square number of tiles (1 or 4), but got {vision_tiles}")
+    return max(unet_size, vision_size * side)

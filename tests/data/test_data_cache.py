@@ -105,3 +105,13 @@ def test_race_loser_discards_its_copy(tmp_path: Path) -> None:
         (d / "meta.json").write_text(d.name)
     assert commit_dir(loser, winner) is False
     assert not loser.exists() and (winner / "meta.json").read_text() == "key"
+
+
+def test_cache_size_holds_the_larger_model_input() -> None:
+    from mdf_search.data.cache import cache_size_for
+
+    assert cache_size_for(128, 64) == 128  # tiny: the U-Net's 128 px; the tower resizes down to 64
+    assert cache_size_for(224, 112, vision_tiles=4) == 224  # small: a 2x2 tiling of 112 px tiles
+    assert cache_size_for(560, 560, vision_tiles=4) == 1120  # 11b: the tiling needs 2x the tile side
+    with pytest.raises(ValueError, match="square number of tiles"):
+        cache_size_for(128, 64, vision_tiles=2)
