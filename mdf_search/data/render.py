@@ -152,10 +152,22 @@ def _headroom(img: np.ndarray, sigma: float) -> np.ndarray:
     """How far each pixel and channel may swing and stay in [0.05, 0.95] (so neither the grating nor the
     sensor noise clips, and the local mean is kept), made smooth: a minimum filter, then a Gaussian blur
     of ``sigma`` px. A sharp envelope (the edge of a vessel) would mix the grating down to low spatial
-    frequencies, where the vision tower's resize keeps it."""
+    frequencies, where the vision tower's resize keeps it. Large pictures are smoothed on a grid of
+    block minima (``sigma / 2`` px blocks) and resized back: the same envelope at a fraction of the cost."""
     bound = np.maximum(np.minimum(img, 1.0 - img) - 0.05, 0.0)
-    reach = 2 * math.ceil(sigma) + 1
-    smooth = ndimage.gaussian_filter(ndimage.minimum_filter(bound, size=(reach, reach, 1)), (sigma, sigma, 0))
+    step = max(1, int(sigma // 2))
+    coarse = bound
+    if step > 1:
+        side = -(-bound.shape[0] // step) * step
+        padded = np.pad(bound, ((0, side - bound.shape[0]), (0, side - bound.shape[1]), (0, 0)), mode="edge")
+        coarse = padded.reshape(side // step, step, side // step, step, 3).min(axis=(1, 3))
+    reach = 2 * math.ceil(sigma / step) + 1
+    smooth = ndimage.gaussian_filter(
+        ndimage.minimum_filter(coarse, size=(reach, reach, 1)), (sigma / step, sigma / step, 0)
+    )
+    if step > 1:
+        smooth = ndimage.zoom(smooth, (step, step, 1), order=1, grid_mode=True, mode="nearest")
+        smooth = smooth[: bound.shape[0], : bound.shape[1]]
     return np.minimum(smooth, bound)
 
 
