@@ -90,6 +90,7 @@ def prepare_trial_data(cfg: TrialConfig, *, workers: int = 2, progress: Any = No
         test_frac=data.test_frac,
         folds=data.folds,
         fold=data.fold,
+        test_source=data.test_source,
     )
     split_path = write_split(split, root / "splits")
     preset = get_preset(cfg.model.preset)
