@@ -248,15 +248,46 @@ def _fit(trainer: object) -> object:
 
 
 def _print_trial_metrics(metrics: dict[str, object]) -> None:
-    table = Table(title="final epoch")
+    """The trial's metrics at the epoch validation selected (SCIENCE.md: test only reports, and every
+    number shown for a trial comes from that epoch): its val/ and test/ values and training loss, from
+    the report's ``selected/`` keys (``search.callbacks.selected_view``), then the run's throughput and
+    memory. A report without a selected epoch (diverged or out of memory first) shows no val/test values."""
+    from mdf_search.search.callbacks import SELECTED, selected_view
+    from mdf_search.train.selection import Selection
+
+    default = Selection()  # `train` passes no selection to make_trainer: the default metric and mode
+    metric = str(metrics.get("selection_metric") or default.metric)
+    mode = str(metrics.get("selection_mode") or default.mode)
+    chosen = {k.removeprefix(SELECTED) for k in metrics if k.startswith(SELECTED)}
+    view = selected_view(metrics)
+    best, last = metrics.get("best_epoch"), metrics.get("epoch")
+    table = Table(title=f"selected epoch {best} of {last}" if chosen else f"epoch {last}, none selected")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        if key.startswith(
-            ("val/", "test/", "train_loss", "samples_per_s", "step_time_s", "startup_s", "peak_mem")
-        ) and not isinstance(value, list):
+
+    def row(key: str, value: object) -> None:
+        if not isinstance(value, list | dict):
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+
+    marked = metric if metric in chosen else f"val/type/{metric.removeprefix('val/')}"  # task=dual
+    for group in ("val/", "test/", "train_loss"):
+        for key in (k for k in view if k in chosen and k.startswith(group)):
+            row(f"{key} *" if key == marked else key, view[key])
+    run_keys = ("samples_per_s", "step_time_s", "startup_s", "peak_mem")
+    for key, value in metrics.items():
+        if key.startswith(run_keys):
+            row(key, value)
     console.print(table)
+    if chosen:
+        console.print(
+            f"epoch {best} of {last} was selected on validation by {marked} ({mode}, marked *); the val/, "
+            "test/ and train_loss rows are that epoch's, throughput and memory the run's",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"no epoch was selected ({last} epoch(s)): no validation or test metrics", highlight=False
+        )
 
 
 @app.command("export")

@@ -2,9 +2,13 @@
 
 ``leaderboard_command`` is the CLI's ``mdf-search leaderboard``; ``leaderboard_frame`` is the pure part
 (tests and the live view use it). ``--group-by`` collapses seeds into mean ± a 95 % **Student-t**
-interval of the mean (``t_ci95_lo``/``t_ci95_hi``; n < 2 gives no interval). Its ``best`` column is the
-shown metric *of the group's trial that validation selects* (the study's metric and mode), never the
-maximum of the shown metric itself: with ``--by test/...`` it is that trial's test score.
+interval of the mean (``t_ci95_lo``/``t_ci95_hi``; n < 2 gives no interval). Its unit is the *selected*
+trial of each (arm, seed) (``Experiment.selected``: the completed trial with the best study metric,
+validation choosing), so with ``--group-by arm`` n counts seeds, and a sampler design's several trials
+per (arm, seed) (nuisance points) never enter the mean side by side. ``trials`` is how many completed
+trials the selection chose from. ``best`` is the shown metric of the group's selected trial with the best
+study metric (validation selects), never the maximum of the shown metric itself: with ``--by test/...``
+it is that trial's test score.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
@@ -85,14 +89,31 @@ def leaderboard_frame(
             f"ranked by {metric}, a test metric: for reading only; choosing a configuration by it biases the "
             f"test estimate (select on {exp.metric})"
         )
-    title = f"{exp.name}: {'top' if not group_by else 'arms by'} {metric} ({exp.mode})"
+    title = f"{exp.name}: top {metric} ({exp.mode})"
     if group_by:
         if group_by not in frame.columns:
             raise ExperimentError(f"--group-by: no column {group_by!r}; try arm or a parameter key")
+        unit = "seeds" if group_by == "arm" else "(arm, seed)s"
+        groups = "arms" if group_by == "arm" else group_by
+        title = f"{exp.name}: {groups} by {metric} ({exp.mode}), mean over {unit}"
+        if where:
+            notes.append(
+                f"where: {where} ({frame.height} of {exp.trials.height} trials, filtered before validation "
+                "selects one per (arm, seed))"
+            )
         notes.append(
-            "mean over completed trials; t_ci95 = Student-t 95 % interval of the mean; best = the value of "
-            f"the trial with the best {exp.metric} (validation selects)"
+            f"n = {unit}: each (arm, seed) enters once, with its completed trial of best {exp.metric} "
+            f"({exp.mode}) on validation; trials = the completed trials that selection chose from; "
+            f"t_ci95 = Student-t 95 % interval of the mean over n; best = {metric} of the group's selected "
+            f"trial with the best {exp.metric}"
         )
+        if group_by not in ("arm", "seed", *exp.factors):
+            notes.append(
+                f"{group_by} is not a scientific factor: a group holds the (arm, seed)s whose selected "
+                "trial had that value; the ungrouped view shows every trial"
+            )
+        if exp.metric not in exp.trials.columns:
+            notes.append(f"no column {exp.metric!r} (the study metric): no trial can be selected, n = 0")
         return Board(_grouped(frame, metric, group_by, exp).head(top), title, notes)
     extra = [m for m in HEADLINE if m != metric and m in frame.columns]
     ranked = _sort(frame, metric, descending).head(top)
@@ -107,36 +128,42 @@ def leaderboard_frame(
 
 
 def _grouped(frame: pl.DataFrame, metric: str, group_by: str, exp: Experiment) -> pl.DataFrame:
-    """Mean ± 95 % Student-t interval per group over its *completed* trials (n = trials; diverged or
-    early-stopped values are not a seed's result); groups with none keep a row with n = 0. ``best`` is
-    ``metric`` of the group's trial with the best study metric (validation selects; ties: lowest id)."""
-    usable = pl.col(metric).is_not_null() & pl.col(metric).is_not_nan() & (pl.col("status") == "completed")
-    valid = frame.filter(usable)
-    selector = exp.metric if exp.metric in valid.columns else metric
+    """Mean ± 95 % Student-t interval per group over the *selected* trial of each (arm, seed) in it
+    (``Experiment.selected`` over the trials of ``frame``: completed, best study metric; diverged or
+    early-stopped values are not a seed's result); a seed whose selected trial has no value of
+    ``metric`` adds nothing. Groups with none keep a row with n = 0. ``best`` is ``metric`` of the group's
+    selected trial with the best study metric (validation selects; ties: lowest id)."""
+    candidates = exp if frame.height == exp.trials.height else replace(exp, trials=frame, _cache={})
+    chosen = candidates.selected()
+    completed = frame.filter(pl.col("status") == "completed")
+    counts = dict(completed.group_by(group_by).len().iter_rows()) if completed.height else {}
     rows: list[dict[str, Any]] = []
-    for key, part in valid.group_by(group_by, maintain_order=True):
-        values = part[metric].to_numpy()
-        lo, hi = t_interval(values)
-        chosen = _sort(part.sort("trial_id"), selector, exp.descending).row(0, named=True)
-        rows.append(
-            {
-                group_by: key[0],
-                "n": len(values),
-                "mean": float(values.mean()),
-                "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
-                "t_ci95_lo": None if math.isnan(lo) else lo,
-                "t_ci95_hi": None if math.isnan(hi) else hi,
-                "best": float(chosen[metric]),
-            }
-        )
+    if group_by in chosen.columns and metric in chosen.columns:
+        for key, part in chosen.group_by(group_by, maintain_order=True):
+            value = pl.col(metric).cast(pl.Float64)
+            values = part.filter(value.is_not_null() & value.is_not_nan())[metric].cast(pl.Float64).to_numpy()
+            if not len(values):
+                continue
+            lo, hi = t_interval(values)
+            best = _sort(part.sort("trial_id"), exp.metric, exp.descending).row(0, named=True)[metric]
+            rows.append(
+                {
+                    group_by: key[0],
+                    "n": len(values),
+                    "trials": int(counts.get(key[0], 0)),
+                    "mean": float(values.mean()),
+                    "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
+                    "t_ci95_lo": None if math.isnan(lo) else lo,
+                    "t_ci95_hi": None if math.isnan(hi) else hi,
+                    "best": None if best is None or math.isnan(best) else float(best),
+                }
+            )
     seen = {r[group_by] for r in rows}
     for key in frame[group_by].unique(maintain_order=True).to_list():
         if key not in seen:
-            rows.append(
-                {group_by: key, "n": 0, "mean": None, "sd": None, "t_ci95_lo": None, "t_ci95_hi": None}
-            )
-    schema: dict[str, pl.DataType] = {group_by: frame.schema[group_by], "n": pl.Int64(), "mean": pl.Float64()}
-    schema["sd"] = pl.Float64()
+            rows.append({group_by: key, "n": 0, "trials": int(counts.get(key, 0))})
+    schema: dict[str, pl.DataType] = {group_by: frame.schema[group_by], "n": pl.Int64(), "trials": pl.Int64()}
+    schema |= {"mean": pl.Float64(), "sd": pl.Float64()}
     schema |= {"t_ci95_lo": pl.Float64(), "t_ci95_hi": pl.Float64(), "best": pl.Float64()}
     out = pl.DataFrame(rows, schema=schema)
     return out.sort("mean", descending=exp.descending, nulls_last=True).with_row_index("rank", offset=1)

@@ -40,7 +40,11 @@ def test_group_by_arm_collapses_completed_seeds_into_mean_and_t_interval(
     rows = {r["arm"]: r for r in frame.iter_rows(named=True)}
     none = rows["fusion.levels=none"]
     half = 4.302652729911275 * 0.1 / math.sqrt(3)
-    assert none["n"] == 3 and none["mean"] == pytest.approx(0.6) and none["sd"] == pytest.approx(0.1)
+    assert (
+        none["n"] == none["trials"] == 3
+        and none["mean"] == pytest.approx(0.6)
+        and none["sd"] == pytest.approx(0.1)
+    )
     assert none["t_ci95_lo"] == pytest.approx(0.6 - half) and none["t_ci95_hi"] == pytest.approx(0.6 + half)
     four = rows["fusion.levels=4"]  # the diverged value (0.1) and the error are not seeds' results
     assert four["n"] == 2 and four["mean"] == pytest.approx(0.85) and four["best"] == pytest.approx(0.9)
@@ -86,3 +90,40 @@ def test_errors_exit_2(
     assert leaderboard_command(str(root), 5, "val/nope", None, None, "table", False) == 2
     assert leaderboard_command(str(root), 5, None, None, None, "xml", False) == 2
     assert leaderboard_command(str(root), 5, None, None, "nope", "table", False) == 2
+
+
+def test_group_by_arm_averages_the_validation_selected_trial_of_each_seed(
+    hand_experiment: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sampler design: two trials per (arm, seed) at different nuisance points. The mean is over seeds,
+    each entering with the trial that validation selected, never over every trial."""
+    arm = "fusion.levels=4"
+    values = {
+        arm: [
+            (0, "completed", 0.80, {"test/accuracy": 0.50}),  # t000: selected for seed 0
+            (0, "completed", 0.60, {"test/accuracy": 0.90}),  # t001
+            (1, "completed", 0.70, {"test/accuracy": 0.60}),  # t002
+            (1, "completed", 0.90, {"test/accuracy": 0.40}),  # t003: selected for seed 1
+            (1, "stopped_early", 0.99, {"test/accuracy": 0.99}),  # t004: not a seed's result
+        ]
+    }
+    root = hand_experiment(values)
+    exp = load_experiment(str(root))
+    board = leaderboard_frame(exp, group_by="arm")
+    row = board.frame.row(0, named=True)
+    half = 12.706204736174707 * math.sqrt(0.005) / math.sqrt(2)
+    assert row["n"] == 2 and row["trials"] == 4  # n counts seeds, not the four completed trials
+    assert row["mean"] == pytest.approx(0.85)  # (0.80 + 0.90) / 2; over every trial it would be 0.75
+    assert row["t_ci95_lo"] == pytest.approx(0.85 - half) and row["best"] == pytest.approx(0.90)
+    assert any(n.startswith("n = seeds: each (arm, seed) enters once") for n in board.notes)
+
+    test = leaderboard_frame(exp, by="test/accuracy", group_by="arm").frame.row(0, named=True)
+    assert test["mean"] == pytest.approx(0.45)  # the selected trials' 0.50 and 0.40, not 0.60 over all
+    assert test["best"] == pytest.approx(0.40)  # seed 1's selected trial has the best validation score
+
+    # where filters the candidates before validation selects: without t003, seed 1 selects t002
+    narrowed = leaderboard_frame(exp, where='trial_id != "t003"', group_by="arm").frame.row(0, named=True)
+    assert narrowed["n"] == 2 and narrowed["mean"] == pytest.approx(0.75)
+
+    assert leaderboard_command(str(root), 5, None, None, "arm", "table", False) == 0
+    assert "n = seeds" in capsys.readouterr().out
