@@ -132,7 +132,8 @@ def paired_effect_size(differences: Sequence[float] | np.ndarray) -> float:
     if d.size < 2:
         return NAN
     sd = float(d.std(ddof=1))
-    return float(d.mean()) / sd if sd > 0 else NAN
+    # Identical differences leave only rounding noise in sd (1e-17): the ratio would be meaningless.
+    return float(d.mean()) / sd if sd > 1e-12 * max(1.0, abs(float(d.mean()))) else NAN
 
 
 def relative_change(variant: float, baseline: float) -> float:

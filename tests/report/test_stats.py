@@ -81,3 +81,10 @@ def test_ci_coverage_t_holds_its_level_and_the_bootstrap_undercovers() -> None:
     )
     with pytest.raises(ValueError, match="n >= 2"):
         stats.ci_coverage((1,))
+
+
+def test_effect_size_is_undefined_when_every_difference_is_the_same() -> None:
+    # 0.444... three times: sd is rounding noise, not a spread (it printed d_z = 6.5e15 before)
+    diffs = [1.0 - 0.5555555555555556] * 3
+    assert math.isnan(stats.paired_effect_size(diffs))
+    assert stats.paired_effect_size([0.1, 0.2, 0.3]) == pytest.approx(2.0)

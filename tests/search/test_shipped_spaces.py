@@ -32,9 +32,12 @@ def test_space_opens_with_the_command_that_runs_it(path: Path) -> None:
 
 def test_smoke_is_small_enough_for_a_two_core_cpu() -> None:
     spec = load_spec(SPACES[[p.stem for p in SPACES].index("smoke")])
-    assert num_trials(spec) <= 8
+    assert num_trials(spec) <= 9
     assert spec.fixed["model.preset"] == "tiny" and spec.resources.gpus_per_worker == 0
-    assert arms(spec)[0].id == "fusion.levels=none"  # the baseline first
+    ids = [arm.id for arm in arms(spec)]
+    assert ids[0] == "fusion.levels=none|data.order_salt=0"  # the baseline first
+    # the calibration's two controls: the planted positive (fused) and the negative (data order only)
+    assert set(ids[1:]) == {"fusion.levels=none|data.order_salt=1", "fusion.levels=23"}
 
 
 def test_gpu_spaces_fit_their_declared_gpus() -> None:
