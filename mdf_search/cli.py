@@ -431,8 +431,7 @@ def _run_study(
     )
     if report and "://" not in outcome.experiment_root:
         out = report_dir or f"reports/{spec.experiment}"  # type: ignore[attr-defined]
-        if report_command(outcome.experiment_root, out) == 0:
-            console.print(f"report: {out}/report.md and {out}/report.html")
+        report_command(outcome.experiment_root, out)  # prints where the report went
     if outcome.stopped_reason:
         raise fail(f"sweep stopped: {outcome.stopped_reason}", code=1)
 
