@@ -96,6 +96,7 @@ def build_ds_config(
     }
     if not on_gpu and not optim.offload_optimizer:
         adam["torch_adam"] = True
+    warmup = round(optim.warmup_frac * total)
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": optim.micro_batch,
         "gradient_accumulation_steps": optim.grad_accum,
@@ -105,8 +106,10 @@ def build_ds_config(
             "type": "WarmupCosineLR",
             "params": {
                 "total_num_steps": total,
-                "warmup_num_steps": round(optim.warmup_frac * total),
-                "warmup_min_ratio": 0.0,
+                # DeepSpeed refuses 0 warmup steps: a run too short for one gets a single step that
+                # starts at the full lr (min ratio 1), i.e. no warmup at all.
+                "warmup_num_steps": max(1, warmup),
+                "warmup_min_ratio": 0.0 if warmup else 1.0,
                 "cos_min_ratio": COS_MIN_RATIO,
                 "warmup_type": "linear",
             },

@@ -116,3 +116,18 @@ def test_param_groups_have_role_learning_rates_and_only_trainable_params() -> No
     assert grouped == sum(p.numel() for p in model.parameters() if p.requires_grad)
     scales = next(g for g in groups if g["name"] == "fusion.no_decay")["params"]
     assert any(p.numel() == 1 for p in scales)  # the tanh-gated fusion scales are not decayed
+
+
+def test_a_run_too_short_for_one_warmup_step_gets_none_instead_of_a_refusal() -> None:
+    # 2 steps x warmup_frac 0.1 rounds to 0 warmup steps, which DeepSpeed's WarmupCosineLR refuses.
+    import torch
+    from deepspeed.runtime.lr_schedules import WarmupCosineLR
+
+    cfg = _cfg(**{"optim.epochs": 1, "optim.warmup_frac": 0.1})
+    params = build_ds_config(cfg, world_size=2, steps_per_epoch=2, on_gpu=False)["scheduler"]["params"]
+    assert params["warmup_num_steps"] == 1 and params["warmup_min_ratio"] == 1.0
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    WarmupCosineLR(optimizer, **params).step()  # the schedule's first step
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5)  # full lr at once: no warmup
+    longer = build_ds_config(cfg, world_size=2, steps_per_epoch=50, on_gpu=False)["scheduler"]["params"]
+    assert longer["warmup_num_steps"] == 5 and longer["warmup_min_ratio"] == 0.0
