@@ -35,11 +35,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mdf_search.config import SPLITS
 from mdf_search.data.schema import DataError, atomic_file, manifest_hash
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("stratified", "kfold", "authors", "leave_source_out")
+SCHEMES = SPLITS  # one vocabulary: config.py validates data.split against the same names
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_SCHEMA = pa.schema(
     [
