@@ -34,14 +34,8 @@ import pyarrow.parquet as pq
 from numpy.lib.format import open_memmap
 from PIL import Image
 
-from mdf_search.data.schema import (
-    DataError,
-    LabelSpace,
-    commit_dir,
-    manifest_hash,
-    read_manifest,
-    temp_sibling,
-)
+from mdf_search.atomic import commit_dir, temp_sibling
+from mdf_search.data.schema import DataError, LabelSpace, manifest_hash, read_manifest
 
 log = logging.getLogger(__name__)
 

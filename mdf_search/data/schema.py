@@ -11,20 +11,18 @@ gets the same label → index mapping the cache and the metrics use, without a s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import shutil
-import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mdf_search.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -151,44 +149,6 @@ class LabelSpace:
     def from_json(cls, text: str | bytes) -> LabelSpace:
         data = json.loads(text)
         return cls(tuple(data["diseases"]), tuple(data["types"]), dict(data["disease_types"]))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Atomic writes: nothing half-written is ever visible under its final name.
-# ---------------------------------------------------------------------------------------------------
-def temp_sibling(path: Path, tag: str = "tmp") -> Path:
-    """A unique name next to ``path`` (same filesystem, so the final rename is atomic)."""
-    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path; on success it replaces ``path`` atomically, on error it is removed."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(final)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def commit_dir(tmp: Path, final: Path) -> bool:
-    """Rename a finished temp directory to its final name; False if another process won the race.
-
-    ``rename`` onto an existing non-empty directory fails on POSIX, so exactly one writer commits and
-    the loser deletes its copy and uses the winner's (identical by construction: same key, same inputs).
-    """
-    try:
-        os.rename(tmp, final)
-        return True
-    except OSError:
-        if not final.exists():
-            raise
-        log.info("%s was committed by another process; discarding this copy", final)
-        shutil.rmtree(tmp, ignore_errors=True)
-        return False
 
 
 # ---------------------------------------------------------------------------------------------------

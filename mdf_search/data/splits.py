@@ -35,8 +35,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mdf_search.atomic import atomic_file
 from mdf_search.config import SPLITS
-from mdf_search.data.schema import DataError, atomic_file, manifest_hash
+from mdf_search.data.schema import DataError, manifest_hash
 
 log = logging.getLogger(__name__)
 

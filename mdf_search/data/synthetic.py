@@ -68,8 +68,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from mdf_search.atomic import commit_dir, temp_sibling
 from mdf_search.data.render import control_frequency, min_size_for_control, render_fundus
-from mdf_search.data.schema import commit_dir, read_manifest, temp_sibling, write_manifest
+from mdf_search.data.schema import read_manifest, write_manifest
 from mdf_search.data.sources import prepare
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 from typing import Any
 
 import pyarrow as pa
@@ -29,7 +30,29 @@ KEYS: dict[str, tuple[str, ...]] = {
     "predictions": ("trial_id", "attempt", "split", "task", "sample_id"),
 }
 
-STATUSES = ("running", "completed", "stopped_early", "diverged", "oom", "infeasible", "error")
+
+class Status(StrEnum):
+    """A trial attempt's state, as written in the ``status`` column (the values are the strings).
+
+    ``running`` until the trial ends; then ``completed`` (all epochs), ``stopped_early`` (ASHA),
+    or a failure: ``diverged`` (non-finite loss), ``oom``, ``infeasible`` (the memory plan refused it)
+    or ``error`` (anything else, with the message).
+    """
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED_EARLY = "stopped_early"
+    DIVERGED = "diverged"
+    OOM = "oom"
+    INFEASIBLE = "infeasible"
+    ERROR = "error"
+
+    @property
+    def failed(self) -> bool:
+        return self in FAILED
+
+
+FAILED = frozenset({Status.DIVERGED, Status.OOM, Status.INFEASIBLE, Status.ERROR})
 
 TRIAL_CORE = pa.schema(
     [

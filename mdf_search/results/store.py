@@ -7,13 +7,13 @@ Layout under ``<storage>/<experiment>/`` (a local path or any pyarrow filesystem
     trials/compact-<seq>.parquet, epochs/compact-<seq>.parquet   parts folded together (see below)
     predictions/<trial_id>-a<attempt>.parquet   per-sample predictions of the attempt's selected epoch
 
-Writes are atomic: a part is written under a ``.tmp`` name that no reader globs, then renamed over its
-final name. A part's name is its key, so rewriting a trial's state or a resumed epoch replaces the row
+Writes are atomic (``mdf_search.atomic``): a part is written under a hidden ``.tmp`` name that no reader
+globs, then moved over its final name. A part's name is its key, so rewriting a trial's state or a resumed epoch replaces the row
 instead of duplicating it, and readers also de-duplicate by key keeping the newest ``written_at``.
 
 Compaction keeps reads fast for large studies: after every ``COMPACT_EVERY`` new parts the writer folds
 the compact file and the parts into one new compact file (written atomically), then deletes the folded
-parts. A reader that lists a part just before it is deleted retries once.
+parts. A reader that lists a part just before it is deleted lists again (up to ``READ_TRIES`` times).
 
 Predictions (``results/schema.py``: one row per trial, attempt, split, sample and head, softmax
 probabilities in ``prob/<class>`` columns) are never compacted: a part holds one attempt's validation and
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,10 +36,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mdf_search.atomic import atomic_stream
 from mdf_search.results.schema import KEYS, PREDICTION_SAMPLE, PREDICTION_TRIAL, PROB, to_table
 
 log = logging.getLogger(__name__)
 COMPACT_EVERY = 256
+READ_TRIES = 3  # a listing raced by compaction is retried; three races in a row would need a stuck writer
 TABLES = ("trials", "epochs")
 
 
@@ -70,11 +71,8 @@ class ResultsStore:
     def _write(self, table_name: str, name: str, table: pa.Table, *, compact: bool = True) -> None:
         directory = f"{self.path}/{table_name}"
         self.fs.create_dir(directory, recursive=True)
-        final = f"{directory}/{name}.parquet"
-        tmp = f"{directory}/.{name}.{uuid.uuid4().hex[:8]}.parquet.tmp"
-        with self.fs.open_output_stream(tmp) as sink:
+        with atomic_stream(self.fs, f"{directory}/{name}.parquet") as sink:
             pq.write_table(table, sink)
-        self.fs.move(tmp, final)
         if not compact:
             return
         self._since_compaction[table_name] += 1
@@ -121,11 +119,8 @@ class ResultsStore:
         frame = self._read_files(table_name, files)
         seq = time.time_ns()
         name = f"compact-{seq}"
-        directory = f"{self.path}/{table_name}"
-        tmp = f"{directory}/.{name}.parquet.tmp"
-        with self.fs.open_output_stream(tmp) as sink:
+        with atomic_stream(self.fs, f"{self.path}/{table_name}/{name}.parquet") as sink:
             pq.write_table(frame.to_arrow(), sink)
-        self.fs.move(tmp, f"{directory}/{name}.parquet")
         for info in files:
             self.fs.delete_file(info)
         self._since_compaction[table_name] = 0
@@ -160,11 +155,11 @@ class ResultsStore:
         """The whole table, de-duplicated by its key (newest ``written_at`` wins)."""
         if table_name not in TABLES:
             raise ValueError(f"table must be one of {list(TABLES)}, but got {table_name!r}")
-        for attempt in range(3):
+        for attempt in range(READ_TRIES):
             try:
                 return self._read_files(table_name, self._files(table_name))
             except FileNotFoundError:  # a part was compacted away between listing and reading
-                if attempt == 2:
+                if attempt == READ_TRIES - 1:
                     raise
         raise AssertionError("unreachable")
 

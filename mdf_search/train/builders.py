@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
+from mdf_search.atomic import commit_dir, temp_sibling
 from mdf_search.config import TrialConfig
 from mdf_search.data.batches import prompt_text
 from mdf_search.data.cache import build_cache, cache_size_for
-from mdf_search.data.schema import LabelSpace, commit_dir, read_manifest, temp_sibling
+from mdf_search.data.schema import LabelSpace, read_manifest
 from mdf_search.data.splits import make_split, write_split
 from mdf_search.data.synthetic import ensure_synthetic
 from mdf_search.model.mdf import MDFModel, task_classes

@@ -97,7 +97,7 @@ def test_mask_size_mismatch(study_copy: Path, tmp_path: Path) -> None:
 
 
 def test_race_loser_discards_its_copy(tmp_path: Path) -> None:
-    from mdf_search.data.schema import commit_dir
+    from mdf_search.atomic import commit_dir
 
     winner, loser = tmp_path / "key", tmp_path / ".key.tmp-1"
     for d in (winner, loser):
