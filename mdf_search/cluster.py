@@ -2,7 +2,7 @@
 
 - no address and no ``RAY_ADDRESS``: start a local Ray with this machine's CPUs/GPUs, a temp dir the
   caller may choose (tests own theirs), and the ``trial_slot`` custom resource that places trial drivers
-  and caps concurrent trials (FACTS.md: a driver cannot ask for 0 CPUs);
+  and caps concurrent trials (docs/stack-facts.md: a driver cannot ask for 0 CPUs);
 - ``--address`` / ``RAY_ADDRESS`` (``ray job submit`` sets it): connect; never pass ``num_cpus`` then.
 
 Ray 2.60 local clusters use token auth by default: a client outside the job needs ``RAY_AUTH_MODE=token``.
@@ -17,6 +17,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 TRIAL_SLOT = "trial_slot"
+GPU_MEM_GB = 80.0  # memory per GPU assumed when none is given: an A100/H100 80 GB
 
 
 def worker_env() -> dict[str, str]:
