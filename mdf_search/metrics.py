@@ -1,5 +1,9 @@
 """Classification metrics over a whole evaluation split (pure numpy).
 
+Both sides of the package use them, so they belong to neither: the trial loop (``train/``) computes every
+split's metrics here, and the report (``report/``) its type breakdown and synthetic studies. The module
+imports nothing from ``mdf_search``.
+
 Why a module of our own instead of averaging per-batch numbers: recall, F1 and balanced accuracy do not
 decompose over batches, and ``DistributedSampler`` pads the last batch of every rank by repeating samples,
 so the gathered predictions hold duplicates. The loop gathers ``(sample index, prediction, label)`` from

@@ -7,8 +7,10 @@ import warnings
 
 import numpy as np
 import pytest
+import sklearn.metrics as skm
+from sklearn.utils.class_weight import compute_class_weight
 
-from mdf_search.train.metrics import (
+from mdf_search.metrics import (
     auroc_metrics,
     balanced_class_weights,
     binary_auroc,
@@ -84,7 +86,6 @@ def test_invalid_inputs_say_what_is_wrong(y_true: np.ndarray, y_pred: np.ndarray
 
 
 def test_agrees_with_scikit_learn_on_random_splits() -> None:
-    skm = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(0)
     for trial in range(30):
         n = int(rng.integers(1, 40))
@@ -205,7 +206,6 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def test_auroc_agrees_with_scikit_learn_with_ties_and_absent_classes() -> None:
-    skm = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(1)
     names = [f"k{i}" for i in range(5)]
     checked_absent = 0
@@ -239,7 +239,6 @@ def test_auroc_hand_computed_ties_count_half() -> None:
 
 
 def test_auroc_multiclass_one_vs_rest_equals_scikit_learn_macro_when_every_class_occurs() -> None:
-    skm = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(2)
     y = np.tile(np.arange(3), 10)
     probs = _softmax(rng.normal(size=(30, 3)) + np.eye(3)[y])
@@ -269,10 +268,9 @@ def test_auroc_rejects_probabilities_of_the_wrong_shape() -> None:
 
 # -- class weights --------------------------------------------------------------------------------------
 def test_balanced_class_weights_agree_with_scikit_learn() -> None:
-    utils = pytest.importorskip("sklearn.utils")
     y = np.array([0, 0, 0, 0, 1, 1, 2])
     weights = balanced_class_weights(y, 3)
-    expected = utils.class_weight.compute_class_weight("balanced", classes=np.arange(3), y=y)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=y)
     assert weights.tolist() == pytest.approx(expected.tolist())
     assert weights.tolist() == pytest.approx([7 / (3 * 4), 7 / (3 * 2), 7 / (3 * 1)])
     # weighted, every class contributes the same total weight: n / k

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mdf_search.data.schema import DISEASE_TYPES
+from mdf_search.metrics import type_breakdown
 from mdf_search.report import figures as fg
 from mdf_search.report import tables as tb
 from mdf_search.report.compare import Comparison, seed_values
@@ -312,9 +314,6 @@ def _type_breakdown(
             "The task is the disease *type*: the acquired and inherited rows above are the type breakdown."
         )
         return
-    from mdf_search.data.schema import DISEASE_TYPES
-    from mdf_search.train.metrics import type_breakdown
-
     if not matrices or not all(c in DISEASE_TYPES for c in classes):
         sec.note("classes without a known disease type: no acquired/inherited breakdown.")
         return
@@ -339,6 +338,6 @@ def _type_breakdown(
             "type_breakdown",
             ["arm", "type", "macro recall", "macro F1", "support"],
             rows,
-            "acquired vs inherited (train.metrics.type_breakdown on the summed confusion matrices)",
+            "acquired vs inherited (metrics.type_breakdown on the summed confusion matrices)",
         )
     )

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 DEFAULT_METRIC = ("val/macro_f1", "max")
 HEADLINE = ("val/accuracy", "val/macro_f1", "val/macro_recall", "val/auroc")
 FINISHED_OK = ("completed", "stopped_early")
-TASK_HEADS = ("disease", "type")  # metric namespaces of task=dual (train.metrics.metrics_for_tasks)
+TASK_HEADS = ("disease", "type")  # metric namespaces of task=dual (metrics.metrics_for_tasks)
 
 
 class ExperimentError(ValueError):

@@ -10,7 +10,7 @@ strata: the statistic is the mean over seeds of the per-seed difference. Seeds w
 same cases (a split that does not depend on the training seed, the usual design) share one resampling,
 because a hard case is hard for every seed; seeds with different test sets are resampled separately.
 It returns Δ (arm − baseline) of test accuracy and of macro-F1 (the same definition as
-``train.metrics``: classes present in labels or predictions, zero division 0), the 95 % percentile
+``mdf_search.metrics``: classes present in labels or predictions, zero division 0), the 95 % percentile
 interval and a two-sided p: the share of resampled Δ at least as far from the observed Δ as the
 observed Δ is from 0 (the bootstrap distribution shifted to the null), with the +1 correction, so
 ``p >= 1 / (n_boot + 1)``.

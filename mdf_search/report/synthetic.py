@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from mdf_search.metrics import classification_metrics
 from mdf_search.results.schema import to_table
 from mdf_search.results.store import ResultsStore
 from mdf_search.search.designs import arms, trial_params
@@ -100,8 +101,6 @@ def _draw(rng: np.random.Generator, quality: float, n: int = 60) -> tuple[np.nda
 
 
 def _metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    from mdf_search.train.metrics import classification_metrics
-
     return dict(classification_metrics(y_true, y_pred, CLASSES))
 
 

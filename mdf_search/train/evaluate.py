@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mdf_search.train.metrics import dedupe_predictions, metrics_for_tasks, prefixed
+from mdf_search.metrics import dedupe_predictions, metrics_for_tasks, prefixed
 from mdf_search.train.predictions import Gathered
 
 if TYPE_CHECKING:

@@ -45,6 +45,7 @@ from mdf_search.data.batches import Collator, FundusDataset
 from mdf_search.data.cache import open_cache
 from mdf_search.data.schema import LabelSpace
 from mdf_search.data.splits import read_split
+from mdf_search.metrics import balanced_class_weights, prefixed
 from mdf_search.model.freezing import parameter_counts
 from mdf_search.model.mdf import MDFOutput, mdf_loss
 from mdf_search.model.presets import get_preset
@@ -52,7 +53,6 @@ from mdf_search.train import checkpoint, predictions
 from mdf_search.train.builders import TrialData, build_model
 from mdf_search.train.deepspeed import build_ds_config, initialize, optimizer_steps, zero3_construction
 from mdf_search.train.evaluate import evaluate, evaluate_test, gather, to_device
-from mdf_search.train.metrics import balanced_class_weights, prefixed
 from mdf_search.train.predictions import Gathered
 from mdf_search.train.selection import Selection
 

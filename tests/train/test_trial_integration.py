@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from mdf_search.config import TrialConfig
+from mdf_search.metrics import metrics_for_tasks
 from mdf_search.train import predictions
 from mdf_search.train.builders import TrialData, prepare_trial_data
 from mdf_search.train.checkpoint import export_checkpoint, load_exported
-from mdf_search.train.metrics import metrics_for_tasks
 from mdf_search.train.selection import Selection
 from mdf_search.train.trainer import EpochLog, make_trainer
 
