@@ -1,27 +1,21 @@
-"""Designs: hand-checked arms, stable ids, and a real in-memory Optuna study driving the define-by-run."""
+"""Designs: hand-checked arms, stable ids, trial params, and the define-by-run on a real Optuna trial."""
 
 from __future__ import annotations
 
-import itertools
-import math
-import pickle
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 import yaml
+from optuna.trial import FixedTrial
 
 from mdf_search.config import TrialConfig
 from mdf_search.search.designs import (
     Arm,
-    ArmBudgetSampler,
-    _ArmView,
     arms,
     default_storage_url,
     define_by_run,
-    make_sampler,
     num_trials,
     study_name,
     trial_params,
@@ -130,102 +124,36 @@ def test_trial_params_are_complete_and_pass_trial_config(tmp_path: Path) -> None
     assert (cfg.freeze.strategy, cfg.freeze.lora_rank, cfg.optim.epochs, cfg.run.seed) == ("lora", 8, 2, 1)
 
 
-def _drive(
-    spec: SearchSpec, n: int, storage: Any = None
-) -> list[tuple[optuna.trial.FrozenTrial, dict[str, Any]]]:
-    """Ask/tell like Ray's OptunaSearch: the define-by-run runs on each asked trial."""
-    study = optuna.create_study(
-        study_name=study_name(spec),
-        storage=storage,
-        sampler=make_sampler(spec),
-        direction="maximize",
-        load_if_exists=True,
-    )
-    space = define_by_run(spec, extra={"gpu_mem_gb": 80.0})
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        config = space(trial)
-        value = -math.log(config["params"].get("optim.lr", 1e-3)) + len(config["arm"]) * 0.01
-        study.tell(trial, value)
-        out.append((study.trials[trial.number], config))
-    return out
-
-
-def test_grid_study_enumerates_every_arm_and_seed_exactly_once(tmp_path: Path) -> None:
-    spec = _spec(tmp_path)
-    done = _drive(spec, num_trials(spec))
-    pairs = Counter((config["arm"], config["params"]["seed"]) for _, config in done)
-    assert pairs == Counter(itertools.product(_ids(spec), spec.seeds))
-    for trial, config in done:
-        assert trial.params == {"arm": config["arm"], "seed": config["params"]["seed"]}
-        assert config["gpu_mem_gb"] == 80.0
-        TrialConfig.from_flat(config["params"])
-
-
-SAMPLER_FIELDS: dict[str, Any] = {
-    "scientific": {"freeze": ["none", "mllm", "lora"]},
-    "nuisance": {
-        "optim.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
-        "optim.micro_batch": {"low": 2, "high": 8, "int": True, "step": 2},
-        "freeze.lora_rank": {"choices": [4, 8, 16], "when": {"freeze": "lora"}},
-    },
-    "fixed": {"model.preset": "tiny", "fusion.levels": "1234"},
-    "budget": {"trials": 12, "trials_per_arm": 4, "epochs": 1},
-}
-
-
-@pytest.mark.parametrize("design", ["tpe", "qmc", "gp"])
-def test_sampler_designs_give_each_arm_its_budget(tmp_path: Path, design: str) -> None:
-    spec = _spec(tmp_path, design=design, **SAMPLER_FIELDS)
-    assert num_trials(spec) == 12
-    done = _drive(spec, num_trials(spec))
-    per_arm = Counter(config["arm"] for _, config in done)
-    assert per_arm == {"freeze=none": 4, "freeze=mllm": 4, "freeze=lora": 4}
-    seeds = Counter((config["arm"], config["params"]["seed"]) for _, config in done)
-    assert set(seeds.values()) == {2}  # the arm's 4 trials alternate over the 2 seeds
-    for trial, config in done:
-        lora = config["arm"] == "freeze=lora"
-        assert ("freeze.lora_rank[freeze=lora]" in trial.params) == lora
-        assert ("freeze.lora_rank" in config["params"]) == lora
-        assert set(trial.params) >= {"arm", "seed", "optim.lr", "optim.micro_batch"}
-        assert config["params"]["optim.micro_batch"] in (2, 4, 6, 8)
-        TrialConfig.from_flat(config["params"])
-
-
-def test_round_robin_continues_when_the_study_is_resumed(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, design="tpe", **SAMPLER_FIELDS)
-    storage = optuna.storages.InMemoryStorage()
-    first = _drive(spec, 5, storage)
-    second = _drive(spec, 7, storage)  # a fresh sampler and study object on the same storage
-    per_arm = Counter(config["arm"] for _, config in first + second)
-    assert per_arm == {"freeze=none": 4, "freeze=mllm": 4, "freeze=lora": 4}
-
-
-def test_each_arm_sampler_sees_only_its_own_trials(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, design="tpe", **SAMPLER_FIELDS)
-    study = optuna.create_study(sampler=make_sampler(spec), direction="maximize")
-    space = define_by_run(spec)
-    for _ in range(6):
-        trial = study.ask()
-        study.tell(trial, float(len(space(trial)["arm"])))
-    view = _ArmView(study, "freeze=lora")
-    assert [t.number for t in view._get_trials(deepcopy=False)] == [2, 5]
-    assert [t.number for t in view.trials] == [2, 5]
-    assert view.direction == study.direction  # everything else is the study's
-
-
-def test_sampler_and_space_survive_pickle(tmp_path: Path) -> None:
-    """Ray's OptunaSearch pickles its space and sampler into every searcher checkpoint."""
-    for design in ("grid", "tpe"):
-        spec = _spec(tmp_path, design=design, **SAMPLER_FIELDS)
-        sampler = pickle.loads(pickle.dumps(make_sampler(spec)))
-        space = pickle.loads(pickle.dumps(define_by_run(spec)))
-        assert space.arms.keys() == {a.id for a in arms(spec)}
-        if design == "tpe":
-            assert isinstance(sampler, ArmBudgetSampler) and sampler.arm_of(4) == "freeze=mllm"
-        else:
-            assert isinstance(sampler, optuna.samplers.GridSampler)
+def test_define_by_run_asks_for_the_arm_the_seed_and_the_active_nuisance(tmp_path: Path) -> None:
+    fields: dict[str, Any] = {
+        "scientific": {"freeze": ["none", "lora"]},
+        "nuisance": {
+            "optim.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
+            "freeze.lora_rank": {"choices": [4, 8], "when": {"freeze": "lora"}},
+        },
+        "budget": {"trials": 4, "epochs": 1},
+    }
+    space = define_by_run(_spec(tmp_path, design="tpe", **fields), extra={"gpu_mem_gb": 40.0})
+    # FixedTrial answers only the names it holds: asking for any other parameter raises.
+    names = {"arm": "freeze=lora", "seed": 1, "optim.lr": 0.002, "freeze.lora_rank[freeze=lora]": 4}
+    assert space(FixedTrial(names)) == {
+        "gpu_mem_gb": 40.0,
+        "arm": "freeze=lora",
+        "params": {
+            "model.preset": "tiny",
+            "freeze": "lora",
+            "optim.lr": 0.002,
+            "freeze.lora_rank": 4,
+            "seed": 1,
+            "optim.epochs": 1,
+            "run.workers": 2,
+        },
+    }
+    plain = space(FixedTrial({"arm": "freeze=none", "seed": 0, "optim.lr": 0.002}))
+    assert plain["arm"] == "freeze=none" and "freeze.lora_rank" not in plain["params"]
+    grid = define_by_run(_spec(tmp_path, design="grid", **fields))  # nuisance held at the defaults
+    held = grid(FixedTrial({"arm": "freeze=lora", "seed": 0}))["params"]
+    assert held["optim.lr"] == pytest.approx(1.0e-3) and held["freeze.lora_rank"] == 4
 
 
 def test_names_and_storage(tmp_path: Path) -> None:

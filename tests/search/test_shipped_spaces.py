@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from mdf_search.search.designs import arms, num_trials
-from mdf_search.search.space import load_spec, validate_files
+from mdf_search.search.space import load_spec
+from mdf_search.search.validate import validate_files
 
 SPACES = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
 

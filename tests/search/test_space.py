@@ -9,7 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
-from mdf_search.search.space import SpecError, load_spec, parse_duration, validate_files, validate_spec
+from mdf_search.cluster import GPU_MEM_GB
+from mdf_search.config import TrialConfig
+from mdf_search.search.space import SpecError, load_spec
+from mdf_search.search.spec_schema import parse_duration
+from mdf_search.search.validate import validate_files, validate_spec
 
 BASE: dict[str, Any] = {
     "experiment": "t",
@@ -336,9 +340,18 @@ def test_loaded_spec_is_typed(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(_merge(BASE, {"budget": {"max_wall_time": "30m"}}), sort_keys=False))
     spec = load_spec(path)
-    assert spec.budget.max_wall_time_s == 1800.0
+    assert spec.budget.max_wall_time == 1800.0
     assert spec.scientific["fusion.injection"].optuna_name == "fusion.injection[fusion.levels!=none]"
     assert spec.path == str(path) and spec.seeds == (0,)
+
+
+def test_the_spec_defaults_are_the_trial_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    bare = _merge(BASE, {"seeds": DELETE, "budget": DELETE, "resources": DELETE})
+    path.write_text(yaml.safe_dump(bare, sort_keys=False))
+    spec, trial = load_spec(path), TrialConfig()
+    assert spec.budget.epochs == trial.optim.epochs and spec.resources.workers == trial.run.workers
+    assert spec.seeds == (trial.run.seed,) and spec.resources.gpu_mem_gb == GPU_MEM_GB
 
 
 def test_validate_says_what_the_design_can_detect(tmp_path: Path) -> None:

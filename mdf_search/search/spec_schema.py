@@ -1,0 +1,274 @@
+"""The shape of a search-space file (pydantic, frozen, unknown keys forbidden), and its errors in words.
+
+A study is one YAML file. Every shipped file opens with the command that runs it. Following the tuning
+playbook, each parameter has exactly one role in a study: **scientific** (what the study measures; every
+combination the design picks is an *arm*), **nuisance** (tuned or held at a default so that arms are
+compared fairly) or **fixed** (everything else)::
+
+    # mdf-search sweep search_spaces/smoke.yaml
+    experiment: smoke                  # names the run directory and the Optuna study: [A-Za-z0-9_.-]
+    description: baseline MLLM vs multi-depth fusion on the tiny preset
+    metric: val/macro_f1               # any reported metric key
+    mode: max                          # max | min
+    design: grid                       # grid | ofat | tpe | qmc | gp
+    seeds: [0, 1, 2]                   # every arm runs with these seeds (not a flat key elsewhere)
+    budget: {trials: 12, epochs: 3, max_wall_time: 30m, max_gpu_hours: 0, trials_per_arm: 4}
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: none} (default)
+    baseline: {fusion.levels: none}    # the arm reports compare against (must match exactly one arm)
+    reference: {fusion.levels: "1234", fusion.injection: parallel}  # ofat only: the point factors vary from
+    scientific:
+      fusion.levels: [none, "4", "34", "1234"]
+      fusion.injection: {choices: [concat, parallel], when: {fusion.levels: {not: none}}, otherwise: none}
+    nuisance:
+      optim.lr: {low: 1.0e-4, high: 3.0e-3, log: true, default: 1.0e-3}
+      freeze.lora_rank: {choices: [4, 8, 16], when: {freeze: lora}, default: 8}
+    fixed:
+      model.preset: tiny
+    resources: {workers: 2, concurrent_trials: 1, gpus_per_worker: 0, gpu_mem_gb: 80}
+    study: {storage: null}             # null = SQLite under the experiment directory; or a SQLAlchemy URL
+
+**Keys.** Every key under ``scientific``/``nuisance``/``fixed`` (and in ``baseline``, ``reference`` and
+``when``) is a flat key of ``TrialConfig`` (``mdf_search.config.flat_fields()``), except ``seed`` (use
+``seeds``), ``optim.epochs`` (use ``budget.epochs``) and ``run.workers`` (use ``resources.workers``):
+one place for each. A key has one role: it may not appear in two sections.
+
+**Values.** A list (categorical), ``{choices: [...]}``, or a numeric range ``{low, high, log?, step?,
+int?}``. Categorical values must be scalars (str/int/float/bool/null): Optuna's persistent storage
+holds only scalars, so a structured option is *named* (``film.placement: enc+bottleneck``) and
+``TrialConfig`` maps the name. Every value is checked against the key's own parser at load time.
+Scientific parameters must be categorical (arms are compared value by value). ``default`` (nuisance)
+is the value grid/ofat designs hold it at; without one a categorical uses its first choice and a range
+its midpoint (geometric mean when ``log``), rounded to ``step``/``int``.
+
+**Conditions.** ``when: {key: value}``, ``{key: {not: value}}`` or ``{key: {in: [...]}}`` (several keys:
+all must hold) names a fixed key or a key listed *before it* (scientific before nuisance; a scientific
+condition may not name a nuisance key). Values compare after the key's parser (``"43" == 34`` for
+``fusion.levels``); a key that is itself inactive matches no value. When the condition fails the key
+takes ``otherwise`` if given, else it is omitted and ``TrialConfig``'s default applies. Following the
+playbook a conditional parameter is a *distinct* parameter: ``freeze.lora_rank`` exists only in trials
+with ``freeze=lora``, and its Optuna name carries the condition (``freeze.lora_rank[freeze=lora]``).
+
+**Budget.** ``epochs`` (→ ``optim.epochs``), ``trials`` (required for tpe/qmc/gp; a cap for
+grid/ofat), ``trials_per_arm`` (tpe/qmc/gp; default ``trials // arms``), ``max_wall_time`` (``"90s"``,
+``"30m"``, ``"2h"`` or seconds; null = none), ``max_gpu_hours`` (0/null = no cap).
+
+The defaults that are also trial settings (``budget.epochs``, ``resources.workers``, the default seed)
+are read from the ``TrialConfig`` dataclasses and ``resources.gpu_mem_gb`` from ``cluster.GPU_MEM_GB``,
+so each has one home.
+
+This module checks the shape only: the parameter blocks stay raw mappings, which ``space.load_spec``
+parses key by key with each flat key's own parser (the rules above), and ``validate.validate_spec``
+checks what needs the arms. Every problem reads ``<file>: <key path>: <what is wrong>; <fix>``;
+``pydantic_problems`` words pydantic's errors that way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mdf_search.cluster import GPU_MEM_GB
+from mdf_search.config import OptimConfig, RunConfig
+
+SAMPLER_DESIGNS = ("tpe", "qmc", "gp")  # designs that sample nuisance values (the others enumerate arms)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_duration(value: Any) -> float | None:
+    """``"90s"``, ``"30m"``, ``"2h"``, ``"1d"`` or a number of seconds → seconds (None stays None)."""
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        if value is not None and value < 0:
+            raise ValueError(f"must be >= 0 seconds, but got {value!r}")
+        return None if value is None else float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*", str(value))
+    if not match or isinstance(value, bool):
+        raise ValueError(f"must be a duration like '90s', '30m', '2h' or seconds, but got {value!r}")
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+class Budget(_Model):
+    trials: int | None = Field(default=None, ge=1)
+    epochs: int = Field(default=OptimConfig.epochs, ge=1)
+    max_wall_time: float | None = None  # seconds
+    max_gpu_hours: float | None = Field(default=None, ge=0)
+    trials_per_arm: int | None = Field(default=None, ge=1)
+
+    _duration = field_validator("max_wall_time", mode="before")(parse_duration)
+
+
+class Scheduler(_Model):
+    type: Literal["asha", "none"] = "none"
+    grace_period: int = Field(default=1, ge=1)
+    reduction_factor: float = Field(default=2.0, gt=1)
+
+
+class Resources(_Model):
+    workers: int = Field(default=RunConfig.workers, ge=1)
+    concurrent_trials: int = Field(default=1, ge=1)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpu_mem_gb: float = Field(default=GPU_MEM_GB, gt=0)
+
+
+class StudyStorage(_Model):
+    storage: str | None = None
+
+
+class SpecFile(_Model):
+    """The top level of a search-space file; the parameter blocks stay raw mappings here."""
+
+    experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    metric: str = Field(min_length=1)
+    mode: Literal["max", "min"]
+    design: Literal["grid", "ofat", "tpe", "qmc", "gp"]
+    seeds: list[int] = Field(default_factory=lambda: [RunConfig.seed], min_length=1)
+    budget: Budget = Budget()
+    scheduler: Scheduler = Scheduler()
+    baseline: dict[str, Any] | None = None
+    reference: dict[str, Any] | None = None
+    scientific: dict[str, Any]
+    nuisance: dict[str, Any] = Field(default_factory=dict)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    resources: Resources = Resources()
+    study: StudyStorage = StudyStorage()
+
+    def cross_field_problems(self) -> list[str]:
+        """Rules between top-level keys (the parameter blocks are checked in ``space.load_spec``)."""
+        problems = []
+        if len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"seeds: duplicate seeds in {self.seeds}; list each once")
+        for i, seed in enumerate(self.seeds):
+            if seed < 0:
+                problems.append(f"seeds[{i}]: must be an integer >= 0, but got {seed}")
+        if self.design == "ofat" and self.reference is None:
+            problems.append(
+                "reference: design ofat varies each factor from a reference configuration; add "
+                "`reference: {key: value, ...}` with a value for every scientific key"
+            )
+        if self.design != "ofat" and self.reference is not None:
+            problems.append(f"reference: is used only by design ofat (design is {self.design}); remove it")
+        if self.design in SAMPLER_DESIGNS and self.budget.trials is None:
+            problems.append(f"budget.trials: design {self.design} samples until a budget; set budget.trials")
+        if self.metric.startswith("test/"):
+            problems.append(
+                f"metric: {self.metric}: the study selects on validation only (the best epoch, the trial, "
+                f"the sampler's next point and the scheduler's stops all follow it); use val/{self.metric[5:]}"
+            )
+        if self.scheduler.type == "asha" and self.scheduler.grace_period > self.budget.epochs:
+            problems.append(
+                f"scheduler.grace_period: {self.scheduler.grace_period} epochs exceeds budget.epochs="
+                f"{self.budget.epochs}; lower it or raise budget.epochs"
+            )
+        return problems
+
+
+class CategoricalIn(_Model):
+    """A categorical parameter block: ``{choices: [...], when?, otherwise?, default?}``."""
+
+    choices: list[Any] = Field(min_length=1)
+    when: dict[str, Any] | None = None
+    otherwise: Any = None
+    default: Any = None
+
+
+class RangeIn(_Model):
+    """A numeric range block: ``{low, high, log?, step?, int?, when?, otherwise?, default?}``."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+    integer: bool = Field(default=False, alias="int")
+    when: dict[str, Any] | None = None
+    otherwise: Any = None
+    default: float | None = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Words for errors (shared with space.py's parameter parsing).
+# ---------------------------------------------------------------------------------------------------
+def suggest_name(word: str, options: list[str]) -> str:
+    """``did you mean 'x'?`` for a close option, else ``choose among a, b, c``."""
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    close = close or [o for o in options if o and word.lower().startswith(o.lower())][:1]
+    return f"did you mean {close[0]!r}?" if close else f"choose among {', '.join(sorted(options))}"
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pydantic errors → "<key path>: <what>; <fix>".
+# ---------------------------------------------------------------------------------------------------
+def _allowed_keys(model: type[BaseModel], parent: tuple[Any, ...]) -> list[str] | None:
+    cls: Any = model
+    for part in parent:
+        info = cls.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(info, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return [f.alias or name for name, f in cls.model_fields.items()]
+
+
+_TYPES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "a string",
+    "list": "a list",
+    "dict": "a mapping of keys to values",
+    "model": "a mapping of keys to values",
+}
+
+
+def _explain(err: Any, model: type[BaseModel]) -> str:
+    kind, loc, got = err["type"], err["loc"], err.get("input")
+    ctx = err.get("ctx") or {}
+    last = str(loc[-1]) if loc else ""
+    if kind == "missing":
+        return f"is required; add `{last}: ...`"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, tuple(loc[:-1])) or []
+        return f"unknown key; {suggest_name(last, allowed)}"
+    if kind == "literal_error":
+        options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        return f"must be one of {', '.join(options)}, but got {short_repr(got)}; {suggest_name(str(got), options)}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op, bound = {
+            "greater_than_equal": (">=", ctx.get("ge")),
+            "greater_than": (">", ctx.get("gt")),
+            "less_than_equal": ("<=", ctx.get("le")),
+            "less_than": ("<", ctx.get("lt")),
+        }[kind]
+        what = "an integer" if isinstance(bound, int) and isinstance(got, int) else "a number"
+        return f"must be {what} {op} {bound}, but got {short_repr(got)}"
+    if kind == "string_pattern_mismatch":
+        return f"must be letters, digits, '_', '.', '-' (it names a directory), but got {short_repr(got)}"
+    if kind == "too_short":
+        return f"must not be empty, but got {short_repr(got)}"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", err["msg"]))
+    for prefix, text in _TYPES.items():
+        if kind.startswith(prefix):
+            return f"must be {text}, but got {short_repr(got)}"
+    return f"{err['msg'][0].lower()}{err['msg'][1:]}, but got {short_repr(got)}"
+
+
+def pydantic_problems(err: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
+    """One ``<prefix>.<key path>: <what>; <fix>`` line per pydantic error of ``model``."""
+    out = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        out.append(f"{prefix}{'.' if prefix and path else ''}{path}: {_explain(e, model)}")
+    return out
