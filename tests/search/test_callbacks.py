@@ -1,8 +1,10 @@
-"""The sweep's results writer and Optuna searcher with the selected epoch: stand-in Tune trials (the real
-callback interface), real Parquet, a real Optuna study."""
+"""The sweep's Tune-side pieces against stand-in Tune trials, called as Tune calls them (the real callback,
+stopper and scheduler interfaces): the results writer on real Parquet, the sweep guard, ASHA per arm, and
+the Optuna searcher with the selected epoch on a real Optuna study. No Ray cluster."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,17 @@ import numpy as np
 import optuna
 import pyarrow as pa
 import pytest
+from ray.tune.schedulers import TrialScheduler
 
 from mdf_search.config import TrialConfig
 from mdf_search.results.store import ResultsStore
-from mdf_search.search.callbacks import ResultsWriter, ResumableOptunaSearch, selected_view
+from mdf_search.search.callbacks import (
+    PerArmASHA,
+    ResultsWriter,
+    ResumableOptunaSearch,
+    SweepGuard,
+    selected_view,
+)
 from mdf_search.train import predictions
 from mdf_search.train.predictions import Gathered, SampleIndex
 from mdf_search.train.selection import Selection
@@ -24,7 +33,7 @@ TYPES = ("healthy", "acquired", "inherited")
 
 @dataclass
 class StandInTrial:
-    """What ResultsWriter reads of a Tune ``Trial``."""
+    """What the writer and the scheduler read of a Tune ``Trial``."""
 
     trial_id: str
     config: dict[str, Any] = field(
@@ -32,6 +41,8 @@ class StandInTrial:
     )
     last_result: dict[str, Any] = field(default_factory=dict)
     num_failures: int = 0
+    error_msg: str | None = None
+    error_file: str | None = None
 
 
 def _report(epoch: int, best_epoch: int, val_loss: float, best_loss: float, ckpt: Path) -> dict[str, Any]:
@@ -132,3 +143,236 @@ def test_the_optuna_study_is_told_the_value_of_the_selected_epoch(tmp_path: Path
 def test_a_checkpoint_table_keeps_its_float32_probabilities(tmp_path: Path) -> None:
     table = predictions.load(_checkpoint(tmp_path / "c", 2))
     assert table is not None and table.schema.field("prob/healthy").type == pa.float32()
+
+
+# --- the results writer: statuses, attempts, costs, rows and events ---------------------------------
+def _writer(tmp_path: Path, **kwargs: Any) -> tuple[ResultsWriter, ResultsStore]:
+    root = str(tmp_path / "exp")
+    return ResultsWriter(root, "exp", {"git_sha": "abc"}, **kwargs), ResultsStore(root)
+
+
+@pytest.mark.parametrize("status", ["completed", "diverged", "oom", "infeasible"])
+def test_an_ended_trial_keeps_the_status_of_its_last_report(status: str, tmp_path: Path) -> None:
+    writer, store = _writer(tmp_path)
+    trial = StandInTrial("t1", last_result={"epoch": 2, "status": status, "message": f"why {status}"})
+    writer.on_trial_complete(0, [], trial)
+    row = store.trials().row(0, named=True)
+    assert (row["status"], row["message"], row["epochs"]) == (status, f"why {status}", 2)
+    assert (writer.finished, writer.errors) == (1, [])
+
+
+def test_a_trial_tune_ended_while_it_was_running_was_stopped_early(tmp_path: Path) -> None:
+    writer, store = _writer(tmp_path)
+    writer.on_trial_complete(0, [], StandInTrial("t1", last_result={"epoch": 1, "status": "running"}))
+    assert store.trials()["status"].to_list() == ["stopped_early"]
+
+
+def test_an_errored_trial_keeps_the_last_line_of_its_error(tmp_path: Path) -> None:
+    writer, store = _writer(tmp_path)
+    crashed = StandInTrial("t1")
+    crashed.error_msg = "Traceback (most recent call last):\n  ...\nRuntimeError: boom\n"
+    writer.on_trial_error(0, [], crashed)
+    error_file = tmp_path / "error.txt"  # a restored trial carries its error in a file only
+    error_file.write_text("Traceback:\nValueError: from the file")
+    restored = StandInTrial("t2")
+    restored.error_file = str(error_file)
+    writer.on_trial_error(1, [], restored)
+    rows = {r["trial_id"]: r for r in store.trials().iter_rows(named=True)}
+    assert rows["t1"]["status"] == rows["t2"]["status"] == "error"
+    assert rows["t1"]["message"] == "RuntimeError: boom"
+    assert rows["t2"]["message"] == "ValueError: from the file"
+    assert writer.errors == [
+        ("t1", "Traceback (most recent call last):\n  ...\nRuntimeError: boom"),
+        ("t2", "Traceback:\nValueError: from the file"),
+    ]
+    assert writer.finished == 2
+
+
+def test_a_retried_trial_writes_one_row_per_attempt(tmp_path: Path) -> None:
+    writer, store = _writer(tmp_path)
+    trial = StandInTrial("t1", last_result={"epoch": 1, "status": "running"})
+    trial.error_msg = "OSError: node lost"
+    writer.on_trial_error(0, [], trial)
+    trial.num_failures = 1
+    trial.last_result = {"epoch": 2, "status": "completed"}
+    writer.on_trial_complete(1, [], trial)
+    every = store.trials(latest_attempt=False).sort("attempt")
+    assert every.select("attempt", "status").rows() == [(1, "error"), (2, "completed")]
+    assert store.trials().select("attempt", "status").rows() == [(2, "completed")]
+
+
+def test_a_row_carries_the_provenance_arm_params_and_config_hash(tmp_path: Path) -> None:
+    writer, store = _writer(tmp_path)
+    params = TrialConfig.from_flat({"optim.lr": 3e-4}).to_flat()
+    writer.on_trial_complete(
+        0, [], StandInTrial("t1", {"params": params, "arm": "arm-7"}, {"status": "completed"})
+    )
+    row = store.trials().row(0, named=True)
+    assert (row["git_sha"], row["arm"], row["optim.lr"]) == ("abc", "arm-7", 3e-4)
+    assert row["config_hash"] == TrialConfig.from_flat(params).config_hash() != ""
+
+
+def test_a_config_the_trial_config_refuses_has_no_hash(tmp_path: Path) -> None:
+    writer, store = _writer(tmp_path)
+    params = {**TrialConfig.from_flat({}).to_flat(), "optim.lr": -1.0}
+    writer.on_trial_complete(
+        0, [], StandInTrial("t1", {"params": params, "arm": "a"}, {"status": "infeasible"})
+    )
+    assert store.trials()["config_hash"].to_list() == [""]
+
+
+def test_wall_time_is_charged_to_the_gpus_or_else_to_the_cpus(tmp_path: Path) -> None:
+    two_workers = {**TrialConfig.from_flat({}).to_flat(), "run.workers": 2}
+    rows = {}
+    for name, gpus_per_worker in (("gpu", 4.0), ("cpu", 0.0)):
+        writer, store = _writer(tmp_path / name, gpus_per_worker=gpus_per_worker)
+        last = {"epoch": 1, "status": "completed", "time_total_s": 1800.0}
+        writer.on_trial_complete(0, [], StandInTrial(name, {"params": two_workers, "arm": "a"}, last))
+        rows[name] = store.trials().row(0, named=True)
+    assert (rows["gpu"]["gpu_hours"], rows["gpu"]["cpu_hours"]) == (4.0, 0.0)  # 0.5 h x 2 workers x 4 GPUs
+    assert (rows["cpu"]["gpu_hours"], rows["cpu"]["cpu_hours"]) == (0.0, 1.0)  # 0.5 h x 2 workers
+    assert rows["gpu"]["wall_s"] == 1800.0 and rows["gpu"]["world_size"] == 2
+
+
+def test_an_epoch_row_holds_the_reported_scalars_and_no_tune_bookkeeping(tmp_path: Path) -> None:
+    writer, store = _writer(tmp_path)
+    result = {
+        "training_iteration": 3,  # no "epoch" key: the iteration numbers the row
+        "time_total_s": 12.0,
+        "done": False,
+        "config": {"arm": "a"},
+        "status": "running",
+        "message": "text is not a metric",
+        "val/loss": 0.5,
+        "val/confusion": [[2, 0], [1, 3]],
+    }
+    writer.on_trial_result(0, [], StandInTrial("t1", last_result=result), result)
+    row = store.epochs().row(0, named=True)
+    assert (row["epoch"], row["status"], row["val/loss"]) == (3, "running", 0.5)
+    assert row["val/confusion"] == "[[2, 0], [1, 3]]"
+    assert not {"time_total_s", "done", "config", "message", "training_iteration"} & set(row)
+    assert store.trials()["status"].to_list() == ["running"]  # the trial row follows every report
+
+
+def test_events_reach_the_sink_which_is_left_out_of_the_pickle(tmp_path: Path) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    writer, _ = _writer(tmp_path, on_event=lambda event, data: events.append((event, data)))
+    trial = StandInTrial("t1")
+    report = {"epoch": 1, "status": "running", "val/loss": 2.0, "selected/val/loss": 1.0}
+    writer.on_trial_result(0, [], trial, report)
+    trial.last_result = {**report, "status": "completed"}
+    writer.on_trial_complete(1, [], trial)
+    assert [e for e, _ in events] == ["result", "completed"]
+    assert events[0][1]["trial_id"] == "t1" and events[0][1]["arm"] == "a"
+    assert events[1][1]["val/loss"] == 1.0  # the completion event shows the selected epoch
+    copy = pickle.loads(pickle.dumps(writer))
+    assert copy.on_event is None and writer.on_event is not None
+
+
+# --- the sweep guard ------------------------------------------------------------------------------
+def _error(writer: ResultsWriter, trial_id: str, message: str) -> None:
+    trial = StandInTrial(trial_id)
+    trial.error_msg = message
+    writer.on_trial_error(0, [], trial)
+
+
+def test_the_guard_stops_the_sweep_when_its_first_trials_all_failed(tmp_path: Path) -> None:
+    writer, _ = _writer(tmp_path)
+    guard = SweepGuard(writer, max_initial_errors=3)
+    _error(writer, "t1", "ImportError: no module named x")
+    _error(writer, "t2", "ImportError: no module named x")
+    assert not guard.stop_all() and guard.reason == ""
+    _error(writer, "t3", "ImportError: no module named x")
+    assert guard.stop_all()
+    assert "first 3 trials all failed" in guard.reason and "ImportError: no module named x" in guard.reason
+    assert guard("t4", {"epoch": 1}) is False  # it never stops one trial
+
+
+def test_a_success_before_the_failures_keeps_the_sweep_going(tmp_path: Path) -> None:
+    writer, _ = _writer(tmp_path)
+    guard = SweepGuard(writer, max_initial_errors=3)
+    writer.on_trial_complete(0, [], StandInTrial("t0", last_result={"status": "completed"}))
+    for i in range(1, 5):
+        _error(writer, f"t{i}", "RuntimeError: flaky")
+    assert not guard.stop_all() and guard.reason == ""
+
+
+@pytest.mark.parametrize(
+    ("max_gpu_hours", "gpus_per_trial", "stops"),
+    [(1.5, 2.0, True), (3.0, 2.0, False), (0.0, 2.0, False), (1.5, 0.0, False)],
+    ids=["spent", "left", "no-budget", "cpu-sweep"],
+)
+def test_the_guard_stops_the_sweep_when_the_gpu_hours_are_spent(
+    max_gpu_hours: float, gpus_per_trial: float, stops: bool, tmp_path: Path
+) -> None:
+    writer, _ = _writer(tmp_path)
+    guard = SweepGuard(writer, max_gpu_hours=max_gpu_hours, gpus_per_trial=gpus_per_trial)
+    guard.started -= 3600  # an hour in: 2 GPUs x 1 h = 2 GPU-hours at most
+    assert guard.stop_all() is stops
+    assert ("GPU-hour budget spent" in guard.reason) is stops
+
+
+# --- ASHA per arm, driven as Tune drives a scheduler (Ray's own scheduler tests do the same) ---------
+ASHA_ARGS = {"max_t": 4, "grace_period": 1, "reduction_factor": 2}  # rungs at epochs 1, 2 and 4
+
+
+def _asha(metric: str = "val/macro_f1", mode: str = "max") -> PerArmASHA:
+    return PerArmASHA(metric, mode, **ASHA_ARGS)
+
+
+def _trials(scheduler: PerArmASHA, *arms: str) -> list[StandInTrial]:
+    trials = [StandInTrial(f"t{i}", {"arm": arm}) for i, arm in enumerate(arms)]
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    return trials
+
+
+def test_asha_stops_the_worse_trials_of_an_arm_at_a_rung() -> None:
+    asha = _asha()
+    t0, t1, t2 = _trials(asha, "a", "a", "a")
+    assert asha.on_trial_result(None, t0, {"epoch": 1, "val/macro_f1": 0.8}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, t1, {"epoch": 1, "val/macro_f1": 0.2}) == TrialScheduler.STOP
+    assert asha.on_trial_result(None, t2, {"epoch": 1, "val/macro_f1": 0.9}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, t0, {"epoch": 2, "val/macro_f1": 0.85}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, t2, {"epoch": 2, "val/macro_f1": 0.7}) == TrialScheduler.STOP
+
+
+def test_asha_minimises_a_loss() -> None:
+    asha = _asha("val/loss", "min")
+    t0, t1, t2 = _trials(asha, "a", "a", "a")
+    assert asha.on_trial_result(None, t0, {"epoch": 1, "val/loss": 0.5}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, t1, {"epoch": 1, "val/loss": 0.9}) == TrialScheduler.STOP
+    assert asha.on_trial_result(None, t2, {"epoch": 1, "val/loss": 0.3}) == TrialScheduler.CONTINUE
+
+
+def test_asha_compares_a_trial_with_its_own_arm_only() -> None:
+    asha = _asha()
+    good_a, weak_b, weaker_b = _trials(asha, "a", "b", "b")
+    assert asha.on_trial_result(None, good_a, {"epoch": 1, "val/macro_f1": 0.8}) == TrialScheduler.CONTINUE
+    # one scheduler for all arms would stop this trial (0.2 is below arm a's 0.8): it is first in arm b
+    assert asha.on_trial_result(None, weak_b, {"epoch": 1, "val/macro_f1": 0.2}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, weaker_b, {"epoch": 1, "val/macro_f1": 0.1}) == TrialScheduler.STOP
+    assert "2 arms" in asha.debug_string()
+
+
+def test_asha_counts_a_completed_trial_in_its_arm_and_forgets_a_removed_one() -> None:
+    asha = _asha()
+    done_a, removed_b, late_a, late_b = _trials(asha, "a", "b", "a", "b")
+    asha.on_trial_complete(None, done_a, {"epoch": 1, "val/macro_f1": 0.8})  # never reported before
+    asha.on_trial_remove(None, removed_b)
+    assert asha.on_trial_result(None, late_a, {"epoch": 1, "val/macro_f1": 0.5}) == TrialScheduler.STOP
+    assert asha.on_trial_result(None, late_b, {"epoch": 1, "val/macro_f1": 0.5}) == TrialScheduler.CONTINUE
+
+
+def test_asha_lets_a_report_without_the_metric_or_epoch_pass() -> None:
+    asha = _asha()
+    leader, infeasible, unscored = _trials(asha, "a", "a", "a")
+    asha.on_trial_result(None, leader, {"epoch": 1, "val/macro_f1": 0.9})
+    assert asha.on_trial_result(None, infeasible, {"status": "infeasible"}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, unscored, {"epoch": 1, "val/loss": 9.0}) == TrialScheduler.CONTINUE
+
+
+def test_asha_stops_a_trial_at_the_last_epoch() -> None:
+    asha = _asha()
+    (trial,) = _trials(asha, "a")
+    assert asha.on_trial_result(None, trial, {"epoch": 4, "val/macro_f1": 0.9}) == TrialScheduler.STOP
