@@ -7,14 +7,22 @@ nothing heavy; the scripts parse; the KubeRay job runs a shipped search space.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
+import ray.autoscaler
 import yaml
+from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+from ray.runtime_env import RuntimeEnv
+
+from mdf_search.search.space import load_spec
+from mdf_search.search.validate import validate_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
@@ -50,13 +58,14 @@ def _node_trial_slots(node_type: dict[str, Any]) -> float:
 
 def _resources_flag(command: str) -> dict[str, float]:
     match = re.search(r"--resources[= ]'([^']*)'", command)
-    return json_loads(match.group(1)) if match else {}
+    return dict(json.loads(match.group(1))) if match else {}
 
 
-def json_loads(text: str) -> dict[str, float]:
-    import json
-
-    return json.loads(text)
+def _cluster_schema_errors(config: Any) -> list[str]:
+    """What Ray's cluster-config schema (the JSON Schema ``ray up`` checks a config against) finds wrong."""
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(config)]
 
 
 def test_the_recipes_exist() -> None:
@@ -77,9 +86,21 @@ def test_every_yaml_parses_and_opens_with_its_command(path: Path) -> None:
 
 @pytest.mark.parametrize("name", LAUNCHERS)
 def test_launcher_config_passes_rays_schema(name: str) -> None:
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    cfg = _load(name)
+    assert _cluster_schema_errors(cfg) == []
+    # the cross-field rules `ray up` checks beside the schema
+    assert cfg["head_node_type"] in cfg["available_node_types"]
+    assert sum(t.get("min_workers", 0) for t in cfg["available_node_types"].values()) <= cfg["max_workers"]
 
-    validate_config(prepare_config(_load(name)))
+
+def test_the_schema_check_finds_a_misspelt_or_mistyped_field() -> None:
+    cfg = _load("aws.yaml")
+    worker = next(k for k in cfg["available_node_types"] if k != cfg["head_node_type"])
+    cfg["head_node_typ"] = cfg["head_node_type"]
+    cfg["available_node_types"][worker]["max_workers"] = "two"
+    errors = _cluster_schema_errors(cfg)
+    assert any("'head_node_typ' was unexpected" in e for e in errors), errors
+    assert f"available_node_types/{worker}/max_workers: 'two' is not of type 'integer'" in errors, errors
 
 
 @pytest.mark.parametrize("name", LAUNCHERS)
@@ -131,11 +152,14 @@ def test_no_recipe_binds_anything_to_all_interfaces() -> None:
 
 
 def test_every_ray_head_sets_a_dashboard_host() -> None:
-    for path in _files():
-        text = path.read_text()
-        heads = re.findall(r"ray start[^\n]*--head|headGroupSpec", text)
-        if heads:
-            assert re.search(r"dashboard[-_]host", text), f"{path} starts a head without --dashboard-host"
+    heads = [p for p in _files() if re.search(r"ray start[^\n]*--head|headGroupSpec", p.read_text())]
+    assert {p.relative_to(CLUSTER).as_posix() for p in heads} == {
+        "aws.yaml", "gcp.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml", "slurm/mdf_sweep.sbatch",
+    }  # fmt: skip
+    for path in heads:
+        assert re.search(r"dashboard[-_]host", path.read_text()), (
+            f"{path} starts a head without --dashboard-host"
+        )
 
 
 def test_no_secret_is_embedded() -> None:
@@ -146,13 +170,31 @@ def test_no_secret_is_embedded() -> None:
             assert match is None, f"{path}: looks like a {what}: {match.group(0)!r}"
 
 
+def test_the_secret_patterns_find_each_kind_they_look_for() -> None:
+    examples = {
+        "AWS access key id": "AKIA" + "ABCDEFGHIJKLMNOP",
+        "AWS secret key": "aws_secret_access_key = " + "a" * 40,
+        "Hugging Face token": "hf_" + "x" * 24,
+        "private key": "-----BEGIN RSA PRIVATE KEY-----",
+        "literal password": "password: hunter2",
+        "GitHub token": "ghp_" + "y" * 36,
+        "Slack / generic bearer": "Bearer " + "z" * 24,
+    }
+    assert examples.keys() == SECRET_PATTERNS.keys()
+    for what, text in examples.items():
+        assert SECRET_PATTERNS[what].search(text), what
+    assert not SECRET_PATTERNS["literal password"].search("password: ${DB_PASSWORD}")
+
+
 def test_secret_env_vars_come_from_secret_refs_only() -> None:
-    secretish = SECRET_NAME
+    checked = []
     for path in (CLUSTER / "kuberay").glob("*.yaml"):
         for doc in yaml.safe_load_all(path.read_text()):
             for env in _walk_env(doc):
-                if secretish.search(env["name"]):
+                if SECRET_NAME.search(env["name"]):
                     assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), (path, env)
+                    checked.append(env["name"])
+    assert {"HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN"} <= set(checked), checked
 
 
 def _walk_env(node: Any) -> list[dict[str, Any]]:
@@ -170,11 +212,8 @@ def _walk_env(node: Any) -> list[dict[str, Any]]:
 
 
 def test_runtime_env_is_valid_and_uploads_the_package_only() -> None:
-    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
-    from ray.runtime_env import RuntimeEnv
-
     env = _load("runtime_env.yaml")
-    RuntimeEnv(**env)  # Ray's own validation of the fields
+    assert dict(RuntimeEnv(**env)) == env  # Ray's own validation of the fields keeps every one of them
     assert "working_dir" not in env, "the working dir comes from --working-dir"
     for name in ("/runs/", "/reports/", "/.venv/", "/venv/", "/data/", ".git/", "*.parquet"):
         assert name in env["excludes"], name
@@ -226,14 +265,14 @@ def test_kuberay_gpu_workers_head_slots_and_private_dashboard(name: str) -> None
     assert head["serviceType"] == "ClusterIP"
     assert head["rayStartParams"]["dashboard-host"] == "$(POD_IP)"
     assert '\\"trial_slot\\": ' in head["rayStartParams"]["resources"]
-    assert json_loads(yaml.safe_load(head["rayStartParams"]["resources"]))["trial_slot"] > 0
+    assert json.loads(yaml.safe_load(head["rayStartParams"]["resources"]))["trial_slot"] > 0
     head_env = {e["name"] for e in head["template"]["spec"]["containers"][0]["env"]}
     assert "POD_IP" in head_env
     token_auth = spec.get("authOptions", {}).get("mode") == "token" or "RAY_AUTH_MODE" in head_env
     assert token_auth, "token auth must be on"
     for group in spec["workerGroupSpecs"]:
         assert 0 <= group["minReplicas"] <= group["maxReplicas"]
-        assert json_loads(yaml.safe_load(group["rayStartParams"]["resources"]))["trial_slot"] == 0
+        assert json.loads(yaml.safe_load(group["rayStartParams"]["resources"]))["trial_slot"] == 0
         container = group["template"]["spec"]["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
         assert container["resources"]["requests"]["nvidia.com/gpu"] == 8
@@ -242,8 +281,6 @@ def test_kuberay_gpu_workers_head_slots_and_private_dashboard(name: str) -> None
 
 
 def test_rayjob_runs_a_shipped_space_into_object_storage() -> None:
-    from mdf_search.search.space import load_spec, validate_spec
-
     job = next(d for d in _kuberay("rayjob.yaml") if d["kind"] == "RayJob")
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[:2] == ["mdf-search", "sweep"]
