@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="mdf-tests-"))
@@ -17,6 +18,8 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import pytest  # noqa: E402
 
+from mdf_search.cluster import ClusterInfo, connect, shutdown  # noqa: E402  (Ray loads on connect only)
+
 
 @pytest.fixture(scope="session")
 def session_tmp() -> Path:
@@ -24,10 +27,8 @@ def session_tmp() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(session_tmp: Path):  # type: ignore[no-untyped-def]
+def ray_cluster(session_tmp: Path) -> Iterator[ClusterInfo]:
     """One embedded Ray for the whole session (start-up ~6 s), with a temp dir the tests own; stopped at the end."""
-    from mdf_search.cluster import connect, shutdown
-
     os.environ["MDF_SEARCH_CACHE"] = str(session_tmp / "cache")
     # AF_UNIX socket paths must stay short: a fresh dir directly under /tmp.
     temp_dir = tempfile.mkdtemp(prefix="mdfray-", dir="/tmp")

@@ -20,13 +20,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
+import psutil
 import pytest
 import yaml
+from moto.server import ThreadedMotoServer
+
+from mdf_search.results.store import ResultsStore
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,10 +145,6 @@ def _write_space(workdir: Path, name: str, seeds: list[int], concurrent: int) ->
 
 @pytest.fixture(scope="module")
 def cluster(session_tmp: Path) -> Iterator[Cluster]:
-    pytest.importorskip("moto")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
     tmp = Path(tempfile.mkdtemp(prefix="mdfc-", dir="/tmp"))  # short: AF_UNIX paths live under it
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
@@ -207,8 +209,6 @@ def cluster(session_tmp: Path) -> Iterator[Cluster]:
 
 def _listening(pgid: int, port: int) -> set[str]:
     """Addresses the process group ``pgid`` listens on at ``port``."""
-    import psutil
-
     pids = {p.pid for p in psutil.process_iter() if _pgid(p.pid) == pgid}
     return {
         c.laddr.ip.removeprefix("::ffff:")
@@ -225,8 +225,6 @@ def _pgid(pid: int) -> int | None:
 
 
 def _dashboard_up(url: str) -> bool:
-    import urllib.request
-
     try:
         with urllib.request.urlopen(f"{url}/api/gcs_healthz", timeout=2) as response:
             return response.status == 200
@@ -236,8 +234,6 @@ def _dashboard_up(url: str) -> bool:
 
 def test_ray_job_submit_runs_a_study_and_writes_parquet(cluster: Cluster) -> None:
     """`ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- mdf-search sweep ...`."""
-    from mdf_search.results.store import ResultsStore
-
     space = _write_space(cluster.workdir, "cluster_job", seeds=[0], concurrent=1)
     storage = cluster.tmp / "runs"  # a shared path: both nodes are on this machine
     started = time.monotonic()
@@ -301,8 +297,6 @@ def test_submit_runs_trials_on_both_nodes_into_s3(cluster: Cluster, monkeypatch:
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                 "AWS_EC2_METADATA_DISABLED"):  # fmt: skip
         monkeypatch.setenv(key, cluster.env[key])
-    from mdf_search.results.store import ResultsStore
-
     trials = ResultsStore("s3://mdf/runs/two_nodes").trials()
     assert trials.height == 2 and set(trials["status"]) == {"completed"}
     assert sorted(trials["seed"].to_list()) == [0, 1]

@@ -35,6 +35,7 @@ def study_copy(synth_study: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer() -> Any:
     """A real PreTrainedTokenizerFast (word level, trained on the prompt vocabulary) that knows <|image|>."""
+    # transformers, and torch through batches, load only for the tests that ask for a tokenizer
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
