@@ -23,8 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedTokenizerFast
 
 from mdf_search.config import TrialConfig
+from mdf_search.train.builders import build_model
 
 log = logging.getLogger(__name__)
 TAG = "mdf"
@@ -35,7 +38,7 @@ class TrialState:
     """What a resumed trial needs besides the DeepSpeed states."""
 
     epoch: int  # last completed epoch (0-based)
-    best_metric: float | None
+    best_metric: float | None  # the study metric at the selected epoch (its Selection's metric and mode)
     params: dict[str, Any]
     label_space: str  # LabelSpace JSON
     extra: dict[str, Any]
@@ -87,8 +90,8 @@ def read_state(directory: Path) -> TrialState:
 
 def export_checkpoint(directory: str | Path, out: str | Path, *, dtype: str = "fp32") -> Path:
     """Consolidate ZeRO shards into ``out/model.safetensors`` (+ trial.json, tokenizer) for plain loading."""
+    # deepspeed picks its accelerator when imported: only here, and in the trial's workers
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from safetensors.torch import save_file
 
     src, dst = Path(directory), Path(out)
     if not (src / "trial.json").is_file() or not (src / TAG).is_dir():
@@ -102,8 +105,6 @@ def export_checkpoint(directory: str | Path, out: str | Path, *, dtype: str = "f
     tmp.replace(dst / "model.safetensors")
     (dst / "trial.json").write_text((src / "trial.json").read_text())
     if (src / "tokenizer").is_dir():
-        from transformers import PreTrainedTokenizerFast
-
         PreTrainedTokenizerFast.from_pretrained(src / "tokenizer").save_pretrained(dst / "tokenizer")
     log.info("exported %d tensors to %s", len(tensors), dst)
     return dst / "model.safetensors"
@@ -111,10 +112,6 @@ def export_checkpoint(directory: str | Path, out: str | Path, *, dtype: str = "f
 
 def load_exported(directory: str | Path) -> torch.nn.Module:
     """Rebuild the trial's model without DeepSpeed and load an exported state dict into it."""
-    from safetensors.torch import load_file
-
-    from mdf_search.train.builders import build_model
-
     src = Path(directory)
     state = read_state(src)
     cfg = TrialConfig.from_flat(state.params)

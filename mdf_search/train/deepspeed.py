@@ -136,6 +136,8 @@ def zero3_construction(ds_config: dict[str, Any]) -> Iterator[None]:
     if ds_config["zero_optimization"]["stage"] != 3:
         yield
         return
+    # transformers' DeepSpeed integration imports deepspeed, which picks its accelerator when imported:
+    # only in a trial's workers (the config builders above stay pure and light)
     from transformers.integrations import HfDeepSpeedConfig
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -149,7 +151,7 @@ def zero3_construction(ds_config: dict[str, Any]) -> Iterator[None]:
 
 def initialize(model: nn.Module, cfg: TrialConfig, ds_config: dict[str, Any]) -> tuple[Any, Any, Any]:
     """The one ``deepspeed.initialize`` call: returns (engine, optimizer, scheduler)."""
-    import deepspeed
+    import deepspeed  # see zero3_construction: only in a trial's workers
 
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, cfg.optim), config=ds_config

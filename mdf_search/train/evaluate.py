@@ -19,7 +19,7 @@ from mdf_search.metrics import dedupe_predictions, metrics_for_tasks, prefixed
 from mdf_search.train.predictions import Gathered
 
 if TYPE_CHECKING:
-    from mdf_search.train.loop import Run
+    from mdf_search.train.worker import Run
 
 
 def to_device(
@@ -45,9 +45,9 @@ def gather(obj: Any) -> list[Any]:
 @torch.no_grad()
 def evaluate(run: Run, name: str) -> tuple[dict[str, Any], Gathered]:
     """Whole-split metrics (``<name>/`` keys, AUROC from the softmax) and the gathered predictions."""
-    engine = run.engine
+    engine = run.model.engine
     engine.eval()
-    tasks = list(run.classes)
+    tasks = list(run.data.classes)
     indices: list[int] = []
     losses: list[float] = []
     preds: dict[str, list[int]] = {t: [] for t in tasks}
@@ -80,7 +80,7 @@ def evaluate(run: Run, name: str) -> tuple[dict[str, Any], Gathered]:
         )
         split.probs[t] = dedupe_predictions(all_idx, stacked, all_idx)[1]
     metrics: dict[str, Any] = {"loss": float(np.mean([loss_by_index[i] for i in keep.tolist()]))}
-    metrics.update(metrics_for_tasks(split.preds, split.labels, run.classes, split.probs))
+    metrics.update(metrics_for_tasks(split.preds, split.labels, run.data.classes, split.probs))
     metrics["n"] = len(keep)
     return prefixed(metrics, name), split
 
@@ -88,7 +88,7 @@ def evaluate(run: Run, name: str) -> tuple[dict[str, Any], Gathered]:
 def evaluate_test(run: Run) -> tuple[dict[str, Any], Gathered | None]:
     """The test split with the current weights, under a forked RNG (test evaluation never changes
     what training does next); nothing when the split has no test rows."""
-    if not len(run.sets["test"]):
+    if not len(run.data.sets["test"]):
         return {}, None
     devices = [run.device.index or 0] if run.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

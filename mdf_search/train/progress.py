@@ -18,6 +18,6 @@ class Progress:
 
 
 def progress_actor() -> Any:
-    import ray
+    import ray  # the CLI imports this module at start; Ray loads when a trial is about to run
 
     return ray.remote(num_cpus=0)(Progress).remote()

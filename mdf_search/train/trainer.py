@@ -1,19 +1,25 @@
-"""Driver side of one trial: prepare data, then a Ray Train ``TorchTrainer`` over ``train_loop_per_worker``.
+"""Driver side of one trial: a Ray Train ``TorchTrainer`` over ``train_loop_per_worker``.
 
-The same function runs a trial for ``mdf-search train`` and inside a Ray Tune trial (``search/``), where
-the Train run is named after the Tune trial id, so a restored trial resumes its own checkpoints.
+:func:`make_trainer` builds the trainer for ``mdf-search train`` and for a Ray Tune trial (``search/``),
+where the Train run is named after the Tune trial id, so a restored trial resumes its own checkpoints.
+The caller prepares the trial's data first (``train/builders.prepare_trial_data``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from ray.train import UserCallback
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from mdf_search.cluster import worker_env
 from mdf_search.config import TrialConfig
-from mdf_search.train.builders import TrialData, prepare_trial_data
+from mdf_search.train.builders import TrialData
+from mdf_search.train.faults import Faults
 from mdf_search.train.loop import train_loop_per_worker
 from mdf_search.train.selection import Selection
 
@@ -30,9 +36,6 @@ class EpochLog(UserCallback):
         self.path = path
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        import json
-        from pathlib import Path
-
         record = {**metrics[0], "checkpoint": checkpoint.path if checkpoint is not None else None}
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as handle:
@@ -43,8 +46,6 @@ class EpochLog(UserCallback):
 
 
 def use_gpu(cfg: TrialConfig) -> bool:
-    import ray
-
     if cfg.run.device == "cpu":
         return False
     if cfg.run.device == "cuda":
@@ -59,17 +60,15 @@ def make_trainer(
     name: str,
     storage_path: str,
     callbacks: Sequence[Any] = (),
-    hooks: dict[str, Any] | None = None,
+    faults: Faults | None = None,
     progress: Any = None,
     max_failures: int = 0,
     storage_filesystem: Any = None,
     selection: Selection | None = None,
 ) -> Any:
     """The trial's ``TorchTrainer``. ``selection``: the study's metric and mode, which pick the trial's
-    epoch (default ``val/macro_f1``, max, as ``mdf-search train`` uses)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
+    epoch (default ``val/macro_f1``, max, as ``mdf-search train`` uses); ``faults``: test hooks (default
+    none); ``progress``: a ``train/progress.py`` actor rank 0 publishes its steps to."""
     gpu = use_gpu(cfg)
     env = worker_env()
     if not gpu:
@@ -80,7 +79,7 @@ def make_trainer(
             "params": cfg.to_flat(),
             "data": data.to_dict(),
             "selection": (selection or Selection()).to_dict(),
-            "hooks": hooks or {},
+            "faults": (faults or Faults()).to_dict(),
             "progress": progress,
         },
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
@@ -97,11 +96,3 @@ def make_trainer(
             worker_runtime_env={"env_vars": env},
         ),
     )
-
-
-def run_trial(
-    cfg: TrialConfig, *, name: str, storage_path: str, data: TrialData | None = None, **kwargs: Any
-) -> Any:
-    """Prepare data (idempotent) and train; returns Ray Train's ``Result``."""
-    data = data or prepare_trial_data(cfg)
-    return make_trainer(cfg, data, name=name, storage_path=storage_path, **kwargs).fit()

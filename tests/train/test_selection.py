@@ -7,8 +7,8 @@ import math
 import pytest
 from torch.utils.data import DistributedSampler
 
-from mdf_search.train.loop import order_seed
 from mdf_search.train.selection import Selection
+from mdf_search.train.worker import order_seed
 
 
 def _select(selection: Selection, values: list[float]) -> tuple[int | None, float | None]:
