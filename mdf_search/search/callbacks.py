@@ -23,11 +23,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import optuna
 from ray.tune import Callback, Stopper
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from mdf_search.config import TrialConfig
+from mdf_search.results.schema import Status
 from mdf_search.results.store import ResultsStore
 from mdf_search.train import predictions
 from mdf_search.train.selection import Selection
@@ -85,12 +87,16 @@ class ResultsWriter(Callback):
         provenance: dict[str, str],
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         selection: Selection | None = None,
+        gpus_per_worker: float = 0.0,
     ) -> None:
+        """``gpus_per_worker``: the GPUs each worker of a trial holds (the spec's resources), for
+        ``gpu_hours``; 0 counts ``cpu_hours`` instead."""
         self.store = ResultsStore(store_root)
         self.experiment = experiment
         self.provenance = provenance
         self.on_event = on_event
         self.selection = selection or Selection()
+        self.gpus_per_worker = gpus_per_worker
         self.errors: list[tuple[str, str]] = []
         self.finished = 0
         self._predictions_at: dict[str, int] = {}  # "<trial>-a<attempt>" → selected epoch copied
@@ -121,7 +127,7 @@ class ResultsWriter(Callback):
         last = dict(trial.last_result or {})
         wall = float(last.get("time_total_s", 0.0) or 0.0)
         workers = int(trial.config.get("params", {}).get("run.workers", 1))
-        gpus = float(trial.config.get("gpus_per_worker", 0.0)) * workers
+        gpus = self.gpus_per_worker * workers
         row = {
             **self._base(trial),
             "status": status,
@@ -161,19 +167,19 @@ class ResultsWriter(Callback):
         epoch_row = {k: base[k] for k in ("experiment", "trial_id", "attempt", "arm")}
         epoch_row.update(
             epoch=int(result.get("epoch", result.get("training_iteration", 0))),
-            status=str(result.get("status", "running")),
+            status=str(result.get("status", Status.RUNNING)),
             **_scalar_metrics(result),
         )
         self.store.write_epoch(epoch_row)
         self._copy_predictions(base["trial_id"], base["attempt"], result)
-        self.store.write_trial(self._trial_row(trial, "running"))
+        self.store.write_trial(self._trial_row(trial, Status.RUNNING))
         self._emit("result", trial, result)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        status = str(last.get("status", "running"))
-        if status == "running":
-            status = "stopped_early"
+        status = str(last.get("status", Status.RUNNING))
+        if status == Status.RUNNING:
+            status = Status.STOPPED_EARLY
         self.store.write_trial(self._trial_row(trial, status))
         self.finished += 1
         self._emit(status, trial, selected_view(last))
@@ -182,10 +188,10 @@ class ResultsWriter(Callback):
         message = _error_message(trial)
         self.errors.append((trial.trial_id, message))
         self.store.write_trial(
-            self._trial_row(trial, "error", message.splitlines()[-1] if message else "error")
+            self._trial_row(trial, Status.ERROR, message.splitlines()[-1] if message else "error")
         )
         self.finished += 1
-        self._emit("error", trial, {"message": message})
+        self._emit(Status.ERROR, trial, {"message": message})
 
     def _emit(self, event: str, trial: Any, result: dict[str, Any]) -> None:
         if self.on_event is not None:
@@ -299,8 +305,6 @@ class ResumableOptunaSearch(OptunaSearch):
     """
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        import optuna
-
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -310,8 +314,6 @@ class ResumableOptunaSearch(OptunaSearch):
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         """The study is told the study metric at the trial's selected epoch, not at its last one."""
-        import optuna
-
         if result and isinstance(self.metric, str) and f"{SELECTED}{self.metric}" in result:
             result = {**result, self.metric: result[f"{SELECTED}{self.metric}"]}
         try:

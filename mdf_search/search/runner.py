@@ -13,22 +13,31 @@
   unfinished ones resume from their checkpoints, and the Optuna study keeps its history.
 - The spec's ``metric``/``mode`` travel to every trial as a :class:`Selection`: inside a trial they pick
   the epoch whose metrics (test included) the trial reports, as they pick trials and arms outside it.
+- Tune's config of a trial holds its flat params and its arm only; what every trial shares besides them
+  (:class:`TrialSettings`: the selection, the GPUs a worker asks for, their memory, test fault hooks)
+  reaches the trial driver through ``tune.with_parameters``.
 """
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import logging
 import os
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mdf_search.cluster import TRIAL_SLOT
 from mdf_search.config import TrialConfig
+from mdf_search.results.schema import Status
+from mdf_search.search.designs import default_storage_url, define_by_run, num_trials, study_name
+from mdf_search.search.record import write_design_record
+from mdf_search.train.faults import Faults
+from mdf_search.train.memory import plan_trial
 from mdf_search.train.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -41,8 +50,6 @@ def experiment_root(storage: str, experiment: str) -> str:
 
 
 def provenance() -> dict[str, str]:
-    import importlib.metadata as md
-
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -62,12 +69,22 @@ def provenance() -> dict[str, str]:
     return {"git_sha": sha or "unknown", "versions": json.dumps(versions, sort_keys=True)}
 
 
-def trial_driver(
-    config: dict[str, Any], experiment_root: str = "", selection: Selection | None = None
-) -> None:
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a sweep gets besides its flat params and arm (Tune's config holds only those)."""
+
+    experiment_root: str  # where the trials' Train runs store their checkpoints (under ``train/``)
+    selection: Selection  # the study's metric and mode: they pick each trial's epoch
+    gpus_per_worker: float  # the spec's resources.gpus_per_worker; 0: CPU workers, no memory check
+    gpu_mem_gb: float  # the spec's resources.gpu_mem_gb: what a trial's memory plan must fit in
+    faults: Faults = field(default_factory=Faults)  # test hooks; inert by default
+
+
+def trial_driver(config: dict[str, Any], settings: TrialSettings) -> None:
     """One Tune trial: refuse what cannot fit, prepare data, then run Ray Train and report to Tune.
 
-    ``selection``: the study's metric and mode (the trial's epoch is chosen with them)."""
+    ``config``: Tune's config of the trial, ``{"params": flat trial params, "arm": arm id}``."""
+    # Ray and torch load where they run, not when the CLI imports this module (in every function here).
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -75,13 +92,10 @@ def trial_driver(
     from mdf_search.train.trainer import make_trainer
 
     cfg = TrialConfig.from_flat(config["params"])
-    gpus_per_worker = float(config.get("gpus_per_worker", 0.0))
-    if gpus_per_worker > 0:
-        from mdf_search.train.memory import plan_trial
-
-        plan = plan_trial(cfg, gpus=cfg.run.workers, gpu_mem_gb=float(config.get("gpu_mem_gb", 80.0)))
+    if settings.gpus_per_worker > 0:
+        plan = plan_trial(cfg, gpus=cfg.run.workers, gpu_mem_gb=settings.gpu_mem_gb)
         if not plan.fits:
-            tune.report({"status": "infeasible", "message": plan.reason or "does not fit", "epoch": 0})
+            tune.report({"status": Status.INFEASIBLE, "message": plan.reason or "does not fit", "epoch": 0})
             return
     trial_id = tune.get_context().get_trial_id()
     data = prepare_trial_data(cfg)
@@ -89,10 +103,10 @@ def trial_driver(
         cfg,
         data,
         name=trial_id,
-        storage_path=f"{experiment_root}/train",
+        storage_path=f"{settings.experiment_root}/train",
         callbacks=[TuneReportCallback()],
-        hooks=config.get("hooks") or {},
-        selection=selection,
+        faults=settings.faults,
+        selection=settings.selection,
     )
     trainer.fit()
 
@@ -108,12 +122,10 @@ class SweepOutcome:
 def _study_storage(spec: Any, root: str) -> Any:
     import optuna
 
-    from mdf_search.search.designs import default_storage_url
-
     if spec.study.storage:
         url = spec.study.storage
     elif "://" in root:  # results on object storage: the study stays on this (head) node
-        from mdf_search.train.builders import cache_root
+        from mdf_search.train.builders import cache_root  # torch
 
         local = cache_root(TrialConfig.from_flat({})) / "studies" / spec.experiment
         log.warning(
@@ -134,25 +146,29 @@ def _tuner(
     root: str,
     storage_path: str,
     on_event: Callable[[str, dict[str, Any]], None] | None,
-    hooks: dict[str, Any] | None,
     restore: bool,
-    selection: Selection,
+    settings: TrialSettings,
 ) -> tuple[Any, Any, Any]:
     from ray import tune
 
     from mdf_search.search.callbacks import PerArmASHA, ResultsWriter, ResumableOptunaSearch, SweepGuard
-    from mdf_search.search.designs import define_by_run, make_sampler, num_trials, study_name
+    from mdf_search.search.samplers import make_sampler  # optuna
 
-    writer = ResultsWriter(root, spec.experiment, provenance(), on_event=on_event, selection=selection)
-    gpus_per_worker = float(spec.resources.gpus_per_worker)
+    writer = ResultsWriter(
+        root,
+        spec.experiment,
+        provenance(),
+        on_event=on_event,
+        selection=settings.selection,
+        gpus_per_worker=settings.gpus_per_worker,
+    )
     guard = SweepGuard(
         writer,
         max_gpu_hours=float(spec.budget.max_gpu_hours or 0),
-        gpus_per_trial=gpus_per_worker * spec.resources.workers * spec.resources.concurrent_trials,
+        gpus_per_trial=settings.gpus_per_worker * spec.resources.workers * spec.resources.concurrent_trials,
     )
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, experiment_root=root, selection=selection), {TRIAL_SLOT: 1}
-    )
+    # A restored Tuner takes the trainable again: this session's settings, from the same recorded spec.
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, settings=settings), {TRIAL_SLOT: 1})
     run_config = tune.RunConfig(
         name=spec.experiment,
         storage_path=storage_path,
@@ -171,14 +187,7 @@ def _tuner(
         restored.stop = guard
         return tuner, writer, guard
     searcher = ResumableOptunaSearch(
-        space=define_by_run(
-            spec,
-            extra={
-                "gpus_per_worker": gpus_per_worker,
-                "gpu_mem_gb": spec.resources.gpu_mem_gb,
-                "hooks": hooks or {},
-            },
-        ),
+        space=define_by_run(spec),
         metric=spec.metric,
         mode=spec.mode,
         sampler=make_sampler(spec),
@@ -211,10 +220,12 @@ def run_sweep(
     *,
     storage: str = "runs",
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
-    hooks: dict[str, Any] | None = None,
+    faults: Faults | None = None,
     resume: bool | None = None,
 ) -> SweepOutcome:
-    """Run (or resume) the study described by ``spec`` (a loaded ``SearchSpec``); returns when it ends."""
+    """Run (or resume) the study described by ``spec`` (a loaded ``SearchSpec``); returns when it ends.
+
+    ``faults``: test hooks every trial gets (default none)."""
     from ray import tune
 
     selection = Selection(spec.metric, spec.mode)  # refuses a test metric before anything starts
@@ -229,13 +240,21 @@ def run_sweep(
     if restore and not can_restore:
         raise FileNotFoundError(f"{root}: no Tune experiment to resume; start it with `mdf-search sweep`")
     _record_spec(spec, root)
-    tuner, writer, guard = _tuner(spec, root, storage_path, on_event, hooks, restore, selection)
+    settings = TrialSettings(
+        experiment_root=root,
+        selection=selection,
+        gpus_per_worker=float(spec.resources.gpus_per_worker),
+        gpu_mem_gb=float(spec.resources.gpu_mem_gb),
+        faults=faults or Faults(),
+    )
+    tuner, writer, guard = _tuner(spec, root, storage_path, on_event, restore, settings)
     tuner.fit()
     return SweepOutcome(root, writer.finished, writer.errors, guard.reason)
 
 
 def _record_spec(spec: Any, root: str) -> None:
-    """Keep the spec next to the results (resume and reports read it); never overwrite a different one."""
+    """Keep the spec (resume reads it) and its resolved design (``arms.json``, which reports and the live
+    view read) next to the results; never overwrite either once there."""
     if "://" in root:
         return
     directory = Path(root)
@@ -244,6 +263,7 @@ def _record_spec(spec: Any, root: str) -> None:
     source = Path(spec.path)
     if not target.exists():
         shutil.copyfile(source, target)
+    write_design_record(spec, directory)
     (directory / "provenance.json").write_text(
         json.dumps({**provenance(), "spec": str(source), "cwd": os.getcwd()}, indent=1)
     )
