@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+from pathlib import Path
+
 import pytest
 
-from mdf_search.config import ConfigError, TrialConfig, flat_fields
+from mdf_search.config import ConfigError, OptimConfig, TrialConfig, flat_fields
 from mdf_search.model.wiring import resolve_layer_map
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mdf_search"
 
 
 def test_defaults_are_valid_and_round_trip() -> None:
@@ -73,10 +79,13 @@ def test_every_problem_is_reported_at_once_with_key_and_fix() -> None:
         ({"film.placement": "enc9"}, "unknown FiLM site 'enc9'"),
         ({"film.placement": "decoder"}, "only change the segmentation output"),
         ({"unet.init": "pretrained"}, "unet.weights: unet.init=pretrained needs"),
-        ({"model.preset": "11b"}, "model.weights: the 11b preset loads"),
         ({"model.preset": "70b"}, "model.preset: must be one of"),
         ({"head": "label_token", "task": "dual"}, "label_token scoring supports one task"),
         ({"optim.offload_param": True, "optim.zero_stage": 2}, "parameter offload needs optim.zero_stage=3"),
+        (
+            {"optim.offload_optimizer": True, "optim.zero_stage": 0},
+            "optim.offload_optimizer: optimizer offload needs ZeRO; set optim.zero_stage to 1, 2 or 3",
+        ),
         ({"optim.micro_batch": 1.5}, "must be an integer in [1, 4096]"),
         ({"optim.offload_optimizer": "maybe"}, "must be true or false"),
     ],
@@ -85,6 +94,55 @@ def test_invalid_values_name_key_and_fix(flat: dict[str, object], needle: str) -
     with pytest.raises(ConfigError) as info:
         TrialConfig.from_flat(flat)
     assert needle in str(info.value)
+
+
+def test_offload_without_zero_never_reaches_the_deepspeed_builder() -> None:
+    """Every way to a TrialConfig but the raw constructor validates, so build_ds_config never sees one."""
+    with pytest.raises(ConfigError):
+        TrialConfig.from_flat({"optim.offload_optimizer": True, "optim.zero_stage": 0})
+    with pytest.raises(ConfigError):
+        TrialConfig.from_flat({"optim.offload_optimizer": True}).replace(**{"optim.zero_stage": 0})
+    raw = dataclasses.replace(TrialConfig(), optim=OptimConfig(zero_stage=0, offload_optimizer=True))
+    assert raw.cross_field_problems() == [
+        "optim.offload_optimizer: optimizer offload needs ZeRO; set optim.zero_stage to 1, 2 or 3"
+    ]
+
+
+def test_the_11b_validates_without_weights() -> None:
+    """Weights are checked where a model is built for real (model/mllama.py), not by validation."""
+    assert TrialConfig.from_flat({"model.preset": "11b"}).model.weights is None
+
+
+def test_arch_is_the_architecture_sections_and_a_cache_key() -> None:
+    base = TrialConfig.from_flat({"fusion.levels": "13"})
+    other = base.replace(**{"optim.lr": 1e-5, "data.max_text_tokens": 32, "seed": 4})
+    assert base.arch == other.arch and hash(base.arch) == hash(other.arch)
+    assert base.arch != base.replace(freeze="lora").arch
+    assert [f.name for f in dataclasses.fields(base.arch)] == [
+        "model",
+        "unet",
+        "fusion",
+        "film",
+        "freeze",
+        "head",
+    ]
+    assert all(getattr(base.arch, name) is getattr(base, name) for name in ("model", "fusion", "head"))
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_model_package_never_imports_the_trial_config() -> None:
+    """config → model, never back: the model knows its architecture config, not the trial's."""
+    importers = sorted(p.name for p in (PACKAGE / "model").glob("*.py") if "mdf_search.config" in _imports(p))
+    assert importers == []
 
 
 def test_replace_revalidates_and_config_hash_ignores_seed() -> None:

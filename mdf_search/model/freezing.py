@@ -25,7 +25,8 @@ from typing import Any, cast
 
 from torch import nn
 
-from mdf_search.config import FreezeConfig
+from mdf_search.model.arch import FreezeConfig
+from mdf_search.model.mllama import xattn_layer_ids
 
 ROLES = ("unet", "fusion", "llm", "vision", "head")
 LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn|cross_attn)\.(q_proj|v_proj)"
@@ -72,8 +73,6 @@ def _trainable(name: str, strategy: str, xattn_layers: set[int]) -> bool:
 
 def apply_freezing(model: nn.Module, strategy: str) -> None:
     """Set ``requires_grad`` of every parameter of an ``MDFModel`` for the strategy."""
-    from mdf_search.model.mllama import xattn_layer_ids
-
     xattn = set(xattn_layer_ids(cast(Any, model).mllama))
     for name, param in model.named_parameters():
         param.requires_grad_(_trainable(name, strategy, xattn))
@@ -81,7 +80,7 @@ def apply_freezing(model: nn.Module, strategy: str) -> None:
 
 def inject_lora(mllama: nn.Module, cfg: FreezeConfig) -> None:
     """LoRA adapters on the LLM's attention q/v projections, in place (the vision tower's are excluded)."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig, inject_adapter_in_model  # heavy, and only freeze=lora needs it
 
     config = LoraConfig(
         r=cfg.lora_rank,

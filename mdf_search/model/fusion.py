@@ -57,9 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdf_search.config import PROJECTIONS
-
-INJECTIONS = ("concat", "parallel")
+from mdf_search.model.arch import INJECTIONS, PROJECTIONS
+from mdf_search.model.mllama import text_layers
 
 
 class _KeyValues(NamedTuple):
@@ -195,7 +194,7 @@ class FusedCrossAttention(nn.Module):
         self, inner: nn.Module, layer_idx: int, mode: str, scale_init: float, context: FusionContext
     ) -> None:
         super().__init__()
-        if mode not in INJECTIONS:
+        if mode == "none" or mode not in INJECTIONS:
             raise ValueError(f"injection mode must be 'concat' or 'parallel', but got {mode!r}")
         self.inner = inner
         self.layer_idx = layer_idx
@@ -276,8 +275,6 @@ def install_fusion(
     mllama: nn.Module, layer_levels: dict[int, tuple[int, ...]], mode: str, scale_init: float
 ) -> FusionContext:
     """Wrap the cross-attention of every fused layer; returns the context the wrappers read."""
-    from mdf_search.model.mllama import text_layers
-
     context = FusionContext()
     layers: Any = text_layers(mllama)
     for layer_idx in layer_levels:

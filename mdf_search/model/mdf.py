@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import MllamaForConditionalGeneration
 
-from mdf_search.config import TrialConfig
+from mdf_search.model.arch import ArchConfig
 from mdf_search.model.freezing import apply_freezing, inject_lora
 from mdf_search.model.fusion import Fusion, FusionContext, install_fusion
 from mdf_search.model.mllama import text_hidden_size
@@ -59,61 +59,61 @@ class MDFModel(nn.Module):
     def __init__(
         self,
         mllama: MllamaForConditionalGeneration,
-        cfg: TrialConfig,
+        arch: ArchConfig,
         classes: dict[str, tuple[str, ...]],
         label_ids: dict[str, list[int]] | None = None,
     ) -> None:
         super().__init__()
-        preset = get_preset(cfg.model.preset)
-        self.cfg = cfg
+        preset = get_preset(arch.model.preset)
+        self.arch = arch
         self.classes = classes
         self.mllama = mllama
         hidden = text_hidden_size(mllama)
-        if cfg.freeze.strategy == "lora":
-            inject_lora(mllama, cfg.freeze)
+        if arch.freeze.strategy == "lora":
+            inject_lora(mllama, arch.freeze)
 
         # The heads are initialised before every U-Net-side module: building those draws from the global
         # RNG, and the heads must start with the baseline's weights (same seed), so that a fused model whose
         # gates start closed (fusion.scale_init=0) gives the baseline's outputs bit for bit. (They are
         # registered last, as before, so parameter and state-dict order do not change.)
         heads = nn.ModuleDict()
-        if cfg.head.kind == "linear":
+        if arch.head.kind == "linear":
             heads.update({f"{name}_head": nn.Linear(hidden, len(n)) for name, n in classes.items()})
         elif label_ids is None or set(label_ids) != set(classes):
             raise ValueError("head=label_token needs the label token ids of every head's classes")
 
         # The baseline MLLM (no fused level, no FiLM, no segmentation loss) has no U-Net at all, so its
         # parameter counts and optimizer hold only what it trains.
-        uses_unet = bool(cfg.fusion.levels or cfg.film.placement or cfg.unet.aux_seg_weight > 0)
+        uses_unet = bool(arch.fusion.levels or arch.film.placement or arch.unet.aux_seg_weight > 0)
         self.unet = UNet(preset.unet_channels, preset.unet_bottleneck) if uses_unet else None
         self.film = (
-            FiLM(cfg.film.placement, self.unet.site_channels, hidden)
-            if self.unet and cfg.film.placement
+            FiLM(arch.film.placement, self.unet.site_channels, hidden)
+            if self.unet and arch.film.placement
             else None
         )
         self.layer_map = resolve_layer_map(
-            cfg.fusion.layer_map, cfg.fusion.levels, preset.cross_attention_layers
+            arch.fusion.layer_map, arch.fusion.levels, preset.cross_attention_layers
         )
         self.fusion: Fusion | None = None
         self.context = FusionContext()
-        if cfg.fusion.levels:
+        if arch.fusion.levels:
             layer_levels = layers_to_levels(self.layer_map)
-            level_channels = {lv: preset.unet_channels[lv - 1] for lv in cfg.fusion.levels}
-            level_sizes = {lv: preset.unet_size // 2 ** (lv - 1) for lv in cfg.fusion.levels}
+            level_channels = {lv: preset.unet_channels[lv - 1] for lv in arch.fusion.levels}
+            level_sizes = {lv: preset.unet_size // 2 ** (lv - 1) for lv in arch.fusion.levels}
             self.fusion = Fusion(
-                level_channels, layer_levels, hidden, cfg.fusion.grid, cfg.fusion.projection, level_sizes
+                level_channels, layer_levels, hidden, arch.fusion.grid, arch.fusion.projection, level_sizes
             )
-            self.context = install_fusion(mllama, layer_levels, cfg.fusion.injection, cfg.fusion.scale_init)
+            self.context = install_fusion(mllama, layer_levels, arch.fusion.injection, arch.fusion.scale_init)
 
         self.heads = heads
-        if cfg.head.kind == "label_token":
+        if arch.head.kind == "label_token":
             assert label_ids is not None  # checked with the heads above
             for name, ids in label_ids.items():
                 self.register_buffer(
                     f"label_ids_{name}", torch.tensor(ids, dtype=torch.long), persistent=False
                 )
-        self.decode_unet = cfg.unet.aux_seg_weight > 0
-        apply_freezing(self, cfg.freeze.strategy)
+        self.decode_unet = arch.unet.aux_seg_weight > 0
+        apply_freezing(self, arch.freeze.strategy)
 
     # -- pieces -------------------------------------------------------------------------------------
     @staticmethod
@@ -126,7 +126,7 @@ class MDFModel(nn.Module):
 
     def text_vector(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         weights = attention_mask.unsqueeze(-1).float()
-        if self.cfg.film.source == "prompt":
+        if self.arch.film.source == "prompt":
             embed = self.mllama.get_input_embeddings()
             with self._grad_if(embed):
                 states = embed(input_ids)
@@ -179,7 +179,7 @@ class MDFModel(nn.Module):
         hidden = out.last_hidden_state
         last = batch["attention_mask"].sum(1).clamp_min(1) - 1
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        if self.cfg.head.kind == "linear":
+        if self.arch.head.kind == "linear":
             logits = {name: self.heads[f"{name}_head"](pooled).float() for name in self.classes}
         else:
             vocab_logits = self.mllama.lm_head(pooled).float()

@@ -180,6 +180,19 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def require_weights(preset: Preset, weights: str | None) -> None:
+    """Refuse a real build of a pretrained-only preset (11b) without its checkpoint directory.
+
+    Called where a trial's model is built for real (``train/builders.py``); a meta-device build (summaries,
+    the memory planner, ``validate --deep``) needs no weights and does not call it.
+    """
+    if preset.pretrained_only and not weights:
+        raise ValueError(
+            f"model.weights: the {preset.name} preset loads LLaMA 3.2 11B Vision from a local directory; set "
+            "model.weights to it (use preset tiny/small/1b for random init)"
+        )
+
+
 def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]

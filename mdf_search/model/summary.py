@@ -1,6 +1,8 @@
-"""What a model configuration builds: modules, parameter counts, trainable counts and fusion wiring.
+"""What an architecture builds: modules, parameter counts, trainable counts and fusion wiring.
 
-Built on the meta device when asked (the 11B needs no weights and allocates nothing).
+:func:`build_on_meta` is the one meta-device build of an ``ArchConfig``, shared by :func:`summarize`, the
+memory planner (``train/memory.py``) and ``validate --deep`` (``search/deep.py``): shapes without storage,
+so the 11B needs no weights and allocates nothing.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mdf_search.config import TrialConfig
+from mdf_search.model.arch import ArchConfig
 from mdf_search.model.freezing import parameter_counts
 from mdf_search.model.fusion import patch_geometry
 from mdf_search.model.mdf import MDFModel, task_classes
@@ -17,7 +19,31 @@ from mdf_search.model.mllama import build_mllama
 from mdf_search.model.presets import get_preset
 from mdf_search.model.wiring import layers_to_levels
 
-SUMMARY_DISEASES = ("normal", "dr", "amd", "glaucoma", "rp", "stargardt")
+SUMMARY_DISEASES = ("normal", "dr", "amd", "glaucoma", "rp", "stargardt")  # stand-in disease classes
+
+
+def build_on_meta(
+    arch: ArchConfig,
+    *,
+    image_token_index: int | None = None,
+    label_ids: dict[str, list[int]] | None = None,
+) -> MDFModel:
+    """The joint model of ``arch`` on the meta device, with a random-init backbone of the preset's full
+    config and the heads of :data:`SUMMARY_DISEASES` (in the current default dtype).
+
+    ``label_ids`` (head=label_token): the label tokens' ids; without them the first ids stand in (they are
+    buffers, not parameters, so counts do not depend on them).
+    """
+    classes = task_classes(arch.head.task, SUMMARY_DISEASES)
+    if arch.head.kind == "label_token" and label_ids is None:
+        label_ids = {name: list(range(len(names))) for name, names in classes.items()}
+    with torch.device("meta"):
+        mllama = build_mllama(
+            get_preset(arch.model.preset),
+            gate_init=arch.model.xattn_gate_init,
+            image_token_index=image_token_index,
+        )
+        return MDFModel(mllama, arch, classes, label_ids)
 
 
 @dataclass(frozen=True)
@@ -49,21 +75,18 @@ def _count(module: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
-def _projection(cfg: TrialConfig, level: int) -> str:
+def _projection(arch: ArchConfig, level: int) -> str:
     """How a level becomes tokens, e.g. ``pool to 4x4`` or ``patch 18x18 px, 2 px padding → 4x4``."""
-    grid = cfg.fusion.grid
-    if cfg.fusion.projection == "pool":
+    grid = arch.fusion.grid
+    if arch.fusion.projection == "pool":
         return f"pool to {grid}x{grid}"
-    kernel, pad = patch_geometry(get_preset(cfg.model.preset).unet_size // 2 ** (level - 1), grid)
+    kernel, pad = patch_geometry(get_preset(arch.model.preset).unet_size // 2 ** (level - 1), grid)
     return f"patch {kernel}x{kernel} px{f', {pad} px padding' if pad else ''} → {grid}x{grid}"
 
 
-def summarize(cfg: TrialConfig, *, meta: bool = True) -> ModelSummary:
-    preset = get_preset(cfg.model.preset)
-    device = torch.device("meta") if meta else torch.device("cpu")
-    with device:
-        mllama = build_mllama(preset, gate_init=cfg.model.xattn_gate_init)
-        model = MDFModel(mllama, cfg, task_classes(cfg.head.task, SUMMARY_DISEASES))
+def summarize(arch: ArchConfig) -> ModelSummary:
+    preset = get_preset(arch.model.preset)
+    model = build_on_meta(arch)
     inner = model.mllama.model
     xattn = set(preset.cross_attention_layers)
     layers = inner.language_model.layers
@@ -73,7 +96,7 @@ def summarize(cfg: TrialConfig, *, meta: bool = True) -> ModelSummary:
     if model.fusion is not None:
         for level, projector in model.fusion.projectors.items():
             rows.append(
-                ModuleRow(f"fusion.level{level} ({_projection(cfg, int(level))})", *_count(projector))
+                ModuleRow(f"fusion.level{level} ({_projection(arch, int(level))})", *_count(projector))
             )
     rows.append(ModuleRow("mllama.vision_model", *_count(inner.vision_model)))
     rows.append(ModuleRow("mllama.projector", *_count(inner.multi_modal_projector)))
@@ -91,10 +114,10 @@ def summarize(cfg: TrialConfig, *, meta: bool = True) -> ModelSummary:
     )
     rows.append(ModuleRow("mllama.lm_head", *_count(model.mllama.lm_head)))
     rows.append(ModuleRow("heads", *_count(model.heads)))
-    tokens = cfg.fusion.grid**2
+    tokens = arch.fusion.grid**2
     wiring = [
         (layer, levels, tokens * len(levels)) for layer, levels in layers_to_levels(model.layer_map).items()
     ]
     return ModelSummary(
-        cfg.model.preset, rows, parameter_counts(model), wiring, preset.cross_attention_layers
+        arch.model.preset, rows, parameter_counts(model), wiring, preset.cross_attention_layers
     )

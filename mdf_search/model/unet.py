@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ENCODER_SITES = ("enc1", "enc2", "enc3", "enc4")
-
 
 def _groups(channels: int) -> int:
     for groups in (8, 4, 2):

@@ -9,11 +9,50 @@ layers ``X`` (sorted):
 - ``all``: every level feeds every cross-attention layer.
 - ``single``: every level feeds the first cross-attention layer only.
 - explicit ``"1:3,2:8+13"``: level → text-layer indices, each of which must be a cross-attention layer.
+
+``fusion.map`` is parsed here (:func:`parse_layer_map`) and resolved against a preset's cross-attention
+layers by :func:`resolve_layer_map`; the config calls both.
 """
 
 from __future__ import annotations
 
-from mdf_search.config import LAYER_MAP_STRATEGIES, parse_explicit_map
+from typing import Any
+
+LEVELS = (1, 2, 3, 4)  # the U-Net encoder levels, finest first
+LAYER_MAP_STRATEGIES = ("shallow_early", "deep_early", "all", "single")
+
+
+def parse_layer_map(value: Any) -> str:
+    """``fusion.map``: a strategy name, or an explicit map ``"1:3,2:8+13"`` (level:layer[+layer]), as a
+    normalised string. Raises ValueError with the reason; the layers are checked against a preset by
+    :func:`resolve_layer_map`."""
+    text = str(value).strip().lower().replace(" ", "")
+    if text not in LAYER_MAP_STRATEGIES:
+        parse_explicit_map(text)
+    return text
+
+
+def parse_explicit_map(text: str) -> dict[int, tuple[int, ...]]:
+    """``"1:3,2:8+13"`` → ``{1: (3,), 2: (8, 13)}``."""
+    mapping: dict[int, tuple[int, ...]] = {}
+    for part in filter(None, text.split(",")):
+        level_text, sep, layers_text = part.partition(":")
+        if not sep:
+            raise ValueError(
+                f"must be one of {list(LAYER_MAP_STRATEGIES)} or an explicit map like '1:3,2:8+13', "
+                f"but got {text!r}"
+            )
+        try:
+            level = int(level_text)
+            layers = tuple(sorted({int(x) for x in layers_text.split("+") if x}))
+        except ValueError:
+            raise ValueError(f"explicit map entries are level:layer[+layer], but got {part!r}") from None
+        if level not in LEVELS or not layers:
+            raise ValueError(f"explicit map entry {part!r} needs a level in 1..4 and at least one layer")
+        mapping[level] = layers
+    if not mapping:
+        raise ValueError("an explicit layer map cannot be empty")
+    return mapping
 
 
 def _chunks(layers: tuple[int, ...], k: int) -> list[tuple[int, ...]]:

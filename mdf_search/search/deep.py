@@ -5,9 +5,10 @@ forward, loss and backward, on a batch laid out by the real Collator, without we
 (the vision tiling against the vision config, the fused U-Net tokens against the cross-attention
 layers, FiLM against the text width, the heads against the tasks), before a sweep holds GPUs for hours.
 
-- The model is the trial's ``MDFModel`` from the same pieces as ``train/builders.py``, its backbone a
-  randomly initialised ``MllamaForConditionalGeneration`` of the preset's full config (no checkpoint is
-  read: the 11B's 10.7 B parameters are never allocated), in the trial's precision.
+- The model is the trial's ``MDFModel`` built by ``model.summary.build_on_meta`` from the trial's
+  architecture, its backbone a randomly initialised ``MllamaForConditionalGeneration`` of the preset's
+  full config (no checkpoint is read: the 11B's 10.7 B parameters are never allocated), in the trial's
+  precision.
 - It runs under ``FakeTensorMode`` (tensors with shapes, dtypes and devices but no storage): every op
   checks its shapes as it would on real tensors. The plain meta device is cheaper but fails in
   transformers' ``masking_utils`` on ``Tensor.item()`` whenever an attention mask is given, which the
@@ -37,8 +38,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from mdf_search.config import ConfigError, TrialConfig
+from mdf_search.data.batches import Collator, prompt_text
+from mdf_search.data.cache import cache_size_for
+from mdf_search.model.arch import ArchConfig
+from mdf_search.model.mdf import mdf_loss, task_classes
+from mdf_search.model.mllama import IMAGE, label_token_ids, train_tokenizer
+from mdf_search.model.presets import get_preset
+from mdf_search.model.summary import SUMMARY_DISEASES, build_on_meta
+from mdf_search.search.designs import arms, trial_params
+from mdf_search.search.space import SpecError, load_spec
 
 MODES = ("fake", "meta", "auto")
 SAMPLE_TEXT = "Night blindness since childhood, constricted fields; father affected. RHO variant."
@@ -123,19 +134,14 @@ class ModuleTracker:
 
 @functools.lru_cache(maxsize=8)
 def _tokenizer(vocab_size: int, extra: tuple[str, ...]) -> Any:
-    from mdf_search.data.batches import prompt_text
-    from mdf_search.model.mllama import train_tokenizer
-
     tokenizer = train_tokenizer([prompt_text(SAMPLE_TEXT), prompt_text("")], vocab_size, extra_tokens=extra)
     tokenizer.padding_side = "right"
     return tokenizer
 
 
-def _classes(cfg: TrialConfig) -> dict[str, tuple[str, ...]]:
-    from mdf_search.model.mdf import task_classes
-    from mdf_search.model.summary import SUMMARY_DISEASES
-
-    return task_classes(cfg.head.task, SUMMARY_DISEASES)
+def _classes(arch: ArchConfig) -> dict[str, tuple[str, ...]]:
+    """The heads' classes of the meta build (:func:`build_on_meta`'s stand-in diseases)."""
+    return task_classes(arch.head.task, SUMMARY_DISEASES)
 
 
 def sample_batch(
@@ -147,10 +153,6 @@ def sample_batch(
     model's), e.g. ``{"max_num_tiles": 1, "supported_aspect_ratios": [[1, 1]]}`` for the one-tile batch
     that cannot run on a four-tile backbone.
     """
-    from mdf_search.data.batches import Collator
-    from mdf_search.data.cache import cache_size_for
-    from mdf_search.model.presets import get_preset
-
     preset, data = get_preset(cfg.model.preset), cfg.data
     side = cache_size_for(preset.unet_size, preset.vision_size, data.vision_tiles)
     rng = np.random.default_rng(0)
@@ -167,7 +169,7 @@ def sample_batch(
         }
         for i in range(cfg.optim.micro_batch)
     ]
-    tokenizer = _tokenizer(preset.vocab_size, _extra_tokens(cfg))
+    tokenizer = _tokenizer(preset.vocab_size, _extra_tokens(cfg.arch))
     collate = Collator(
         tokenizer,
         {**preset.vision, **(batch_vision or {})},
@@ -179,29 +181,20 @@ def sample_batch(
     return collate(items)
 
 
-def _extra_tokens(cfg: TrialConfig) -> tuple[str, ...]:
-    return tuple(sorted({name for names in _classes(cfg).values() for name in names}))
+def _extra_tokens(arch: ArchConfig) -> tuple[str, ...]:
+    return tuple(sorted({name for names in _classes(arch).values() for name in names}))
 
 
-def _build(cfg: TrialConfig) -> nn.Module:
-    """The trial's joint model with a random-init backbone of the preset's full config (in the current
-    device/fake context and default dtype)."""
-    from transformers import MllamaForConditionalGeneration
-
-    from mdf_search.model.mdf import MDFModel
-    from mdf_search.model.mllama import IMAGE, label_token_ids, mllama_config, set_xattn_gates
-    from mdf_search.model.presets import get_preset
-
-    preset = get_preset(cfg.model.preset)
-    tokenizer = _tokenizer(preset.vocab_size, _extra_tokens(cfg))
+def _build(arch: ArchConfig) -> nn.Module:
+    """The trial's joint model on the meta device (in the current default dtype), with the image token
+    and label-token ids of the check's tokenizer."""
+    preset = get_preset(arch.model.preset)
+    tokenizer = _tokenizer(preset.vocab_size, _extra_tokens(arch))
     image_index = None if preset.pretrained_only else tokenizer.convert_tokens_to_ids(IMAGE)
-    mllama = MllamaForConditionalGeneration._from_config(mllama_config(preset, image_token_index=image_index))
-    set_xattn_gates(mllama, cfg.model.xattn_gate_init)
-    classes = _classes(cfg)
     label_ids = None
-    if cfg.head.kind == "label_token":
-        label_ids = {name: label_token_ids(tokenizer, names) for name, names in classes.items()}
-    return MDFModel(mllama, cfg, classes, label_ids)
+    if arch.head.kind == "label_token":
+        label_ids = {name: label_token_ids(tokenizer, names) for name, names in _classes(arch).items()}
+    return build_on_meta(arch, image_token_index=image_index, label_ids=label_ids)
 
 
 @contextlib.contextmanager
@@ -241,13 +234,9 @@ def _step(cfg: TrialConfig, batch: dict[str, torch.Tensor], mode: str) -> None:
     """Build on the meta device, then forward, loss and backward under ``mode`` ("fake": fake CPU tensors;
     "meta": the meta device itself); a failure after the build raises :class:`_StepError` (its cause is
     the original exception)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from mdf_search.model.mdf import mdf_loss
-
     dtype = torch.bfloat16 if cfg.optim.precision == "bf16" else torch.float32
-    with torch.device("meta"), _default_dtype(dtype):
-        model = _build(cfg)
+    with _default_dtype(dtype):
+        model = _build(cfg.arch)
     model.train()
     context: Any = contextlib.nullcontext()
     if mode == "fake":
@@ -331,12 +320,12 @@ def _message(err: BaseException) -> str:
 
 
 def _same_model_key(cfg: TrialConfig) -> str:
-    """What the check depends on: the architecture, freezing, head, precision and the batch's layout."""
-    model = dataclasses.replace(cfg.model, weights=None)
+    """What the check depends on: the architecture (less the weights path, never read), precision and the
+    batch's layout."""
+    arch = dataclasses.replace(cfg.arch, model=dataclasses.replace(cfg.model, weights=None))
     data = cfg.data
     batch = (data.vision_tiles, data.image, data.text, data.max_text_tokens, data.augment)
-    parts = (model, cfg.unet, cfg.fusion, cfg.film, cfg.freeze, cfg.head, batch)
-    return repr((*parts, cfg.optim.precision, cfg.optim.micro_batch))
+    return repr((arch, batch, cfg.optim.precision, cfg.optim.micro_batch))
 
 
 def check_spec(
@@ -352,8 +341,6 @@ def check_spec(
     ``checked`` maps what a check depends on to the arm that passed it; pass one dict to several calls to
     run each distinct model and batch once across files.
     """
-    from mdf_search.search.designs import arms, trial_params
-
     results: list[DeepResult] = []
     checked = {} if checked is None else checked
     for arm in arms(spec):
@@ -383,8 +370,6 @@ def check_files(
     emit: Callable[[str], None] | None = None,
 ) -> tuple[int, list[str]]:
     """Exit code (0: every arm ran; 2: any failed) and report lines; ``emit`` gets each line as it comes."""
-    from mdf_search.search.space import SpecError, load_spec
-
     code, lines = 0, []
     checked: dict[str, str] = {}
 

@@ -25,7 +25,7 @@ from mdf_search.data.splits import make_split, write_split
 from mdf_search.data.synthetic import ensure_synthetic
 from mdf_search.model.mdf import MDFModel, task_classes
 from mdf_search.model.mllama import IMAGE, build_mllama, label_token_ids, load_pretrained, train_tokenizer
-from mdf_search.model.presets import get_preset
+from mdf_search.model.presets import get_preset, require_weights
 
 SYNTHETIC_SEED = 0  # the synthetic *dataset* is the same for every trial; trial seeds vary the training
 
@@ -68,6 +68,9 @@ def prepare_tokenizer(texts: list[str], space: LabelSpace, vocab_size: int, root
 
 
 def prepare_trial_data(cfg: TrialConfig, *, workers: int = 2, progress: Any = None) -> TrialData:
+    """Make (or find) the trial's data artefacts; refuses first what the rank-side build would refuse."""
+    preset = get_preset(cfg.model.preset)
+    require_weights(preset, cfg.model.weights)
     root = cache_root(cfg)
     data = cfg.data
     manifest = (
@@ -94,7 +97,6 @@ def prepare_trial_data(cfg: TrialConfig, *, workers: int = 2, progress: Any = No
         test_source=data.test_source,
     )
     split_path = write_split(split, root / "splits")
-    preset = get_preset(cfg.model.preset)
     cache = build_cache(
         manifest,
         root / "cache",
@@ -125,6 +127,7 @@ def build_model(
     """The trial's joint model and tokenizer (under ZeRO-3 call it inside ``zero3_construction``)."""
     space = LabelSpace.from_json(label_space)
     preset = get_preset(cfg.model.preset)
+    require_weights(preset, cfg.model.weights)
     classes = task_classes(cfg.head.task, space.diseases)
     if cfg.model.weights:
         dtype = torch.bfloat16 if cfg.optim.precision == "bf16" else torch.float32
@@ -142,7 +145,7 @@ def build_model(
     label_ids = None
     if cfg.head.kind == "label_token":
         label_ids = {name: label_token_ids(tokenizer, names) for name, names in classes.items()}
-    model = MDFModel(mllama, cfg, classes, label_ids)
+    model = MDFModel(mllama, cfg.arch, classes, label_ids)
     if cfg.unet.init == "pretrained" and cfg.unet.weights and model.unet is not None:
         state = torch.load(cfg.unet.weights, map_location="cpu", weights_only=True)
         model.unet.load_state_dict(state)

@@ -51,7 +51,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mdf_search.config import DataConfig, OptimConfig, RunConfig, TrialConfig
+from mdf_search.config import ConfigError, TrialConfig
+from mdf_search.model.arch import ArchConfig
+from mdf_search.model.presets import get_preset
+from mdf_search.model.wiring import layers_to_levels, resolve_layer_map
 
 GIB = 2**30
 OPTIMIZER_BYTES = 16  # per trainable parameter: fp32 master 4 + fp32 gradient 4 + Adam moments 8
@@ -72,7 +75,7 @@ class ParamCounts:
     total: int
     trainable: int
     largest_layer: int  # DeepSpeed's ``largest_layer_params``: max over modules of their own parameters
-    roles: dict[str, tuple[int, int]]  # role -> (parameters, trainable), as ``summarize(cfg).roles``
+    roles: dict[str, tuple[int, int]]  # role -> (parameters, trainable), as ``summarize(arch).roles``
 
     @property
     def frozen(self) -> int:
@@ -80,18 +83,13 @@ class ParamCounts:
 
 
 @functools.lru_cache(maxsize=32)
-def _count(arch: TrialConfig) -> ParamCounts:
-    import torch
-
+def count_parameters(arch: ArchConfig) -> ParamCounts:
+    """Parameter counts of the architecture's model (cached by architecture)."""
+    # torch and transformers: imported here to keep them out of `validate`'s import path
     from mdf_search.model.freezing import parameter_counts
-    from mdf_search.model.mdf import MDFModel, task_classes
-    from mdf_search.model.mllama import build_mllama
-    from mdf_search.model.presets import get_preset
-    from mdf_search.model.summary import SUMMARY_DISEASES
+    from mdf_search.model.summary import build_on_meta
 
-    with torch.device("meta"):  # what summarize() builds: nothing is allocated, the 11B takes ~0.1 s
-        mllama = build_mllama(get_preset(arch.model.preset), gate_init=arch.model.xattn_gate_init)
-        model = MDFModel(mllama, arch, task_classes(arch.head.task, SUMMARY_DISEASES))
+    model = build_on_meta(arch)  # what summarize() builds: nothing is allocated, the 11B takes ~0.1 s
     roles = parameter_counts(model)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     return ParamCounts(
@@ -100,11 +98,6 @@ def _count(arch: TrialConfig) -> ParamCounts:
         largest_layer=largest,
         roles=roles,
     )
-
-
-def count_parameters(cfg: TrialConfig) -> ParamCounts:
-    """Parameter counts of the trial's model (cached on the fields that change the architecture)."""
-    return _count(dataclasses.replace(cfg, optim=OptimConfig(), data=DataConfig(), run=RunConfig()))
 
 
 @dataclass(frozen=True)
@@ -204,9 +197,6 @@ def activation_rows(
     cfg: TrialConfig, counts: ParamCounts, *, eager_attention: bool = False
 ) -> list[tuple[str, int]]:
     """Per-GPU activation bytes by component for one micro-batch (see the module docstring)."""
-    from mdf_search.model.presets import get_preset
-    from mdf_search.model.wiring import layers_to_levels, resolve_layer_map
-
     preset = get_preset(cfg.model.preset)
     b, seq = cfg.optim.micro_batch, cfg.data.max_text_tokens
     q = 2 if cfg.optim.precision == "bf16" else 4
@@ -307,18 +297,19 @@ def plan_trial(
 
     ``fits`` holds when the total (CUDA context included) is at most ``gpu_mem_gb`` GiB less
     ``SAFETY_FRACTION``, and, when ``cpu_mem_gb`` is given, DeepSpeed's CPU estimate fits a node's RAM.
+    A config that breaks a rule of ``TrialConfig`` (e.g. optimizer offload without ZeRO; one that
+    ``from_flat`` built cannot) raises ConfigError.
     """
     if gpus < 1 or nodes < 1 or gpus % nodes:
         raise ValueError(f"gpus must be a positive multiple of nodes, but got (gpus={gpus}, nodes={nodes})")
     if gpu_mem_gb <= 0:
         raise ValueError(f"gpu_mem_gb must be > 0, but got {gpu_mem_gb}")
-    counts = count_parameters(cfg)
+    invalid = cfg.cross_field_problems()
+    if invalid:
+        raise ConfigError(invalid)
+    counts = count_parameters(cfg.arch)
     opt = cfg.optim
     problems: list[str] = []
-    if opt.offload_optimizer and opt.zero_stage == 0:
-        problems.append("optim.offload_optimizer needs optim.zero_stage >= 1")
-    if opt.offload_param and opt.zero_stage != 3:
-        problems.append("optim.offload_param needs optim.zero_stage=3")
     states = model_states(
         counts.total,
         counts.trainable,
@@ -326,8 +317,8 @@ def plan_trial(
         stage=opt.zero_stage,
         num_gpus_per_node=gpus // nodes,
         num_nodes=nodes,
-        offload_optimizer=opt.offload_optimizer and opt.zero_stage > 0,
-        offload_param=opt.offload_param and opt.zero_stage == 3,
+        offload_optimizer=opt.offload_optimizer,
+        offload_param=opt.offload_param,
         precision=opt.precision,
     )
     rows = [
@@ -439,7 +430,6 @@ def plan_11b_table(
     """
     flat = {
         "model.preset": "11b",
-        "model.weights": "(meta)",
         "optim.precision": "bf16",
         "optim.zero_stage": 3,
         "optim.micro_batch": 2,

@@ -52,7 +52,7 @@ def make_model(gate_init: float = 0.5, seed: int = 0, **flat: object) -> MDFMode
     cfg = TrialConfig.from_flat(flat)
     torch.manual_seed(seed)
     mllama = build_mllama(get_preset(cfg.model.preset), gate_init=gate_init)
-    return MDFModel(mllama, cfg, task_classes(cfg.head.task, DISEASES))
+    return MDFModel(mllama, cfg.arch, task_classes(cfg.head.task, DISEASES))
 
 
 @pytest.fixture

@@ -6,8 +6,11 @@ import pytest
 import torch
 from transformers import MllamaForConditionalGeneration
 
+from mdf_search.config import TrialConfig
 from mdf_search.model.fusion import FusedCrossAttention, backbone_state_dict
-from mdf_search.model.mdf import BATCH_MLLAMA_KEYS, mdf_loss
+from mdf_search.model.mdf import BATCH_MLLAMA_KEYS, MDFModel, mdf_loss, task_classes
+from mdf_search.model.mllama import build_mllama
+from mdf_search.model.presets import get_preset
 
 from .conftest import make_batch, make_model
 
@@ -127,7 +130,7 @@ def test_fused_model_at_init_is_the_baseline(injection: str, batch: dict[str, to
     """
     baseline = make_model(seed=0, **BASELINE).eval()
     fused = make_model(seed=0, **{"fusion.injection": injection}).eval()
-    assert fused.cfg.fusion.scale_init == 0.0 and fused.unet is not None and fused.film is not None
+    assert fused.arch.fusion.scale_init == 0.0 and fused.unet is not None and fused.film is not None
     plain_state = backbone_state_dict(baseline.mllama)
     fused_state = backbone_state_dict(fused.mllama)
     assert fused_state.keys() == plain_state.keys()
@@ -201,14 +204,9 @@ def test_generate_with_fusion_uses_the_unet_tokens(injection: str) -> None:
 
 
 def test_label_token_head_scores_lm_head_rows(batch: dict[str, torch.Tensor]) -> None:
-    from mdf_search.config import TrialConfig
-    from mdf_search.model.mdf import MDFModel, task_classes
-    from mdf_search.model.mllama import build_mllama
-    from mdf_search.model.presets import get_preset
-
-    cfg = TrialConfig.from_flat({"head": "label_token", "task": "type"})
+    arch = TrialConfig.from_flat({"head": "label_token", "task": "type"}).arch
     model = MDFModel(
-        build_mllama(get_preset("tiny"), gate_init=0.5), cfg, task_classes("type", ()), {"type": [7, 9, 11]}
+        build_mllama(get_preset("tiny"), gate_init=0.5), arch, task_classes("type", ()), {"type": [7, 9, 11]}
     )
     assert sum(p.numel() for p in model.heads.parameters()) == 0
     out = model(batch)

@@ -17,7 +17,7 @@ from mdf_search.model.mllama import (
     meta_parameter_count,
     train_tokenizer,
 )
-from mdf_search.model.presets import PRESETS, get_preset
+from mdf_search.model.presets import PRESETS, get_preset, require_weights
 
 from .conftest import make_batch
 
@@ -136,6 +136,13 @@ def test_pretrained_loading_is_the_same_code_for_a_tiny_checkpoint(tmp_path: Pat
             loaded.eval()(**{k: batch[k] for k in keys}).logits, model(**{k: batch[k] for k in keys}).logits
         )
     assert loaded_tokenizer("RHO")["input_ids"] == tokenizer("RHO")["input_ids"]
+
+
+def test_a_pretrained_only_preset_is_not_built_for_real_without_weights() -> None:
+    with pytest.raises(ValueError, match=r"model\.weights: the 11b preset loads .* set model\.weights to it"):
+        require_weights(get_preset("11b"), None)
+    require_weights(get_preset("11b"), "/models/Llama-3.2-11B-Vision")
+    require_weights(get_preset("tiny"), None)
 
 
 def test_missing_checkpoint_directory_names_the_fix(tmp_path: Path) -> None:
