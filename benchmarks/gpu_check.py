@@ -71,7 +71,7 @@ def run(preset_name: str, micro_batch: int, length: int) -> None:
     ds_config = build_ds_config(cfg, world_size=1, steps_per_epoch=STEPS, on_gpu=True)
     torch.cuda.reset_peak_memory_stats()
     with zero3_construction(ds_config):
-        model = MDFModel(build_mllama(preset, gate_init=0.5), cfg, task_classes("type", ()))
+        model = MDFModel(build_mllama(preset, gate_init=0.5), cfg.arch, task_classes("type", ()))
     engine, _, _ = initialize(model, cfg, ds_config)
     batch = _batch(preset, micro_batch, length, engine.device)
     for step in range(STEPS + WARMUP):

@@ -99,7 +99,7 @@ def test_param_groups_have_role_learning_rates_and_only_trainable_params() -> No
     from tests.model.conftest import make_model
 
     model = make_model(freeze="mllm")
-    cfg = model.cfg
+    cfg = TrialConfig.from_flat({"freeze": "mllm"})
     groups = param_groups(model, cfg.optim)
     rates = role_learning_rates(cfg.optim)
     names = {g["name"] for g in groups}
