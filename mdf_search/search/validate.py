@@ -1,8 +1,9 @@
 """Validation of a loaded spec beyond its schema: everything that needs the arms; runs nothing.
 
 ``space.load_spec`` checks the file and each key; ``validate_spec`` then builds the arms and checks each
-one's trial through ``TrialConfig.from_flat`` (at the nuisance defaults and the first seed), the baseline,
-the design size against ``budget.trials``, and, when GPUs are declared, each arm's memory plan
+one's trial through ``TrialConfig.from_flat`` (at the nuisance defaults and the first seed) and
+``presets.require_weights`` (the sweep builds every arm for real: 11b needs ``model.weights``), the
+baseline, the design size against ``budget.trials``, and, when GPUs are declared, each arm's memory plan
 (``train.memory.plan_trial``: a meta-device estimate, no weights loaded). ``validate_files`` is the
 ``validate`` command's report: a summary per file, its problems and notes, and what its design can detect
 (``report.power``). Problems read ``<file>: <where>: <what is wrong>; <fix>``.
@@ -10,12 +11,11 @@ the design size against ``budget.trials``, and, when GPUs are declared, each arm
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from mdf_search.config import ConfigError, TrialConfig
+from mdf_search.model.presets import get_preset, require_weights
 from mdf_search.report.power import Power, design_power
 from mdf_search.search.designs import arms, baseline_arms, num_trials, trial_params, trials_per_arm
 from mdf_search.search.space import SearchSpec, SpecError, load_spec
@@ -84,10 +84,13 @@ def check_design(spec: SearchSpec) -> tuple[list[str], list[str], str]:
     for arm in arm_list:
         params = trial_params(spec, arm, spec.seeds[0])
         try:
-            configs[arm.id] = TrialConfig.from_flat(params)
+            cfg = configs[arm.id] = TrialConfig.from_flat(params)
+            require_weights(get_preset(cfg.model.preset), cfg.model.weights)  # the sweep builds it for real
         except ConfigError as err:
             for p in err.problems:
                 by_problem.setdefault(p, []).append(arm.id)
+        except ValueError as err:
+            by_problem.setdefault(str(err), []).append(arm.id)
     problems += [f"{src}: {_where(where, len(ids))}: {p}" for p, where in by_problem.items()]
 
     if spec.baseline is not None:
@@ -128,22 +131,18 @@ def check_design(spec: SearchSpec) -> tuple[list[str], list[str], str]:
 
     memory = ""
     if spec.resources.gpus_per_worker > 0 and configs:
-        memory = _memory(spec, configs, problems, notes)
+        memory = _memory(spec, configs, problems)
     summary = f"experiment {spec.experiment}, design {spec.design}, {size}{memory}"
     return problems, notes, summary
 
 
-def _memory(spec: SearchSpec, configs: Mapping[str, Any], problems: list[str], notes: list[str]) -> str:
-    """Plan each arm (at the nuisance defaults) on the declared GPUs; an 11b config without weights is
-    planned with ``model.weights="(meta)"`` (the meta build needs no files) and only noted."""
+def _memory(spec: SearchSpec, configs: Mapping[str, TrialConfig], problems: list[str]) -> str:
+    """Plan each arm (at the nuisance defaults) on the declared GPUs (a meta-device build: no weights)."""
     res = spec.resources
     # Workers sharing a GPU (gpus_per_worker < 1) each get their fraction of its memory.
     mem = res.gpu_mem_gb * min(1.0, res.gpus_per_worker)
     worst: tuple[float, str] = (0.0, "")
     for arm_id, cfg in configs.items():
-        if cfg.model.preset == "11b" and not cfg.model.weights:
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights="(meta)"))
-            notes.append(f"arm {arm_id}: planned without model.weights (meta device)")
         plan = plan_trial(cfg, gpus=res.workers, gpu_mem_gb=mem)
         if not plan.fits:
             problems.append(f"{spec.path}: arm {arm_id}: does not fit on {res.workers} GPU(s): {plan.reason}")

@@ -285,11 +285,13 @@ def test_memory_that_does_not_fit_is_a_problem(tmp_path: Path) -> None:
     problems = _problems(
         tmp_path,
         {
-            "fixed": {"model.preset": "11b", "model.weights": "/models/x", "optim.precision": "bf16"},
+            "fixed": {"model.preset": "11b", "optim.precision": "bf16"},
             "resources": {"workers": 1, "gpus_per_worker": 1, "gpu_mem_gb": 16},
         },
     )
     assert any("does not fit on 1 GPU(s): needs" in p for p in problems), problems
+    # the plan is a meta-device build: it runs without model.weights, which is a problem of its own
+    assert any("model.weights: the 11b preset loads" in p for p in problems), problems
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
