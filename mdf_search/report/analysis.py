@@ -55,7 +55,7 @@ def provenance_section(exp: Experiment, count: int, out: Path | None = None) -> 
         ["description", spec.description if spec else "—"],
         ["design", spec.design if spec else "—"],
         ["metric", f"{exp.metric} ({exp.mode})"],
-        ["seeds", ", ".join(map(str, spec.seeds)) if spec else first("seed")],
+        ["seeds", ", ".join(map(str, spec.seeds)) if spec and spec.seeds else first("seed")],
         ["budget", _budget(exp)],
         ["trials recorded", f"{trials.height} ({', '.join(f'{k} {v}' for k, v in _counts(trials).items())})"],
         ["compute used", ", ".join(f"{v:.3f} {k.replace('_', '-')}" for k, v in hours.items()) or "—"],
@@ -96,21 +96,21 @@ def _budget(exp: Experiment) -> str:
     if exp.spec is None:
         return "—"
     b = exp.spec.budget
-    parts = [f"{b.epochs} epochs"]
+    parts = [f"{b.epochs} epochs"] if b.epochs else []
     if b.trials:
         parts.append(f"≤ {b.trials} trials")
-    if b.max_wall_time:
-        parts.append(f"≤ {b.max_wall_time / 60:g} min wall")
+    if b.max_wall_time_s:
+        parts.append(f"≤ {b.max_wall_time_s / 60:g} min wall")
     if b.max_gpu_hours:
         parts.append(f"≤ {b.max_gpu_hours:g} GPU-h")
-    return ", ".join(parts)
+    return ", ".join(parts) or "—"
 
 
 def design_section(exp: Experiment) -> Section:
     sec = Section("Design matrix", anchor="design")
     arms, params, base = exp.arms(), exp.arm_params(), exp.baseline_arm()
     if not exp.factors:
-        sec.note("no scientific factors known (no spec.yaml): arms are listed as recorded.")
+        sec.note("no scientific factors known (no arms.json or spec.yaml): arms are listed as recorded.")
     counts = exp.trials.group_by("arm").agg(
         pl.len().alias("n"), (pl.col("status") == "completed").sum().alias("ok")
     )

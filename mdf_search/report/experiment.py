@@ -1,8 +1,10 @@
-"""One experiment directory as the reports read it: the spec, the Parquet tables, and derived views.
+"""One experiment directory as the reports read it: the recorded spec, the Parquet tables, and derived
+views.
 
 Everything the leaderboard and the report need is here, so both read an experiment the same way:
 which metric and mode rank trials, which columns are scientific factors and nuisance parameters, the
-arms in design order, the baseline arm, and the per-(arm, seed) table the statistics pair on.
+arms in design order, the baseline arm, and the per-(arm, seed) table the statistics pair on. The
+design comes from the sweep's record (``arms.json``, ``report.design``), never from running search code.
 
 **Selection.** Validation chooses, test only reports. For each (arm, seed) exactly one trial is
 selected: the completed trial with the best value of the study's metric (a validation metric; its
@@ -14,17 +16,15 @@ column over several trials.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from mdf_search.report.design import RecordedSpec, load_spec_record, same_value
 from mdf_search.results.store import ResultsStore
-from mdf_search.search.space import SearchSpec, SpecError, canonical, load_spec
 
-log = logging.getLogger(__name__)
 DEFAULT_METRIC = ("val/macro_f1", "max")
 HEADLINE = ("val/accuracy", "val/macro_f1", "val/macro_recall", "val/auroc")
 FINISHED_OK = ("completed", "stopped_early")
@@ -32,13 +32,13 @@ TASK_HEADS = ("disease", "type")  # metric namespaces of task=dual (metrics.metr
 
 
 class ExperimentError(ValueError):
-    """The experiment directory is missing, has no results yet, or its spec does not load."""
+    """The experiment directory is missing or has no results yet."""
 
 
 @dataclass
 class Experiment:
     root: str
-    spec: SearchSpec | None
+    spec: RecordedSpec | None
     trials: pl.DataFrame
     epochs: pl.DataFrame
     metric: str
@@ -48,7 +48,7 @@ class Experiment:
 
     @property
     def name(self) -> str:
-        if self.spec is not None:
+        if self.spec is not None and self.spec.experiment:
             return self.spec.experiment
         if "experiment" in self.trials.columns and self.trials.height:
             return str(self.trials["experiment"][0])
@@ -70,30 +70,17 @@ class Experiment:
         return [k for k in keys if k in self.trials.columns]
 
     def arms(self) -> list[str]:
-        """Arm ids in design order (the spec's arms first, then any others in the data)."""
+        """Arm ids in design order (the recorded arms first, then any others in the data, sorted)."""
         present = [a for a in self.trials["arm"].unique(maintain_order=True).to_list() if a is not None]
-        order: list[str] = []
-        if self.spec is not None:
-            from mdf_search.search.designs import arms
-
-            try:
-                order = [a.id for a in arms(self.spec)]
-            except Exception as err:  # a spec that no longer builds arms: fall back to data order
-                log.warning("cannot build the arms of %s: %s", self.spec.path, err)
+        order = self.spec.arm_ids() if self.spec is not None else []
         return [a for a in order if a in present] + sorted(a for a in present if a not in order)
 
     def baseline_arm(self) -> str | None:
-        """The arm the spec's ``baseline`` matches, when it has results."""
-        if self.spec is None or self.spec.baseline is None:
-            return None
-        from mdf_search.search.designs import arms, baseline_arms
-
-        try:
-            matched = baseline_arms(self.spec, arms(self.spec))
-        except Exception:
+        """The arm recorded as the baseline, when exactly one is and it has results."""
+        if self.spec is None:
             return None
         present = set(self.trials["arm"].to_list())
-        ids = [a.id for a in matched if a.id in present]
+        ids = [a for a in self.spec.baseline_ids() if a in present]
         return ids[0] if len(ids) == 1 else None
 
     def ok(self) -> pl.DataFrame:
@@ -188,12 +175,12 @@ class Experiment:
     def value_order(self, factor: str) -> list[Any]:
         """A factor's values in spec order (the data's extra values, e.g. ``otherwise``, after them)."""
         present = [v for v in self.trials[factor].unique(maintain_order=True).to_list() if v is not None]
-        param = self.spec.scientific.get(factor) if self.spec else None
-        choices = list(param.choices or ()) if param else []
+        domain = self.spec.scientific.get(factor) if self.spec else None
+        choices = list(domain.choices or ()) if domain else []
         ordered: list[Any] = []
         for choice in choices:
             for value in present:
-                if value not in ordered and canonical(factor, value) == canonical(factor, choice):
+                if value not in ordered and same_value(value, choice):
                     ordered.append(value)
         return ordered + [v for v in present if v not in ordered]
 
@@ -218,24 +205,15 @@ def metric_task(metric: str) -> str | None:
 
 
 def load_experiment(experiment_dir: str) -> Experiment:
-    """Read ``<dir>/spec.yaml`` (when present) and the Parquet tables; raise ``ExperimentError`` when the
-    directory is missing or holds no trials."""
+    """Read the Parquet tables and the recorded spec (``report.design.load_spec_record``: arms.json, or a
+    reconstruction for an experiment that predates it); raise ``ExperimentError`` when the directory is
+    missing or holds no trials."""
     root = Path(experiment_dir).expanduser()
     if "://" not in experiment_dir and not root.is_dir():
         raise ExperimentError(
             f"{experiment_dir}: no such experiment directory; pass runs/<experiment> as written by "
             "`mdf-search sweep`"
         )
-    notes: list[str] = []
-    spec: SearchSpec | None = None
-    spec_file = root / "spec.yaml"
-    if spec_file.is_file():
-        try:
-            spec = load_spec(spec_file)
-        except SpecError as err:
-            notes.append(f"spec.yaml does not load ({len(err.problems)} problem(s)); factors unknown")
-    else:
-        notes.append("no spec.yaml: metric, factors and baseline unknown; ranking by val/macro_f1 (max)")
     store = ResultsStore(experiment_dir)
     trials = store.trials()
     if trials.is_empty():
@@ -243,5 +221,6 @@ def load_experiment(experiment_dir: str) -> Experiment:
             f"{experiment_dir}: no trial results yet (trials/*.parquet is empty); is the sweep running?"
         )
     epochs = store.epochs()
+    spec, notes = load_spec_record(root, trials)
     metric, mode = (spec.metric, spec.mode) if spec else DEFAULT_METRIC
     return Experiment(str(root), spec, trials, epochs, metric, mode, notes)

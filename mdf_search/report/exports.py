@@ -47,7 +47,7 @@ def export_section(exp: Experiment, out: Path) -> Section:
                     "log": param.log,
                     "lower": param.low,
                     "upper": param.high,
-                    "default": param.default_value(),
+                    "default": param.low if param.default is None else param.default,
                     "distribution": "uniform",
                 }
             )
@@ -139,7 +139,7 @@ def export_section(exp: Experiment, out: Path) -> Section:
             "above from it)."
         )
     else:
-        storage = exp.spec.study.storage if exp.spec and exp.spec.study.storage else None
+        storage = exp.spec.storage if exp.spec else None
         sec.note(
             f"no optuna.db in the experiment directory{f'; the study lives at {storage}' if storage else ''}."
         )

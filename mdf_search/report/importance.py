@@ -32,8 +32,8 @@ def _study_from_db(exp: Experiment) -> Any | None:
 
     db = Path(exp.root) / "optuna.db"
     url = (
-        exp.spec.study.storage
-        if exp.spec and exp.spec.study.storage
+        exp.spec.storage
+        if exp.spec and exp.spec.storage
         else (f"sqlite:///{db.resolve()}" if db.is_file() else None)
     )
     if url is None:
@@ -155,7 +155,7 @@ def importance_section(exp: Experiment, sink: fg.FigureSink) -> Section:
     if results:
         params_all = sorted(
             {p for v in results.values() for p in v},
-            key=lambda p: -max(v.get(p, 0.0) for v in results.values()),
+            key=lambda p: (-max(v.get(p, 0.0) for v in results.values()), p),  # ties: by name
         )
         rows = [[p, *[tb.num(results[e].get(p), 3) for e in results]] for p in params_all]
         sec.blocks.append(

@@ -4,6 +4,11 @@ The sweep calls ``on_event(event, info)`` on every trial result/complete/error (
 epoch, metrics). On a terminal the view is a ``rich.live.Live`` panel re-read from the Parquet store (at
 most once a second: reads are cheap, and the store is the one source of truth, so a resumed sweep shows
 its earlier trials too); elsewhere (CI, ``ray job logs``) it prints one plain line per event.
+
+The number of trials the sweep runs is read from the design it records (``arms.json``, see
+``report.design``), which the sweep writes before its first trial: until then the total is unknown, and
+the plain-mode header line waits for it (or for the first event). An experiment on remote storage
+(``s3://``) has no arms.json, so its view shows no total and no ETA from it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from mdf_search.report.design import DesignError, read_record
 from mdf_search.report.leaderboard import param_columns, varying
 from mdf_search.results.store import ResultsStore
 
@@ -38,7 +44,10 @@ def _duration(seconds: float) -> str:
 
 
 class LiveLeaderboard:
-    """``with LiveLeaderboard(root, spec) as view: run_sweep(spec, on_event=view.on_event)``."""
+    """``with LiveLeaderboard(root, spec) as view: run_sweep(spec, on_event=view.on_event)``.
+
+    Of ``spec`` (the sweep's loaded spec) the view reads the plain attributes ``experiment``, ``metric``,
+    ``mode`` and ``budget.max_wall_time`` (seconds); it runs no design code."""
 
     def __init__(
         self, experiment_root: str, spec: Any, top: int = 10, console: Console | None = None
@@ -49,22 +58,34 @@ class LiveLeaderboard:
         self.console = console or Console()
         self.metric: str = spec.metric
         self.descending = spec.mode == "max"
-        self.total = self._total(spec)
+        self.total: int | None = None
         self.started = time.monotonic()
         self.events = 0
         self.trials = pl.DataFrame()
         self._read_at = 0.0
         self._finished_at_start = 0
         self._live: Live | None = None
+        self._announced = False
 
-    @staticmethod
-    def _total(spec: Any) -> int | None:
+    def _read_total(self) -> None:
+        """The trial total from arms.json, once the sweep has written it."""
+        if self.total is not None:
+            return
         try:
-            from mdf_search.search.designs import num_trials
+            self.total = read_record(self.root).trials
+        except FileNotFoundError:  # not written yet (or remote storage, where it never is)
+            pass
+        except DesignError as err:
+            log.debug("live view: %s", err)
 
-            return int(num_trials(spec))
-        except Exception:
-            return None
+    def _announce(self) -> None:
+        """Plain mode's header line, once (when the total is known, or at the first event)."""
+        if self._announced or self._live is not None:
+            return
+        self._announced = True
+        self._read_total()
+        self.console.print(f"sweep {self.spec.experiment}: {self.total or '?'} trials, ranking by "
+                           f"{self.metric} ({self.spec.mode})", highlight=False)  # fmt: skip
 
     # -- context manager -------------------------------------------------------------------------------
     def __enter__(self) -> LiveLeaderboard:
@@ -74,9 +95,8 @@ class LiveLeaderboard:
         if self.console.is_terminal:
             self._live = Live(self.render(), console=self.console, auto_refresh=False, transient=False)
             self._live.__enter__()
-        else:
-            self.console.print(f"sweep {self.spec.experiment}: {self.total or '?'} trials, ranking by "
-                               f"{self.metric} ({self.spec.mode})", highlight=False)  # fmt: skip
+        elif self.total is not None:
+            self._announce()
         return self
 
     def __exit__(
@@ -88,6 +108,7 @@ class LiveLeaderboard:
             self._live.__exit__(kind, value, tb)
             self._live = None
         else:
+            self._announce()
             self.console.print(self.summary_line(), highlight=False, markup=False, soft_wrap=True)
 
     # -- events ----------------------------------------------------------------------------------------
@@ -97,6 +118,7 @@ class LiveLeaderboard:
         if self._live is not None:
             self._live.update(self.render(), refresh=True)
             return
+        self._announce()
         value = info.get(self.metric)
         shown = f" {self.metric}={value:.4f}" if isinstance(value, float) else ""
         epoch = f" epoch {info['epoch']}" if event == "result" and "epoch" in info else ""
@@ -117,6 +139,7 @@ class LiveLeaderboard:
         if not force and now - self._read_at < REFRESH_S:
             return
         self._read_at = now
+        self._read_total()
         try:
             self.trials = ResultsStore(self.root).trials()
         except Exception as err:  # a half-written store must never stop the sweep

@@ -1,4 +1,5 @@
-"""What a design can detect, said before it runs (``mdf-search validate``) and again in the report.
+"""What a design can detect, said before it runs (``mdf-search validate``: ``search.validate.spec_power``)
+and again in the report.
 
 A comparison of an arm with the baseline can only be significant if its test can produce a p below α
 after Holm's correction across the arms compared. That depends on the design alone:
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 ALPHA = 0.05
 
@@ -106,17 +106,3 @@ def design_power(n_seeds: int, n_arms: int, alpha: float = ALPHA) -> Power:
         raise ValueError(f"n_seeds >= 0 and n_arms >= 0 must hold, but got ({n_seeds}, {n_arms})")
     sign = min(1.0, n_arms * 2.0 / 2**n_seeds) if n_seeds > 0 and n_arms > 0 else math.nan
     return Power(n_seeds, n_arms, alpha, sign, n_seeds >= 2, min_pairs(n_arms, alpha))
-
-
-def spec_power(spec: Any, alpha: float = ALPHA) -> Power:
-    """``design_power`` for a validated ``SearchSpec``: the seeds every arm shares (grid/ofat: all of
-    them; tpe/qmc/gp: seeds go round-robin within an arm's trials, so ``min(seeds, trials per arm)``)
-    and the non-baseline arms (0 without a baseline that matches exactly one arm)."""
-    from mdf_search.search.designs import arms, baseline_arms, trials_per_arm
-
-    arm_list = arms(spec)
-    n_seeds = len(spec.seeds)
-    if spec.is_sampler:
-        n_seeds = min(n_seeds, trials_per_arm(spec, len(arm_list)))
-    n_arms = len(arm_list) - 1 if len(baseline_arms(spec, arm_list)) == 1 else 0
-    return design_power(n_seeds, n_arms, alpha)

@@ -1,6 +1,11 @@
 """Synthetic experiments written with the real results writer: for tests, benchmarks and the example
 report when no sweep has run. Nothing here trains a model; the numbers are drawn so that fusion helps a
 little, seeds differ, and some trials fail, stop early or diverge, like a real study.
+
+The design is fixed here: :data:`SPEC` and the arms the design code builds from it (:data:`ARMS`),
+written out so that the report package runs no search code. An experiment gets spec.yaml and the
+arms.json a sweep would record (``report.design``); ``tests/report/test_design.py`` checks both against
+the design code (``search.record.design_record``, ``search.designs.trial_params``).
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from mdf_search.atomic import write_text
 from mdf_search.metrics import classification_metrics
+from mdf_search.report.design import ARMS_FILE, FORMAT
 from mdf_search.results.schema import to_table
 from mdf_search.results.store import ResultsStore
-from mdf_search.search.designs import arms, trial_params
-from mdf_search.search.space import load_spec
 
 CLASSES = ("healthy", "acquired", "inherited")
 
@@ -48,7 +53,7 @@ metric: val/macro_f1
 mode: max
 design: grid
 seeds: [0, 1]
-budget: {trials: 8, epochs: 2, max_wall_time: 15m, max_gpu_hours: 0}
+budget: {trials: 8, epochs: 2, max_wall_time: 900, max_gpu_hours: 0}
 scheduler: {type: none}
 baseline: {fusion.levels: none}
 scientific:
@@ -66,21 +71,105 @@ fixed:
 resources: {workers: 2, concurrent_trials: 1, gpus_per_worker: 0}
 study: {storage: null}
 """
+# SPEC's resolved design, as search.record.design_record writes it: the parameter domains, and the arms
+# in design order (the baseline first, then the grid in file order; film.placement is active only with
+# fusion.levels=1234 and is `none` otherwise).
+SCIENTIFIC: dict[str, dict[str, Any]] = {
+    "fusion.levels": {"choices": ["none", "4", "1234"], "default": "none"},
+    "film.placement": {"choices": ["none", "enc"], "default": "none"},
+}
+NUISANCE: dict[str, dict[str, Any]] = {
+    "fusion.injection": {"choices": ["parallel"], "default": "parallel"},
+    "optim.lr": {
+        "low": 1.0e-4,
+        "high": 3.0e-3,
+        "log": True,
+        "step": None,
+        "integer": False,
+        "default": 1.0e-3,
+    },
+}
+ARMS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("fusion.levels=none", {"fusion.levels": "none", "film.placement": "none"}),
+    ("fusion.levels=4", {"fusion.levels": "4", "film.placement": "none"}),
+    ("fusion.levels=1234|film.placement=none", {"fusion.levels": "1234", "film.placement": "none"}),
+    ("fusion.levels=1234|film.placement=enc", {"fusion.levels": "1234", "film.placement": "enc"}),
+)
+BASELINE = "fusion.levels=none"
 
 
 def write_trials(root: str, rows: Sequence[Mapping[str, Any]]) -> str:
     return write_rows(root, "trials", rows)
 
 
-def write_spec(root: str | Path, experiment: str, source: str | Path | None = None, **edits: Any) -> Path:
-    """Copy a search-space file (default: :data:`SPEC`, a 4-arm fusion x FiLM grid) into
-    ``root/spec.yaml`` with the experiment renamed and top-level keys replaced by ``edits``."""
-    data = yaml.safe_load(Path(source).read_text()) if source else yaml.safe_load(SPEC)
+def spec_data(
+    experiment: str, seeds: Sequence[int] | None = None, epochs: int | None = None
+) -> dict[str, Any]:
+    """:data:`SPEC` as data, renamed; ``seeds`` replace its seeds, ``epochs`` its whole budget."""
+    data: dict[str, Any] = yaml.safe_load(SPEC)
     data["experiment"] = experiment
-    data.update(edits)
+    if seeds is not None:
+        data["seeds"] = list(seeds)
+    if epochs is not None:
+        data["budget"] = {"epochs": epochs}
+    return data
+
+
+def design_record(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The arms.json a sweep of ``data`` (:func:`spec_data`) records."""
+    budget = data["budget"]
+    return {
+        "format": FORMAT,
+        "experiment": data["experiment"],
+        "description": data["description"],
+        "design": data["design"],
+        "metric": data["metric"],
+        "mode": data["mode"],
+        "seeds": list(data["seeds"]),
+        "trials": len(ARMS) * len(data["seeds"]),
+        "budget": {
+            "epochs": budget["epochs"],
+            "trials": budget.get("trials"),
+            "trials_per_arm": budget.get("trials_per_arm"),
+            "max_wall_time_s": budget.get("max_wall_time"),
+            "max_gpu_hours": budget.get("max_gpu_hours"),
+        },
+        "storage": data["study"]["storage"],
+        "scientific": SCIENTIFIC,
+        "nuisance": NUISANCE,
+        "arms": [
+            {"id": arm, "order": order, "baseline": arm == BASELINE, "params": params}
+            for order, (arm, params) in enumerate(ARMS)
+        ],
+    }
+
+
+def trial_params(data: Mapping[str, Any], arm_params: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """One trial's flat params (``search.designs.trial_params`` for SPEC): fixed, the arm's values, the
+    nuisance held at their defaults (fusion.injection is active only with fused levels), the seed, and
+    the budget's epochs and the workers."""
+    injection = "none" if arm_params["fusion.levels"] == "none" else NUISANCE["fusion.injection"]["default"]
+    return {
+        **data["fixed"],
+        **arm_params,
+        "fusion.injection": injection,
+        "optim.lr": NUISANCE["optim.lr"]["default"],
+        "seed": seed,
+        "optim.epochs": data["budget"]["epochs"],
+        "run.workers": data["resources"]["workers"],
+    }
+
+
+def write_spec(
+    root: str | Path, experiment: str, seeds: Sequence[int] | None = None, epochs: int | None = None
+) -> Path:
+    """Write :data:`SPEC` (a 4-arm fusion x FiLM grid; see :func:`spec_data` for the edits) to
+    ``root/spec.yaml`` and its design to ``root/arms.json``, as a sweep records them."""
+    data = spec_data(experiment, seeds, epochs)
     out = Path(root) / "spec.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# mdf-search sweep {out}\n" + yaml.safe_dump(data, sort_keys=False))
+    write_text(out.parent / ARMS_FILE, json.dumps(design_record(data), indent=1) + "\n")
     return out
 
 
@@ -131,7 +220,6 @@ def synthetic_experiment(
     root: str | Path,
     *,
     experiment: str | None = None,
-    spec_source: str | Path | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     epochs: int = 3,
     failures: bool = True,
@@ -142,7 +230,7 @@ def synthetic_experiment(
     messages: Mapping[int, str] | None = None,
     predictions: bool = True,
 ) -> Path:
-    """Write ``root/spec.yaml``, ``provenance.json`` and trials/epochs via ``ResultsStore``.
+    """Write ``root/spec.yaml``, ``arms.json``, ``provenance.json`` and trials/epochs via ``ResultsStore``.
 
     ``failures`` makes one trial error, one diverge, one stop early; ``running`` leaves that many trials
     mid-flight; ``only_arms`` keeps the first N arms; ``arm_names`` overrides arm ids (escaping tests);
@@ -151,18 +239,19 @@ def synthetic_experiment(
     """
     root = Path(root)
     name = experiment or root.name
-    spec = load_spec(write_spec(root, name, spec_source, seeds=list(seeds), budget={"epochs": epochs}))
+    write_spec(root, name, seeds, epochs)
+    data = spec_data(name, seeds, epochs)
     (root / "provenance.json").write_text(
         json.dumps({"git_sha": "0" * 40, "versions": json.dumps({"torch": "2.x", "ray": "2.60"}), "cwd": "."})
     )
     store = ResultsStore(str(root))
     rng = np.random.default_rng(seed)
-    arm_list = arms(spec)[:only_arms] if only_arms else arms(spec)
-    ids = list(arm_names) if arm_names is not None else [a.id for a in arm_list]
+    arm_list = ARMS[:only_arms] if only_arms else ARMS
+    ids = list(arm_names) if arm_names is not None else [arm for arm, _ in arm_list]
     number = 0
-    for arm, arm_id in zip(arm_list, ids, strict=False):
+    for (_, arm_params), arm_id in zip(arm_list, ids, strict=False):
         for s in seeds:
-            params = trial_params(spec, arm, s)
+            params = trial_params(data, arm_params, s)
             params["optim.lr"] = float(np.exp(rng.uniform(np.log(1e-4), np.log(3e-3))))
             trial_id = f"t{number:05d}"
             status = "completed"
@@ -178,7 +267,7 @@ def synthetic_experiment(
                 status, last = "running", max(1, epochs // 2)
             if messages and number in messages:
                 message = messages[number]
-            quality = 0.55 + _effect(arm.params) + rng.normal(0, 0.03)
+            quality = 0.55 + _effect(arm_params) + rng.normal(0, 0.03)
             base = {"experiment": name, "trial_id": trial_id, "attempt": 1, "arm": arm_id}
             metrics: dict[str, Any] = {}
             drawn: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -191,7 +280,7 @@ def synthetic_experiment(
                     **{f"test/{k}": v for k, v in test.items()},
                     "train/loss": float(1.2 - 0.3 * epoch + rng.normal(0, 0.02)),
                     "train/accuracy": float(min(0.99, q + 0.08)),
-                    "trainable_params": 1.0e6 + 2.5e5 * len(str(arm.params.get("fusion.levels", ""))),
+                    "trainable_params": 1.0e6 + 2.5e5 * len(str(arm_params.get("fusion.levels", ""))),
                     "total_params": 5.0e6,
                     "samples_per_s": float(rng.uniform(20, 40)),
                 }

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from mdf_search.cli.results import leaderboard_command
 from mdf_search.report.experiment import load_experiment
-from mdf_search.report.leaderboard import leaderboard_command, leaderboard_frame
+from mdf_search.report.leaderboard import leaderboard_frame
 
 VALUES = {
     "fusion.levels=none": [(0, "completed", 0.5), (1, "completed", 0.6), (2, "completed", 0.7)],

@@ -3,6 +3,7 @@ escaped arm ids and messages, and (integration) the HTML rendered by headless Ch
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mdf_search.report.ablation import report_command, write_report
+from mdf_search.cli.results import report_command
+from mdf_search.report.ablation import write_report
 from mdf_search.report.synthetic import synthetic_experiment
 
 FIGURES = ("factor_fusion_levels", "per_class", "confusion", "pareto_cost", "learning_curves", "importance")
@@ -80,6 +82,10 @@ def test_no_baseline_and_test_metrics_shown_twice(tmp_path: Path) -> None:
     spec.write_text(
         "\n".join(line for line in spec.read_text().splitlines() if not line.startswith("baseline"))
     )
+    design = json.loads((root / "arms.json").read_text())  # the design a spec without baseline records
+    for arm in design["arms"]:
+        arm["baseline"] = False
+    (root / "arms.json").write_text(json.dumps(design))
     write_report(str(root), str(tmp_path / "r1"))
     write_report(str(root), str(tmp_path / "r2"))
     md = (tmp_path / "r2" / "report.md").read_text()
