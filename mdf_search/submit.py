@@ -1,32 +1,35 @@
-"""``mdf-search submit``: run a study on a Ray cluster as a Ray job, follow its logs, exit with its outcome.
+"""A study as a Ray job on a cluster: the job to submit, and Ray's job-server errors as ``SubmitError``.
 
 A thin layer over Ray's job submission SDK (``ray.job_submission.JobSubmissionClient``), equivalent to
 
     ray job submit --address ADDRESS --working-dir . --runtime-env cluster/runtime_env.yaml \\
         -- mdf-search sweep SPACE --storage STORAGE
 
-plus what the plain CLI does not do: the space is validated here before anything is uploaded, a few
-non-secret environment variables are forwarded, and failures to reach or authenticate to the cluster end
-with a message that says how to fix them (exit 2). The job's entrypoint runs on the cluster (the head
-node) inside the uploaded working dir; ``mdf-search sweep`` there joins the cluster through
-``RAY_ADDRESS``, which Ray sets for job drivers (mdf_search/cluster.py).
-
-Exit status: 0 when the job SUCCEEDED, 1 when it FAILED or was STOPPED, 2 when it could not be submitted,
-130 when you stop following (the job keeps running).
+plus what the plain CLI does not do: ``prepare_job`` validates the space before anything is uploaded and
+forwards a few non-secret environment variables, and a failure to reach or authenticate to the cluster
+raises a ``SubmitError`` whose message says how to fix it. The job's entrypoint runs on the cluster (the
+head node) inside the uploaded working dir; ``mdf-search sweep`` there joins the cluster through
+``RAY_ADDRESS``, which Ray sets for job drivers (mdf_search/cluster.py). ``mdf-search submit``
+(``mdf_search.cli.cluster``) calls these steps in order and prints what they return.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mdf_search.search.space import SpecError, load_spec
+from mdf_search.search.validate import validate_spec
 
 RUNTIME_ENV_FILE = Path("cluster") / "runtime_env.yaml"
 # Used when the working dir has no cluster/runtime_env.yaml (same list as that file).
@@ -50,10 +53,6 @@ AUTH_HELP = (
 
 class SubmitError(Exception):
     """The job could not be submitted (exit 2); the message says how to fix it."""
-
-
-def _err(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 def resolve_space(space: str, working_dir: Path, cwd: Path | None = None) -> Path:
@@ -116,7 +115,7 @@ def build_job(
     return shlex.join(argv), runtime_env
 
 
-def _prepare_token_auth(environ: MutableMapping[str, str]) -> None:
+def prepare_token_auth(environ: MutableMapping[str, str]) -> None:
     """Client-side token auth: on whenever a token is at hand, unless RAY_AUTH_MODE says otherwise.
 
     Must run before Ray reads its config. A RAY_AUTH_TOKEN_PATH that cannot be read makes Ray abort the
@@ -137,82 +136,99 @@ def _prepare_token_auth(environ: MutableMapping[str, str]) -> None:
             Config.initialize("")
 
 
-async def _follow(client: Any, job_id: str) -> None:
-    async for lines in client.tail_job_logs(job_id):
-        sys.stdout.write(lines)
-        sys.stdout.flush()
-
-
-def submit_command(
-    space: str,
-    address: str,
-    storage: str | None,
-    working_dir: str = ".",
-    extra_args: list[str] | None = None,
-) -> int:
-    """Submit ``mdf-search sweep SPACE [--storage STORAGE] [EXTRA...]`` to the Ray cluster at ``address``
-    (the job server, e.g. http://127.0.0.1:8265 through a tunnel), stream its logs, return the exit code."""
+def storage_note(storage: str | None) -> str | None:
+    """A warning when ``--storage`` is relative (or not given): it would resolve on the cluster, inside
+    the job's temporary working dir."""
     if storage is None or ("://" not in storage and not Path(storage).is_absolute()):
-        print(
-            f"note: --storage {storage or 'runs (the default)'} is relative: it resolves on the cluster, inside "
-            "the job's temporary working dir; give an absolute shared path or an s3:// / gs:// URI",
-            file=sys.stderr,
+        return (
+            f"--storage {storage or 'runs (the default)'} is relative: it resolves on the cluster, inside "
+            "the job's temporary working dir; give an absolute shared path or an s3:// / gs:// URI"
         )
-    try:
-        _prepare_token_auth(os.environ)
-        entrypoint, runtime_env = build_job(space, storage, working_dir, extra_args)
-        _validate_space(Path(runtime_env["working_dir"]) / shlex.split(entrypoint)[2])
-    except SubmitError as err:
-        _err(str(err))
-        return 2
+    return None
 
-    from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobStatus, JobSubmissionClient
+
+def prepare_job(
+    space: str, storage: str | None, working_dir: str = ".", extra_args: list[str] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """(entrypoint, runtime_env) of ``mdf-search sweep SPACE [--storage STORAGE] [EXTRA...]``, with token
+    auth prepared and the space validated; raise ``SubmitError`` before anything is contacted. Call it
+    before ``job_client``: token auth must be set before Ray reads its config."""
+    prepare_token_auth(os.environ)
+    entrypoint, runtime_env = build_job(space, storage, working_dir, extra_args)
+    _validate_space(Path(runtime_env["working_dir"]) / shlex.split(entrypoint)[2])
+    return entrypoint, runtime_env
+
+
+@contextlib.contextmanager
+def _reaching(address: str) -> Iterator[None]:
+    """Ray's errors when reaching or submitting to the job server, as a ``SubmitError`` that says how
+    to fix them."""
+    from ray.exceptions import AuthenticationError  # Ray: only when a job is submitted
 
     try:
-        client = JobSubmissionClient(address)
-        print(f"uploading {runtime_env['working_dir']} and submitting: {entrypoint}", file=sys.stderr)
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        yield
     except AuthenticationError as err:
-        _err(f"{address} refused the request: {str(err).splitlines()[0]}\n{AUTH_HELP}")
-        return 2
+        raise SubmitError(f"{address} refused the request: {str(err).splitlines()[0]}\n{AUTH_HELP}") from None
     except ConnectionError as err:
-        _err(
+        raise SubmitError(
             f"{err} Is the cluster up and its job server reachable from here? It listens on the head's "
             "loopback: open a tunnel first (ssh -L 8265:localhost:8265 HEAD, `ray dashboard CLUSTER.yaml`, "
             "or kubectl port-forward svc/NAME-head-svc 8265:8265) and pass --address http://127.0.0.1:8265. "
             f"If it answers but refuses you: {AUTH_HELP}"
-        )
-        return 2
+        ) from None
     except (RuntimeError, ValueError) as err:  # bad address, version check, upload rejected
-        _err(f"could not submit to {address}: {err}")
-        return 2
+        raise SubmitError(f"could not submit to {address}: {err}") from None
 
-    print(
-        f"submitted job {job_id}; follow: ray job logs -f {job_id} --address {address}; "
-        f"stop: ray job stop {job_id} --address {address}",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
-        asyncio.run(_follow(client, job_id))
-    except KeyboardInterrupt:
-        print(f"\nstopped following; job {job_id} keeps running (ray job stop {job_id})", file=sys.stderr)
-        return 130
+
+def job_client(address: str) -> Any:
+    """A ``JobSubmissionClient`` for the job server at ``address`` (e.g. http://127.0.0.1:8265 through a
+    tunnel); raise ``SubmitError`` when it cannot be reached or refuses the request."""
+    from ray.job_submission import JobSubmissionClient  # Ray: only when a job is submitted
+
+    with _reaching(address):
+        return JobSubmissionClient(address)
+
+
+def submit_job(client: Any, address: str, entrypoint: str, runtime_env: dict[str, Any]) -> str:
+    """Upload the working dir and submit the job; its id. Raise ``SubmitError`` as ``job_client`` does."""
+    with _reaching(address):
+        return str(client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env))
+
+
+def follow_logs(client: Any, job_id: str, write: Callable[[str], object]) -> None:
+    """Hand the job's log lines to ``write`` as they come, until the stream ends."""
+
+    async def follow() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            write(lines)
+
+    asyncio.run(follow())
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a job ended: its terminal status and, unless it succeeded, Ray's message."""
+
+    status: str
+    succeeded: bool
+    message: str
+
+
+def wait_for_end(client: Any, job_id: str) -> JobEnd:
+    """The job's terminal status (the log stream can end a moment before the status is final)."""
+    from ray.job_submission import JobStatus  # Ray: only when a job is submitted
+
     status = client.get_job_status(job_id)
-    while not status.is_terminal():  # the log stream can end a moment before the status is final
+    while not status.is_terminal():
         time.sleep(1)
         status = client.get_job_status(job_id)
     info = client.get_job_info(job_id)
-    message = f": {info.message}" if info.message and status != JobStatus.SUCCEEDED else ""
-    print(f"job {job_id} {status.value}{message}", file=sys.stderr, flush=True)
-    return 0 if status == JobStatus.SUCCEEDED else 1
+    succeeded = status == JobStatus.SUCCEEDED
+    return JobEnd(status.value, succeeded, "" if succeeded else (info.message or ""))
 
 
 def _validate_space(path: Path) -> None:
     """Fail before uploading when the space is invalid (the same checks as `mdf-search validate`)."""
-    from mdf_search.search.space import SpecError, load_spec, validate_spec
-
     try:
         problems = validate_spec(load_spec(path))
     except SpecError as err:

@@ -1,7 +1,8 @@
 """``mdf-search data``: prepare a manifest, generate synthetic data, make splits, build the cache.
 
-This is the edge where output is printed (rich tables, progress bars); the library below only logs.
-A :class:`~mdf_search.data.schema.DataError` becomes a one-paragraph message and exit code 2.
+The library below (``mdf_search.data``) returns what it made and only logs; these commands print it
+(rich tables, progress bars on stderr). A :class:`~mdf_search.data.schema.DataError` or ``ValueError``
+becomes the one-paragraph ``error:`` message and exit code 2.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mdf_search.cli.console import console, err_console, fail
+from mdf_search.data.cache import build_cache
 from mdf_search.data.schema import DataError, Skipped, read_manifest
+from mdf_search.data.sources import prepare as prepare_manifest
+from mdf_search.data.splits import SPLIT_NAMES, make_split, write_split
 
-data_app = typer.Typer(help="Prepare, generate, split and cache fundus data.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
+app = typer.Typer(help="Prepare, generate, split and cache fundus data.", no_args_is_help=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -33,8 +35,7 @@ def _fail_cleanly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (DataError, ValueError) as err:
-            err_console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            raise fail(str(err)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -68,7 +69,7 @@ def _print_skipped(skipped: list[Skipped]) -> None:
     console.print(table)
 
 
-@data_app.command()
+@app.command()
 @_fail_cleanly
 def prepare(
     out: Annotated[Path, typer.Option("--out", help="manifest Parquet to write")],
@@ -84,8 +85,6 @@ def prepare(
     ] = None,
 ) -> None:
     """Combine sources into one manifest with one label vocabulary, and summarise it."""
-    from mdf_search.data.sources import prepare as prepare_manifest
-
     extra: dict[str, str] = {}
     for item in diagnosis or []:
         name, sep, label = item.partition("=")
@@ -121,7 +120,7 @@ def prepare(
     _print_skipped(result.skipped)
 
 
-@data_app.command()
+@app.command()
 @_fail_cleanly
 def synth(
     out: Annotated[Path, typer.Option("--out", help="folder to write FIVES/, HRF/, StoneRounds/ into")],
@@ -138,7 +137,7 @@ def synth(
     ] = True,
 ) -> None:
     """Generate a synthetic fundus study in the real datasets' layouts (with a planted positive control)."""
-    from mdf_search.data.synthetic import build_manifest, generate
+    from mdf_search.data.synthetic import build_manifest, generate  # scipy.ndimage: only for drawing
 
     with _progress("drawing fundus images") as update:
         generate(
@@ -156,7 +155,7 @@ def synth(
         console.print(f"manifest: {path}")
 
 
-@data_app.command()
+@app.command()
 @_fail_cleanly
 def split(
     manifest: Annotated[Path, typer.Option(help="manifest Parquet")],
@@ -174,8 +173,6 @@ def split(
     ] = None,
 ) -> None:
     """Make a grouped, stratified split and write it under its content hash."""
-    from mdf_search.data.splits import SPLIT_NAMES, make_split, write_split
-
     table, space = read_manifest(manifest)
     made = make_split(
         table,
@@ -200,7 +197,7 @@ def split(
     console.print(summary)
 
 
-@data_app.command()
+@app.command()
 @_fail_cleanly
 def cache(
     manifest: Annotated[Path, typer.Option(help="manifest Parquet")],
@@ -209,8 +206,6 @@ def cache(
     workers: Annotated[int, typer.Option(min=1, help="preprocessing processes")] = 1,
 ) -> None:
     """Decode, crop and resize every image once into a memory-mappable cache."""
-    from mdf_search.data.cache import build_cache
-
     with _progress("preprocessing") as update:
         path = build_cache(manifest, root, size, workers=workers, progress=update)
     total = sum(f.stat().st_size for f in path.iterdir())

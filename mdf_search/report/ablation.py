@@ -1,4 +1,4 @@
-"""The ablation report: ``report_command(experiment_dir, out)`` writes report.md, a self-contained
+"""The ablation report: ``write_report(experiment_dir, out)`` writes report.md, a self-contained
 report.html, figures/ (PNG + SVG), tables/ (CSV) and deepcave/ from any experiment, finished or not.
 
 Each section degrades to a note instead of failing: a running sweep, a resumed one, one arm, one seed,
@@ -14,11 +14,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rich.console import Console
-
 from mdf_search.report import analysis, compare, exports, review
 from mdf_search.report.document import Report, Section, Text, to_html, to_markdown, write_tables
-from mdf_search.report.experiment import Experiment, ExperimentError, load_experiment
+from mdf_search.report.experiment import Experiment, load_experiment
 from mdf_search.report.figures import FigureSink
 from mdf_search.report.importance import importance_section
 
@@ -94,17 +92,3 @@ def write_report(experiment_dir: str, out: str) -> Path:
     (target / "report.md").write_text(to_markdown(report))
     (target / "report.html").write_text(to_html(report))
     return target
-
-
-def report_command(experiment_dir: str, out: str) -> int:
-    """``mdf-search report``: 0 when written, 2 for a missing or empty experiment."""
-    console, err = Console(), Console(stderr=True)
-    try:
-        target = write_report(experiment_dir, out)
-    except ExperimentError as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        return 2
-    console.print(
-        f"report: {target / 'report.md'} and {target / 'report.html'}", highlight=False, soft_wrap=True
-    )
-    return 0

@@ -1,14 +1,15 @@
 """The static leaderboard: top trials (or arms, seeds collapsed) of an experiment, read from Parquet only.
 
-``leaderboard_command`` is the CLI's ``mdf-search leaderboard``; ``leaderboard_frame`` is the pure part
-(tests and the live view use it). ``--group-by`` collapses seeds into mean ± a 95 % **Student-t**
-interval of the mean (``t_ci95_lo``/``t_ci95_hi``; n < 2 gives no interval). Its unit is the *selected*
-trial of each (arm, seed) (``Experiment.selected``: the completed trial with the best study metric,
-validation choosing), so with ``--group-by arm`` n counts seeds, and a sampler design's several trials
-per (arm, seed) (nuisance points) never enter the mean side by side. ``trials`` is how many completed
-trials the selection chose from. ``best`` is the shown metric of the group's selected trial with the best
-study metric (validation selects), never the maximum of the shown metric itself: with ``--by test/...``
-it is that trial's test score.
+``leaderboard_frame`` computes the rows (``mdf-search leaderboard``, the live view and the tests use
+it); ``render_text`` and ``rich_table`` render them, and ``mdf_search.cli.results`` prints them.
+``--group-by`` collapses seeds into mean ± a 95 % **Student-t** interval of the mean
+(``t_ci95_lo``/``t_ci95_hi``; n < 2 gives no interval). Its unit is the *selected* trial of each
+(arm, seed) (``Experiment.selected``: the completed trial with the best study metric, validation
+choosing), so with ``--group-by arm`` n counts seeds, and a sampler design's several trials per
+(arm, seed) (nuisance points) never enter the mean side by side. ``trials`` is how many completed trials
+the selection chose from. ``best`` is the shown metric of the group's selected trial with the best study
+metric (validation selects), never the maximum of the shown metric itself: with ``--by test/...`` it is
+that trial's test score.
 """
 
 from __future__ import annotations
@@ -16,32 +17,22 @@ from __future__ import annotations
 import io
 import json
 import math
-import sys
-import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
-from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
-from mdf_search.report.experiment import HEADLINE, Experiment, ExperimentError, load_experiment
+from mdf_search.report.experiment import HEADLINE, Experiment, ExperimentError
 from mdf_search.report.stats import t_interval
-from mdf_search.report.where import WhereError, apply_where
+from mdf_search.report.where import apply_where
+from mdf_search.results.schema import param_schema
 
 FORMATS = ("table", "csv", "json", "markdown")
-POLL_S = 2.0
-NON_PARAMS = {
-    "experiment", "trial_id", "attempt", "status", "message", "arm", "epochs", "wall_s", "gpu_hours",
-    "cpu_hours", "world_size", "split_hash", "config_hash", "git_sha", "versions", "host", "written_at",
-}  # fmt: skip
 
 
 def param_columns(frame: pl.DataFrame) -> list[str]:
     """Trial-parameter columns: flat config keys (those contain a '.' or are ``seed``/``task``/``head``)."""
-    from mdf_search.results.schema import param_schema
-
     known = set(param_schema().names)
     return [c for c in frame.columns if c in known]
 
@@ -207,53 +198,3 @@ def rich_table(board: Board) -> Table:
     for row in board.frame.iter_rows():
         table.add_row(*[_cell(v) for v in row])
     return table
-
-
-def leaderboard_command(
-    experiment_dir: str,
-    top: int = 20,
-    by: str | None = None,
-    where: str | None = None,
-    group_by: str | None = None,
-    fmt: str = "table",
-    watch: bool = False,
-) -> int:
-    """Print the leaderboard; 0 on success, 2 on a missing/empty experiment or a bad option."""
-    out, err = Console(), Console(stderr=True)
-    if not out.is_terminal:
-        out = Console(width=max(out.width, 200))  # piped: do not fold ids into 80 columns
-    if fmt not in FORMATS:
-        err.print(
-            f"[bold red]error:[/] --format must be one of {', '.join(FORMATS)}, but got {fmt!r}",
-            soft_wrap=True,
-        )
-        return 2
-    if top < 1:
-        err.print(f"[bold red]error:[/] --top must be >= 1, but got {top}", soft_wrap=True)
-        return 2
-
-    def build() -> Board:
-        return leaderboard_frame(load_experiment(experiment_dir), top, by, where, group_by)
-
-    try:
-        board = build()
-    except (ExperimentError, WhereError) as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        return 2
-    if not watch:
-        if fmt == "table":
-            out.print(rich_table(board))
-        else:
-            sys.stdout.write(render_text(board, fmt))
-        return 0
-    try:
-        with Live(rich_table(board), console=out, refresh_per_second=1, auto_refresh=False) as live:
-            while True:
-                time.sleep(POLL_S)
-                try:
-                    board = build()
-                except (ExperimentError, WhereError) as error:
-                    board.notes = [f"refresh failed: {error}"]
-                live.update(rich_table(board), refresh=True)
-    except KeyboardInterrupt:
-        return 0

@@ -1,19 +1,24 @@
-"""``mdf-search train``'s closing table: the metrics of the epoch validation selected, not the last one's."""
+"""One trial's commands: ``plan``, ``model-summary``, ``export`` and ``train``'s option checks, and
+``train``'s closing table (the metrics of the epoch validation selected, not the last one's)."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from mdf_search import cli
+from mdf_search.cli import trial
+from tests.cli.helpers import invoke, plain
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _printed(metrics: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> str:
     buf = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=buf, width=300, force_terminal=False))
-    cli._print_trial_metrics(metrics)
+    monkeypatch.setattr(trial, "console", Console(file=buf, width=300, force_terminal=False))
+    trial._print_trial_metrics(metrics)
     return buf.getvalue()
 
 
@@ -56,3 +61,55 @@ def test_a_trial_without_a_selected_epoch_shows_no_validation_or_test_values(
 ) -> None:
     out = _printed({"status": "diverged", "epoch": 1, "message": "non-finite loss"}, monkeypatch)
     assert "no epoch was selected (1 epoch(s))" in out and "│ val/" not in out and "│ test/" not in out
+
+
+def test_plan_of_a_shipped_space_fits_and_of_a_tiny_gpu_does_not() -> None:
+    result = invoke("plan", str(ROOT / "search_spaces/smoke.yaml"))
+    assert result.exit_code == 0, result.output
+    out = plain(result.stdout)
+    assert "tiny: 1 GPU(s) x 80 GiB" in out and "fits on 1 x 80 GiB" in out and result.stderr == ""
+    result = invoke("plan", "--gpu-mem", "1", "--set", "optim.micro_batch=64")
+    assert result.exit_code == 1 and plain(result.stderr).startswith("error: does not fit: needs")
+
+
+def test_plan_of_the_11b_preset_needs_no_weights_and_lists_the_gpus_each_strategy_needs() -> None:
+    result = invoke("plan", "--set", "model.preset=11b", "--set", "freeze=mllm", "--gpus", "2")
+    out = plain(result.stdout)
+    assert "GPUs of 80 GiB needed (11b, ZeRO-" in out
+    assert "full fine-tune" in out and "frozen LLM" in out and "LoRA" in out
+    assert result.exit_code in (0, 1) and "model.weights" not in result.output
+
+
+def test_model_summary_of_the_tiny_preset() -> None:
+    result = invoke("model-summary", "--fusion", "13", "--film", "none")
+    assert result.exit_code == 0, result.output
+    out = plain(result.stdout)
+    assert "MDF-MLLM [tiny]" in out and "fusion wiring" in out and "FiLM: none" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("plan", "--set", "oops"), "--set expects KEY=VALUE, but got 'oops'"),
+        (("plan", "--set", "model.preset=huge"), "model.preset: must be one of"),
+        (("model-summary", "--injection", "sideways"), "fusion.injection"),
+        (("train", "missing.yaml"), "file not found: missing.yaml"),
+        (("export", "ckpt", "--out", "o", "--dtype", "fp16"), "--dtype must be fp32 or bf16, but got 'fp16'"),
+    ],
+)
+def test_a_bad_option_or_config_exits_2_with_one_error(args: tuple[str, ...], says: str) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    err = plain(result.stderr)
+    assert err.startswith("error: ") and err.count("error:") == 1 and says in err
+    assert "Traceback" not in result.output and result.stdout == ""
+
+
+def test_plan_reads_a_trial_yaml(tmp_path: Path) -> None:
+    (tmp_path / "trial.yaml").write_text('fusion.levels: "13"\noptim.zero_stage: 2\n')
+    result = invoke("plan", str(tmp_path / "trial.yaml"), "--gpus", "2")
+    assert result.exit_code == 0, result.output
+    assert "2 GPU(s) x 80 GiB, ZeRO-2" in plain(result.stdout)
+    (tmp_path / "nested.yaml").write_text("fusion: {levels: 13}\n")
+    result = invoke("plan", str(tmp_path / "nested.yaml"))
+    assert result.exit_code == 2 and "trial files use flat keys" in plain(result.stderr)

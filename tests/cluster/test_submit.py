@@ -1,4 +1,5 @@
-"""`mdf-search submit` without a cluster: the job it would submit, and the errors that stop it early."""
+"""``mdf_search.submit`` without a cluster: the job it would submit, and the errors that stop it early.
+The command itself (what it prints, its exit codes) is tested in tests/cli/test_cluster.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from mdf_search import submit
-from mdf_search.submit import SubmitError, build_job, load_runtime_env, submit_command
+from mdf_search.submit import SubmitError, build_job, job_client, load_runtime_env, prepare_job, storage_note
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,45 +58,53 @@ def test_runtime_env_defaults_match_the_shipped_file_and_working_dir_is_not_over
 def test_token_auth_turns_on_when_a_token_is_at_hand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
     environ: dict[str, str] = {}
-    submit._prepare_token_auth(environ)
+    submit.prepare_token_auth(environ)
     assert "RAY_AUTH_MODE" not in environ  # nothing to authenticate with: leave Ray's default
     environ = {"RAY_AUTH_TOKEN": "abc"}
-    submit._prepare_token_auth(environ)
+    submit.prepare_token_auth(environ)
     assert environ["RAY_AUTH_MODE"] == "token"
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray/auth_token").write_text("abc")
     environ = {}
-    submit._prepare_token_auth(environ)
+    submit.prepare_token_auth(environ)
     assert environ["RAY_AUTH_MODE"] == "token"
     environ = {"RAY_AUTH_MODE": "disabled"}
-    submit._prepare_token_auth(environ)
+    submit.prepare_token_auth(environ)
     assert environ["RAY_AUTH_MODE"] == "disabled"  # an explicit choice wins
     # Ray aborts the whole process on an unreadable RAY_AUTH_TOKEN_PATH: caught here first
     with pytest.raises(SubmitError, match=r"RAY_AUTH_TOKEN_PATH=.*RAY_AUTH_MODE=token.*~/.ray/auth_token"):
-        submit._prepare_token_auth({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
+        submit.prepare_token_auth({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
 
 
-def test_an_invalid_space_fails_before_anything_is_contacted(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_an_invalid_space_fails_before_anything_is_contacted(tmp_path: Path) -> None:
     work = tmp_path / "repo"
     shutil.copytree(ROOT / "cluster", work / "cluster")
     (work / "bad.yaml").write_text(
         "experiment: bad\nmetric: val/macro_f1\nscientific: {fusion.levels: [9]}\n"
     )
-    assert submit_command("bad.yaml", "http://127.0.0.1:1", None, working_dir=str(work)) == 2
-    assert "bad.yaml" in capsys.readouterr().err
+    with pytest.raises(SubmitError, match=r"bad\.yaml: mode: is required"):
+        prepare_job("bad.yaml", None, str(work))
 
 
-def test_an_unreachable_job_server_says_to_open_a_tunnel(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+def test_a_valid_space_becomes_the_sweep_entrypoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # leaves the environment as it is
     monkeypatch.chdir(ROOT)
+    entrypoint, env = prepare_job("search_spaces/smoke.yaml", "s3://b/x", ".", ["--no-report"])
+    assert entrypoint == "mdf-search sweep search_spaces/smoke.yaml --storage s3://b/x --no-report"
+    assert env["working_dir"] == str(ROOT)
+
+
+def test_relative_storage_gets_a_note_and_shared_storage_none() -> None:
+    assert "runs (the default) is relative" in str(storage_note(None))
+    assert "--storage out is relative" in str(storage_note("out"))
+    assert storage_note("/shared/runs") is None and storage_note("s3://bucket/runs") is None
+
+
+def test_an_unreachable_job_server_says_to_open_a_tunnel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = submit_command("search_spaces/smoke.yaml", f"http://127.0.0.1:{port}", "s3://b/x")
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "ssh -L 8265:localhost:8265" in err and "RAY_AUTH_MODE=token" in err
+    with pytest.raises(SubmitError) as raised:
+        job_client(f"http://127.0.0.1:{port}")
+    assert "ssh -L 8265:localhost:8265" in str(raised.value) and "RAY_AUTH_MODE=token" in str(raised.value)

@@ -1,0 +1,35 @@
+"""Where the command line writes: the stdout and stderr consoles and the one error printer.
+
+Every rich ``Console`` of the package is made here; library code returns data or raises, and the
+commands in ``mdf_search.cli`` print what it returned. An error is one paragraph on stderr that starts
+with ``error:`` and ends the command with exit status 2 (a bad input or option) or 1 (the run itself
+failed).
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+console = Console()
+err_console = Console(stderr=True)
+PIPED_WIDTH = 200  # a wide table sent to a pipe or file does not fold its ids into 80 columns
+
+
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr; the message is printed as written (no markup, no line folding)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print the error and return the exit that ends the command: ``raise fail(...)``."""
+    print_error(message)
+    return typer.Exit(code)
+
+
+def wide_console() -> Console:
+    """The stdout console on a terminal; at least ``PIPED_WIDTH`` columns wide when stdout is not one."""
+    if console.is_terminal:
+        return console
+    return Console(width=max(console.width, PIPED_WIDTH))

@@ -1,0 +1,117 @@
+"""Commands that read an experiment's results: ``leaderboard`` and ``report``.
+
+``leaderboard_command`` and ``report_command`` return the exit status, so a sweep can print the
+leaderboard and write the report when it ends without leaving the process.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+
+from mdf_search.cli.console import console, print_error, wide_console
+
+app = typer.Typer()
+POLL_S = 2.0  # --watch: seconds between two reads of the results
+
+
+def leaderboard_command(
+    experiment_dir: str,
+    top: int = 20,
+    by: str | None = None,
+    where: str | None = None,
+    group_by: str | None = None,
+    fmt: str = "table",
+    watch: bool = False,
+) -> int:
+    """Print the leaderboard; 0 on success, 2 on a missing/empty experiment or a bad option."""
+    # polars and scipy.stats: loaded by the commands that read results, not by `mdf-search --help`
+    from mdf_search.report.experiment import ExperimentError, load_experiment
+    from mdf_search.report.leaderboard import FORMATS, Board, leaderboard_frame, render_text, rich_table
+    from mdf_search.report.where import WhereError
+
+    out = wide_console()
+    if fmt not in FORMATS:
+        print_error(f"--format must be one of {', '.join(FORMATS)}, but got {fmt!r}")
+        return 2
+    if top < 1:
+        print_error(f"--top must be >= 1, but got {top}")
+        return 2
+
+    def build() -> Board:
+        return leaderboard_frame(load_experiment(experiment_dir), top, by, where, group_by)
+
+    try:
+        board = build()
+    except (ExperimentError, WhereError) as error:
+        print_error(str(error))
+        return 2
+    if not watch:
+        if fmt == "table":
+            out.print(rich_table(board))
+        else:
+            sys.stdout.write(render_text(board, fmt))
+        return 0
+    try:
+        with Live(rich_table(board), console=out, refresh_per_second=1, auto_refresh=False) as live:
+            while True:
+                time.sleep(POLL_S)
+                try:
+                    board = build()
+                except (ExperimentError, WhereError) as error:
+                    board.notes = [f"refresh failed: {error}"]
+                live.update(rich_table(board), refresh=True)
+    except KeyboardInterrupt:
+        return 0
+
+
+def report_command(experiment_dir: str, out: str) -> int:
+    """Write the ablation report and say where it went: 0 when written, 2 for a missing or empty experiment."""
+    # matplotlib, polars and scipy: loaded when a report is written, not by `mdf-search --help`
+    from mdf_search.report.ablation import write_report
+    from mdf_search.report.experiment import ExperimentError
+
+    try:
+        target = write_report(experiment_dir, out)
+    except ExperimentError as error:
+        print_error(str(error))
+        return 2
+    console.print(
+        f"report: {target / 'report.md'} and {target / 'report.html'}", highlight=False, soft_wrap=True
+    )
+    return 0
+
+
+@app.command()
+def leaderboard(
+    experiment: Annotated[str, typer.Argument(help="experiment directory or URI, e.g. runs/smoke")],
+    top: Annotated[int, typer.Option(help="rows to show")] = 20,
+    by: Annotated[str | None, typer.Option(help="metric to rank by (default: the study's)")] = None,
+    where: Annotated[
+        str | None, typer.Option(help='filter, e.g. \'status == "completed" and fusion.levels == "1234"\'')
+    ] = None,
+    group_by: Annotated[
+        str | None, typer.Option("--group-by", help="arm: collapse seeds into mean ± 95% CI")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json | markdown")] = "table",
+    watch: Annotated[bool, typer.Option(help="refresh every 2 s while a sweep runs elsewhere")] = False,
+) -> None:
+    """The leaderboard of an experiment, from its Parquet results only."""
+    raise typer.Exit(leaderboard_command(experiment, top, by, where, group_by, fmt, watch))
+
+
+@app.command()
+def report(
+    experiment: Annotated[str, typer.Argument(help="experiment directory, e.g. runs/smoke")],
+    out: Annotated[
+        str | None, typer.Option(help="output directory (default: reports/<experiment name>)")
+    ] = None,
+) -> None:
+    """The ablation report: report.md, a self-contained report.html, figures/ and tables/."""
+    target = out or f"reports/{Path(experiment.rstrip('/')).name}"
+    raise typer.Exit(report_command(experiment, target))
