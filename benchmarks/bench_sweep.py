@@ -51,7 +51,8 @@ def overhead(experiment: str) -> None:
 def sampler_cost(trials: int) -> None:
     import optuna
 
-    from mdf_search.search.designs import define_by_run, make_sampler
+    from mdf_search.search.designs import define_by_run
+    from mdf_search.search.samplers import make_sampler
     from mdf_search.search.space import load_spec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
