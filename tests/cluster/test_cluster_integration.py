@@ -267,7 +267,7 @@ def test_clients_without_the_token_are_refused(cluster: Cluster, tmp_path: Path)
     # mdf-search submit: exit 2, and the message says how to fix it.
     space = _write_space(cluster.workdir, "refused", seeds=[0], concurrent=1)
     code = (
-        "import sys; from mdf_search.submit import submit_command;"
+        "import sys; from mdf_search.cli.cluster import submit_command;"
         f"sys.exit(submit_command({space!r}, {cluster.dashboard!r}, None))"
     )
     for env in (cluster.client_env(RAY_AUTH_TOKEN=None, HOME=str(empty_home)), wrong):
@@ -284,7 +284,7 @@ def test_submit_runs_trials_on_both_nodes_into_s3(cluster: Cluster, monkeypatch:
     """`mdf-search submit` (the SDK path): 2 concurrent trials, one trial slot per node, s3:// storage."""
     space = _write_space(cluster.workdir, "two_nodes", seeds=[0, 1], concurrent=2)
     code = (
-        "import sys; from mdf_search.submit import submit_command;"
+        "import sys; from mdf_search.cli.cluster import submit_command;"
         f"sys.exit(submit_command({space!r}, {cluster.dashboard!r}, 's3://mdf/runs'))"
     )
     started = time.monotonic()
