@@ -77,10 +77,6 @@ def test_a_missing_file_or_a_directory_is_not_found(tmp_path: Path) -> None:
         assert _refusal(path).problems == [f"file not found: {path}"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="yamlio keeps the last of duplicate keys silently (PyYAML's safe_load); it should refuse them",
-)
 def test_a_duplicate_key_is_refused(tmp_path: Path) -> None:
     error = _refusal(_file(tmp_path, "metric: val/loss\nmode: min\nmetric: val/macro_f1\n"))
     assert "metric" in error.problems[0] and "line 3" in error.problems[0]
