@@ -45,15 +45,16 @@ def _config(args: argparse.Namespace) -> Any:
 
 # -- (a) torchrun ---------------------------------------------------------------------------------------
 def torchrun_worker(config_path: str, out: str) -> None:
-    """Runs under torchrun: the platform's Run + _train_epoch, no Ray."""
+    """Runs under torchrun: the platform's setup_run + _train_epoch, no Ray."""
     import deepspeed
 
-    from mdf_search.train.loop import Run, _train_epoch
+    from mdf_search.train.loop import _train_epoch
+    from mdf_search.train.worker import setup_run
 
     deepspeed.init_distributed(dist_backend="gloo")
     config = json.loads(Path(config_path).read_text())
     launched = float(config.pop("launched_unix"))
-    run = Run(config)
+    run = setup_run(config)
     epochs = []
     for epoch in range(run.cfg.optim.epochs):
         run.epoch = epoch

@@ -208,7 +208,7 @@ def _tuner(
         scheduler=scheduler,
         num_samples=num_trials(spec),
         max_concurrent_trials=spec.resources.concurrent_trials,
-        time_budget_s=spec.budget.max_wall_time_s or None,
+        time_budget_s=spec.budget.max_wall_time or None,
         metric=spec.metric if scheduler is None else None,
         mode=spec.mode if scheduler is None else None,
     )
