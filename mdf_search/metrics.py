@@ -41,6 +41,11 @@ import numpy as np
 
 Metrics = dict[str, float | list[list[int]]]
 
+# The study's metric and mode when none is given (``mdf-search train``, a report without spec.yaml):
+# validation macro-F1, maximised. Their one home, read by ``train.selection`` and ``report``.
+DEFAULT_METRIC = "val/macro_f1"
+DEFAULT_MODE = "max"
+
 
 def _check(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(y_true)

@@ -22,6 +22,7 @@ from mdf_search.cli.options import AddressOption, SetOption, parse_sets, storage
 from mdf_search.cluster import connect
 from mdf_search.config import ConfigError, TrialConfig
 from mdf_search.data.schema import DataError
+from mdf_search.results.schema import Status
 from mdf_search.train.memory import plan_freeze_table, plan_trial
 from mdf_search.train.progress import progress_actor
 from mdf_search.train.selection import Selection
@@ -178,7 +179,7 @@ def train(
     metrics = getattr(result, "metrics", None) or {}
     _print_trial_metrics(metrics)
     status = metrics.get("status")
-    if status != "completed":
+    if status != Status.COMPLETED:
         raise fail(f"trial {name} ended {status}: {metrics.get('message', '')}", code=1)
     console.print(f"checkpoint: {getattr(result, 'checkpoint', None)}")
 

@@ -23,10 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mdf_search.atomic import atomic_file
+from mdf_search.model.arch import TYPE_CLASSES  # the type head's classes are the disease types
 
 log = logging.getLogger(__name__)
-
-TYPE_LABELS: tuple[str, ...] = ("healthy", "acquired", "inherited")
 
 # Canonical disease label → disease type. Labels not listed here must come with a disease_type column
 # (generic manifests) or an entry added by the caller; a guess would silently corrupt the type task.
@@ -102,7 +101,7 @@ class LabelSpace:
     """Ordered disease labels plus the fixed type labels: the index space of both classification heads."""
 
     diseases: tuple[str, ...]
-    types: tuple[str, ...] = TYPE_LABELS
+    types: tuple[str, ...] = TYPE_CLASSES
     disease_types: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

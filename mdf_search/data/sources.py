@@ -4,7 +4,7 @@ Each reader collects every problem it finds (a bad label letter, an unreadable i
 before failing, so one run lists everything to fix. With ``skip_bad=True`` the same problems become
 :class:`~mdf_search.data.schema.Skipped` entries instead and the rest of the data is kept.
 
-Layouts (see FACTS.md):
+Layouts (see docs/stack-facts.md):
 - FIVES: ``train|test/Original/{n}_{A|D|G|N}.png``, vessel masks in ``train|test/Ground truth/`` or the
   misspelt ``Groud truth``; stray ``Thumbs.db`` / ``Quality Assessment.xlsx`` are ignored.
 - HRF: ``images/NN_{h|g|dr}.jpg`` (``.JPG`` occurs), ``manual1/NN_x.tif``, ``mask/NN_x_mask.tif``.
@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mdf_search.data.schema import (
     DISEASE_TYPES,
-    TYPE_LABELS,
+    TYPE_CLASSES,
     DataError,
     LabelSpace,
     Skipped,
@@ -391,9 +391,9 @@ def read_generic(path: str | Path, *, skip_bad: bool = False, source: str | None
         label = _get(rec, "label").lower()
         kind = _get(rec, "disease_type").lower() or DISEASE_TYPES.get(label, "")
         split = _get(rec, "authors_split").lower() or None
-        if kind not in TYPE_LABELS:
+        if kind not in TYPE_CLASSES:
             problems.add(
-                image, f"row {i} of {path.name}: label {label!r} needs a disease_type in {list(TYPE_LABELS)}"
+                image, f"row {i} of {path.name}: label {label!r} needs a disease_type in {list(TYPE_CLASSES)}"
             )
             continue
         if split not in (None, "train", "test"):

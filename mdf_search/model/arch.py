@@ -32,6 +32,9 @@ FREEZE_STRATEGIES = ("none", "unet", "mllm", "mllm_except_xattn", "vision_tower"
 UNET_INITS = ("random", "pretrained")
 HEADS = ("linear", "label_token")
 TASKS = ("disease", "type", "dual")
+# The disease types, in index order: the type head's classes and the manifest's ``disease_type`` values.
+# Their one home (``data`` and ``report`` read them from ``data.schema``, which takes them from here).
+TYPE_CLASSES: tuple[str, ...] = ("healthy", "acquired", "inherited")
 
 
 def _levels(value: Any) -> tuple[int, ...]:

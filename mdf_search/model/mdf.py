@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import MllamaForConditionalGeneration
 
-from mdf_search.model.arch import ArchConfig
+from mdf_search.model.arch import TYPE_CLASSES, ArchConfig
 from mdf_search.model.freezing import apply_freezing, inject_lora
 from mdf_search.model.fusion import Fusion, FusionContext, install_fusion
 from mdf_search.model.mllama import text_hidden_size
@@ -33,7 +33,6 @@ from mdf_search.model.presets import get_preset
 from mdf_search.model.unet import FiLM, UNet
 from mdf_search.model.wiring import layers_to_levels, resolve_layer_map
 
-TYPE_CLASSES = ("healthy", "acquired", "inherited")
 BATCH_MLLAMA_KEYS = (
     "input_ids",
     "attention_mask",

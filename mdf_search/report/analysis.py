@@ -25,6 +25,7 @@ from mdf_search.report.compare import Comparison, seed_values
 from mdf_search.report.document import Section, TableBlock
 from mdf_search.report.experiment import HEADLINE, Experiment
 from mdf_search.report.stats import relative_change, summarize, t_interval
+from mdf_search.results.schema import Status
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -112,10 +113,10 @@ def design_section(exp: Experiment) -> Section:
     if not exp.factors:
         sec.note("no scientific factors known (no arms.json or spec.yaml): arms are listed as recorded.")
     counts = exp.trials.group_by("arm").agg(
-        pl.len().alias("n"), (pl.col("status") == "completed").sum().alias("ok")
+        pl.len().alias("n"), (pl.col("status") == Status.COMPLETED).sum().alias("ok")
     )
     n_by = {r["arm"]: (r["n"], r["ok"]) for r in counts.iter_rows(named=True)}
-    headers = ["arm", *exp.factors, "trials", "completed"]
+    headers = ["arm", *exp.factors, "trials", Status.COMPLETED]
     rows = []
     for arm in arms:
         cells = [("★ " if arm == base else "") + arm]
@@ -212,7 +213,7 @@ def paper_table(exp: Experiment, cmp: Comparison) -> Section:
 def factor_section(exp: Experiment, sink: fg.FigureSink) -> Section:
     sec = Section("Factors: main effects, interactions, isolation", anchor="factors")
     ok = (
-        exp.trials.filter((pl.col("status") == "completed") & pl.col(exp.metric).is_not_null())
+        exp.trials.filter((pl.col("status") == Status.COMPLETED) & pl.col(exp.metric).is_not_null())
         if exp.metric in exp.trials.columns
         else exp.trials.head(0)
     )

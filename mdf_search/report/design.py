@@ -33,6 +33,7 @@ from typing import Any
 import polars as pl
 
 from mdf_search.config import ConfigError
+from mdf_search.metrics import DEFAULT_METRIC, DEFAULT_MODE
 from mdf_search.yamlio import read_yaml_mapping
 
 ARMS_FILE = "arms.json"
@@ -229,8 +230,8 @@ def reconstruct(spec: Mapping[str, Any], trials: pl.DataFrame) -> RecordedSpec:
         experiment=str(spec.get("experiment") or ""),
         description=str(spec.get("description") or ""),
         design=str(spec.get("design") or "?"),
-        metric=str(spec.get("metric") or "val/macro_f1"),
-        mode=str(spec.get("mode") or "max"),
+        metric=str(spec.get("metric") or DEFAULT_METRIC),
+        mode=str(spec.get("mode") or DEFAULT_MODE),
         seeds=tuple(s for s in seeds if isinstance(s, int)) if isinstance(seeds, list) else (),
         trials=None,
         budget=RecordedBudget(

@@ -22,12 +22,12 @@ from typing import Any
 
 import polars as pl
 
+from mdf_search.metrics import DEFAULT_METRIC, DEFAULT_MODE
 from mdf_search.report.design import RecordedSpec, load_spec_record, same_value
+from mdf_search.results.schema import FINISHED_OK, Status
 from mdf_search.results.store import ResultsStore
 
-DEFAULT_METRIC = ("val/macro_f1", "max")
 HEADLINE = ("val/accuracy", "val/macro_f1", "val/macro_recall", "val/auroc")
-FINISHED_OK = ("completed", "stopped_early")
 TASK_HEADS = ("disease", "type")  # metric namespaces of task=dual (metrics.metrics_for_tasks)
 
 
@@ -93,7 +93,7 @@ class Experiment:
             & pl.col(self.metric).is_not_nan()
         )
 
-    def selected(self, statuses: tuple[str, ...] = ("completed",)) -> pl.DataFrame:
+    def selected(self, statuses: tuple[str, ...] = (Status.COMPLETED,)) -> pl.DataFrame:
         """One trial row per (arm, seed): among its trials with a status in ``statuses`` and a value of
         the study metric, the best by that metric and mode (ties: the lowest trial id). ``seed`` is an
         Int64 column (0 when the table has none). Grid/ofat designs have one trial per (arm, seed);
@@ -118,7 +118,9 @@ class Experiment:
         assert isinstance(frame, pl.DataFrame)
         return frame
 
-    def per_seed(self, metric: str | None = None, statuses: tuple[str, ...] = ("completed",)) -> pl.DataFrame:
+    def per_seed(
+        self, metric: str | None = None, statuses: tuple[str, ...] = (Status.COMPLETED,)
+    ) -> pl.DataFrame:
         """One row per (arm, seed): ``metric`` of the trial validation selected (``selected``), so every
         metric of an (arm, seed) comes from the same trial. Columns: arm, seed, trial_id, value."""
         metric = metric or self.metric
@@ -222,5 +224,5 @@ def load_experiment(experiment_dir: str) -> Experiment:
         )
     epochs = store.epochs()
     spec, notes = load_spec_record(root, trials)
-    metric, mode = (spec.metric, spec.mode) if spec else DEFAULT_METRIC
+    metric, mode = (spec.metric, spec.mode) if spec else (DEFAULT_METRIC, DEFAULT_MODE)
     return Experiment(str(root), spec, trials, epochs, metric, mode, notes)

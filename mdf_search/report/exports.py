@@ -12,15 +12,16 @@ import numpy as np
 
 from mdf_search.report.document import Section
 from mdf_search.report.experiment import Experiment
+from mdf_search.results.schema import Status
 
-DEEPCAVE_STATUS = {
-    "completed": "success",
-    "stopped_early": "success",
-    "diverged": "crashed",
-    "oom": "memoryout",
-    "infeasible": "not_evaluated",
-    "error": "crashed",
-    "running": "not_evaluated",
+DEEPCAVE_STATUS: dict[str, str] = {  # our status → DeepCAVE's
+    Status.COMPLETED: "success",
+    Status.STOPPED_EARLY: "success",
+    Status.DIVERGED: "crashed",
+    Status.OOM: "memoryout",
+    Status.INFEASIBLE: "not_evaluated",
+    Status.ERROR: "crashed",
+    Status.RUNNING: "not_evaluated",
 }
 
 

@@ -21,6 +21,7 @@ from mdf_search.report import figures as fg
 from mdf_search.report import tables as tb
 from mdf_search.report.document import Section, TableBlock
 from mdf_search.report.experiment import Experiment
+from mdf_search.results.schema import Status
 
 log = logging.getLogger(__name__)
 INACTIVE = "inactive"
@@ -51,7 +52,9 @@ def _study_from_parquet(exp: Experiment) -> tuple[Any, list[str]]:
     from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
     ok = exp.trials.filter(
-        (pl.col("status") == "completed") & pl.col(exp.metric).is_not_null() & pl.col(exp.metric).is_not_nan()
+        (pl.col("status") == Status.COMPLETED)
+        & pl.col(exp.metric).is_not_null()
+        & pl.col(exp.metric).is_not_nan()
     )
     dists: dict[str, BaseDistribution] = {}
     for key in exp.factors:

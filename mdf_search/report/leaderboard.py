@@ -26,7 +26,7 @@ from rich.table import Table
 from mdf_search.report.experiment import HEADLINE, Experiment, ExperimentError
 from mdf_search.report.stats import t_interval
 from mdf_search.report.where import apply_where
-from mdf_search.results.schema import param_schema
+from mdf_search.results.schema import Status, param_schema
 
 FORMATS = ("table", "csv", "json", "markdown")
 
@@ -126,7 +126,7 @@ def _grouped(frame: pl.DataFrame, metric: str, group_by: str, exp: Experiment) -
     selected trial with the best study metric (validation selects; ties: lowest id)."""
     candidates = exp if frame.height == exp.trials.height else replace(exp, trials=frame, _cache={})
     chosen = candidates.selected()
-    completed = frame.filter(pl.col("status") == "completed")
+    completed = frame.filter(pl.col("status") == Status.COMPLETED)
     counts = dict(completed.group_by(group_by).len().iter_rows()) if completed.height else {}
     rows: list[dict[str, Any]] = []
     if group_by in chosen.columns and metric in chosen.columns:

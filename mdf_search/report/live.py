@@ -28,10 +28,10 @@ from rich.text import Text
 
 from mdf_search.report.design import DesignError, read_record
 from mdf_search.report.leaderboard import param_columns, varying
+from mdf_search.results.schema import Status
 from mdf_search.results.store import ResultsStore
 
 log = logging.getLogger(__name__)
-SHOWN_STATUSES = ("running", "completed", "stopped_early", "diverged", "oom", "infeasible", "error")
 REFRESH_S = 1.0
 
 
@@ -44,18 +44,16 @@ def _duration(seconds: float) -> str:
 
 
 class LiveLeaderboard:
-    """``with LiveLeaderboard(root, spec) as view: run_sweep(spec, on_event=view.on_event)``.
+    """``with LiveLeaderboard(root, spec, console) as view: run_sweep(spec, on_event=view.on_event)``.
 
     Of ``spec`` (the sweep's loaded spec) the view reads the plain attributes ``experiment``, ``metric``,
     ``mode`` and ``budget.max_wall_time`` (seconds); it runs no design code."""
 
-    def __init__(
-        self, experiment_root: str, spec: Any, top: int = 10, console: Console | None = None
-    ) -> None:
+    def __init__(self, experiment_root: str, spec: Any, console: Console, top: int = 10) -> None:
         self.root = experiment_root
         self.spec = spec
         self.top = top
-        self.console = console or Console()
+        self.console = console  # the CLI's (``cli/console.py``): the library makes no console of its own
         self.metric: str = spec.metric
         self.descending = spec.mode == "max"
         self.total: int | None = None
@@ -124,7 +122,7 @@ class LiveLeaderboard:
         epoch = f" epoch {info['epoch']}" if event == "result" and "epoch" in info else ""
         message = (
             f" {str(info.get('message', '')).splitlines()[-1]}"
-            if event == "error" and info.get("message")
+            if event == Status.ERROR and info.get("message")  # a trial that raised
             else ""
         )
         self.console.print(
@@ -165,7 +163,7 @@ class LiveLeaderboard:
         )
 
     def _finished(self) -> int:
-        return sum(v for k, v in self.counts().items() if k != "running")
+        return sum(v for k, v in self.counts().items() if k != Status.RUNNING)
 
     def eta(self) -> tuple[int, int | None, float]:
         """(finished, total, seconds left): the time per trial finished *in this session* (a resumed
@@ -187,7 +185,7 @@ class LiveLeaderboard:
 
     def summary_line(self) -> str:
         counts = self.counts()
-        status = " ".join(f"{k.replace('_', ' ')} {counts[k]}" for k in SHOWN_STATUSES if counts.get(k))
+        status = " ".join(f"{k.replace('_', ' ')} {counts[k]}" for k in Status if counts.get(k))
         finished, total, left = self.eta()
         best = self.best()
         best_text = f"best {self.metric}={best[0]:.4f} ({best[1]})" if best else "no result yet"

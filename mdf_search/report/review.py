@@ -12,8 +12,8 @@ from mdf_search.report import tables as tb
 from mdf_search.report.compare import Comparison
 from mdf_search.report.document import Section, TableBlock
 from mdf_search.report.experiment import Experiment
+from mdf_search.results.schema import FAILED, Status
 
-FAILED = ("diverged", "oom", "infeasible", "error")
 TRAIN_LOSS = ("train/loss", "train_loss")  # the loop's name, then the name experiments before it used
 GAP = 0.1  # train − val accuracy (or macro-F1) at the kept epoch above which a reviewer asks "overfitting?"
 
@@ -146,7 +146,7 @@ def curves_section(exp: Experiment, sink: fg.FigureSink, top: int = 5) -> Sectio
                 [math.nan if v is None else v for v in loss],
             )
         sec.blocks.append(fg.curves_figure(sink, exp.metric, curves))
-    statuses = ["completed", "stopped_early", "diverged", "oom", "infeasible", "error", "running"]
+    statuses = [*(s for s in Status if s != Status.RUNNING), Status.RUNNING]  # the finished ones first
     counts = exp.trials.group_by("arm").agg([(pl.col("status") == s).sum().alias(s) for s in statuses])
     order = {a: i for i, a in enumerate(exp.arms())}
     rows = sorted(
@@ -174,13 +174,13 @@ def warnings_section(exp: Experiment, cmp: Comparison, reports: int) -> Section:
         )
     found.extend(edge_warnings(exp, cmp))
     found.extend(power_warnings(cmp))
-    finished = exp.trials.filter(pl.col("status") != "running")
+    finished = exp.trials.filter(pl.col("status") != Status.RUNNING)
     failed = finished.filter(pl.col("status").is_in(FAILED)).height
     if finished.height and failed / finished.height > 0.2:
         found.append(
             f"high failure rate: {failed} of {finished.height} finished trials ({failed / finished.height:.0%}) diverged, ran out of memory, were infeasible or errored."
         )
-    running = exp.trials.filter(pl.col("status") == "running").height
+    running = exp.trials.filter(pl.col("status") == Status.RUNNING).height
     if running:
         found.append(f"{running} trial(s) still running: this report reads a partial experiment.")
     found.extend(gap_warnings(exp))
@@ -285,7 +285,7 @@ def gap_warnings(exp: Experiment) -> list[str]:
 
 def failures_section(exp: Experiment) -> Section:
     sec = Section("Failure appendix", anchor="failures")
-    bad = exp.trials.filter(pl.col("status") != "completed").sort("trial_id")
+    bad = exp.trials.filter(pl.col("status") != Status.COMPLETED).sort("trial_id")
     if bad.is_empty():
         sec.text("every trial completed.")
         return sec

@@ -22,12 +22,11 @@ import pyarrow.parquet as pq
 import yaml
 
 from mdf_search.atomic import write_text
+from mdf_search.data.schema import TYPE_CLASSES
 from mdf_search.metrics import classification_metrics
 from mdf_search.report.design import ARMS_FILE, FORMAT
-from mdf_search.results.schema import to_table
+from mdf_search.results.schema import FINISHED_OK, Status, to_table
 from mdf_search.results.store import ResultsStore
-
-CLASSES = ("healthy", "acquired", "inherited")
 
 
 def write_rows(root: str, table: str, rows: Sequence[Mapping[str, Any]]) -> str:
@@ -182,15 +181,15 @@ def _effect(arm_params: Mapping[str, Any]) -> float:
 
 def _draw(rng: np.random.Generator, quality: float, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
     """Labels (the same fixed split for every trial) and predictions drawn at the given accuracy level."""
-    y_true = np.repeat(np.arange(len(CLASSES)), n // len(CLASSES))
+    y_true = np.repeat(np.arange(len(TYPE_CLASSES)), n // len(TYPE_CLASSES))
     hard = np.array([0.0, 0.1, 0.25])[y_true]  # inherited is the hard class
     correct = rng.random(y_true.size) < np.clip(quality - hard, 0.05, 0.99)
-    wrong = (y_true + rng.integers(1, len(CLASSES), y_true.size)) % len(CLASSES)
+    wrong = (y_true + rng.integers(1, len(TYPE_CLASSES), y_true.size)) % len(TYPE_CLASSES)
     return y_true, np.where(correct, y_true, wrong)
 
 
 def _metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    return dict(classification_metrics(y_true, y_pred, CLASSES))
+    return dict(classification_metrics(y_true, y_pred, TYPE_CLASSES))
 
 
 def prediction_table(split: str, epoch: int, y_true: np.ndarray, y_pred: np.ndarray) -> pa.Table:
@@ -198,7 +197,8 @@ def prediction_table(split: str, epoch: int, y_true: np.ndarray, y_pred: np.ndar
     ``PREDICTION_SAMPLE`` columns, then ``prob/<class>``): two images per case (``<split>-c<i // 2>``)."""
     n = int(y_true.size)
     probs = {
-        f"prob/{c}": pa.array(np.where(y_pred == k, 0.8, 0.1), pa.float32()) for k, c in enumerate(CLASSES)
+        f"prob/{c}": pa.array(np.where(y_pred == k, 0.8, 0.1), pa.float32())
+        for k, c in enumerate(TYPE_CLASSES)
     }
     return pa.table(
         {
@@ -209,8 +209,8 @@ def prediction_table(split: str, epoch: int, y_true: np.ndarray, y_pred: np.ndar
             "manifest_row": pa.array(range(n), pa.int64()),
             "case_id": [f"{split}-c{i // 2:04d}" for i in range(n)],
             "source": ["synthetic"] * n,
-            "label": [CLASSES[t] for t in y_true.tolist()],
-            "pred": [CLASSES[p] for p in y_pred.tolist()],
+            "label": [TYPE_CLASSES[t] for t in y_true.tolist()],
+            "pred": [TYPE_CLASSES[p] for p in y_pred.tolist()],
             **probs,
         }
     )
@@ -254,17 +254,17 @@ def synthetic_experiment(
             params = trial_params(data, arm_params, s)
             params["optim.lr"] = float(np.exp(rng.uniform(np.log(1e-4), np.log(3e-3))))
             trial_id = f"t{number:05d}"
-            status = "completed"
+            status = Status.COMPLETED
             message = ""
             last = epochs
             if failures and number == 1:
-                status, message, last = "error", "RuntimeError: CUDA error: an illegal memory access", 1
+                status, message, last = Status.ERROR, "RuntimeError: CUDA error: an illegal memory access", 1
             elif failures and number == 4:
-                status, message, last = "diverged", "loss is nan at step 12", 1
+                status, message, last = Status.DIVERGED, "loss is nan at step 12", 1
             elif failures and number == 6:
-                status, last = "stopped_early", 1
+                status, last = Status.STOPPED_EARLY, 1
             elif number >= len(arm_list) * len(seeds) - running:
-                status, last = "running", max(1, epochs // 2)
+                status, last = Status.RUNNING, max(1, epochs // 2)
             if messages and number in messages:
                 message = messages[number]
             quality = 0.55 + _effect(arm_params) + rng.normal(0, 0.03)
@@ -284,9 +284,9 @@ def synthetic_experiment(
                     "total_params": 5.0e6,
                     "samples_per_s": float(rng.uniform(20, 40)),
                 }
-                if status == "diverged":
+                if status == Status.DIVERGED:
                     metrics["train/loss"] = float("nan")
-                store.write_epoch({**base, "epoch": epoch, "status": "running", **metrics})
+                store.write_epoch({**base, "epoch": epoch, "status": Status.RUNNING, **metrics})
             wall = float(rng.uniform(20, 40)) * last
             store.write_trial(
                 {
@@ -304,12 +304,12 @@ def synthetic_experiment(
                     "versions": json.dumps({"torch": "2.x", "ray": "2.60"}),
                     "host": "synthetic-host",
                     **params,
-                    **({} if status in ("error",) else metrics),
+                    **({} if status == Status.ERROR else metrics),
                     "best_val": metrics.get("val/macro_f1"),
                     "best_epoch": last,
                 }
             )
-            if predictions and status in ("completed", "stopped_early") and drawn:
+            if predictions and status in FINISHED_OK and drawn:
                 parts = [prediction_table(split, last, *ys) for split, ys in drawn.items()]
                 store.write_predictions(trial_id, 1, pa.concat_tables(parts))
             number += 1

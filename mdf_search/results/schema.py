@@ -53,6 +53,8 @@ class Status(StrEnum):
 
 
 FAILED = frozenset({Status.DIVERGED, Status.OOM, Status.INFEASIBLE, Status.ERROR})
+# Ended with a value of the study metric: all epochs, or stopped by the scheduler after some.
+FINISHED_OK = frozenset({Status.COMPLETED, Status.STOPPED_EARLY})
 
 TRIAL_CORE = pa.schema(
     [

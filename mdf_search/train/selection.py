@@ -2,7 +2,8 @@
 
 SCIENCE.md: validation chooses and test only reports, with the study's metric and mode at every level
 (the epoch inside a trial, the trial for an arm and seed, the best arm). A sweep passes its spec's
-``metric``/``mode``; ``mdf-search train`` uses the default, ``val/macro_f1`` maximised.
+``metric``/``mode``; ``mdf-search train`` uses the default, ``val/macro_f1`` maximised
+(``metrics.DEFAULT_METRIC`` and ``DEFAULT_MODE``).
 
 Rules of :meth:`Selection.improves` (each tested): the first epoch with a value is selected; a later
 epoch must be strictly better (a tie keeps the earlier epoch); NaN is never better than a number, and
@@ -16,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mdf_search.metrics import DEFAULT_METRIC, DEFAULT_MODE
+
 MODES = ("max", "min")
 
 
@@ -23,8 +26,8 @@ MODES = ("max", "min")
 class Selection:
     """The study's metric (a ``val/`` key the trial reports) and whether higher or lower is better."""
 
-    metric: str = "val/macro_f1"
-    mode: str = "max"
+    metric: str = DEFAULT_METRIC
+    mode: str = DEFAULT_MODE
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

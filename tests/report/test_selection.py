@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mdf_search.model.arch import TYPE_CLASSES
 from mdf_search.report.ablation import write_report
 from mdf_search.report.compare import compare
 from mdf_search.report.experiment import load_experiment
 from mdf_search.report.leaderboard import leaderboard_frame
 from mdf_search.report.review import gap_warnings
-from mdf_search.report.synthetic import CLASSES, prediction_table
+from mdf_search.report.synthetic import prediction_table
 from mdf_search.results.store import ResultsStore
 
 BASE = "fusion.levels=none"
@@ -54,8 +55,8 @@ def _table(out: Path, name: str) -> list[dict[str, str]]:
 
 def _predictions(root: Path, trial_id: str, right: int, seed: int = 0, n: int = 40) -> None:
     """Test predictions with ``right`` of ``n`` images correct (and val rows that use every class)."""
-    y = np.arange(n) % len(CLASSES)
-    test = np.where(np.arange(n) < right, y, (y + 1) % len(CLASSES))
+    y = np.arange(n) % len(TYPE_CLASSES)
+    test = np.where(np.arange(n) < right, y, (y + 1) % len(TYPE_CLASSES))
     rng = np.random.default_rng(seed)
     table = prediction_table("val", 2, y, rng.permutation(y))
     import pyarrow as pa
