@@ -46,6 +46,13 @@ IMAGE_MODES = ("on", "off")
 SPLITS = ("stratified", "kfold", "authors", "leave_source_out")
 CLASS_WEIGHTS = ("none", "balanced")
 DEVICES = ("auto", "cpu", "cuda")
+# Bounds of the synthetic study (``data synth`` and ``data.synthetic_*`` read them; the defaults are
+# DataConfig's). 12 images: 4 FIVES, 3 HRF, 5 StoneRounds (``data.synthetic.plan``). 4096 px covers the
+# full size of every real source (FIVES 2048², HRF 3504x2336); one 4096 px picture already takes about
+# 1 GB and 3 s to draw, and a trial draws its study on first use.
+SYNTHETIC_MIN_IMAGES = 12
+SYNTHETIC_MIN_SIZE = 32
+SYNTHETIC_MAX_SIZE = 4096
 
 
 class ConfigError(ValueError):
@@ -108,10 +115,13 @@ class DataConfig:
         "manifest Parquet; empty = synthetic data generated on first use",
     )
     synthetic_images: int = flat_field(
-        "data.synthetic_images", 240, int_range(12, 1_000_000), "synthetic image count"
+        "data.synthetic_images", 240, int_range(SYNTHETIC_MIN_IMAGES, 1_000_000), "synthetic image count"
     )
     synthetic_size: int = flat_field(
-        "data.synthetic_size", 160, int_range(32, 4096), "synthetic image side (px)"
+        "data.synthetic_size",
+        160,
+        int_range(SYNTHETIC_MIN_SIZE, SYNTHETIC_MAX_SIZE),
+        "synthetic image side (px)",
     )
     synthetic_severity: float = flat_field(
         "data.synthetic_severity", 1.0, float_range(0.0, 1.0), "synthetic sign strength (0 = invisible)"

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mdf_search.cli.console import console, err_console, fail
+from mdf_search.config import SYNTHETIC_MAX_SIZE, SYNTHETIC_MIN_IMAGES, SYNTHETIC_MIN_SIZE, DataConfig
 from mdf_search.data.cache import build_cache
 from mdf_search.data.schema import DataError, Skipped, read_manifest
 from mdf_search.data.sources import prepare as prepare_manifest
@@ -124,10 +125,19 @@ def prepare(
 @_fail_cleanly
 def synth(
     out: Annotated[Path, typer.Option("--out", help="folder to write FIVES/, HRF/, StoneRounds/ into")],
-    images: Annotated[int, typer.Option(min=12, help="number of images")] = 240,
-    size: Annotated[int, typer.Option(min=32, max=8192, help="image side in px (2048 = full size)")] = 160,
+    images: Annotated[
+        int, typer.Option(min=SYNTHETIC_MIN_IMAGES, help="number of images")
+    ] = DataConfig.synthetic_images,
+    size: Annotated[
+        int,
+        typer.Option(
+            min=SYNTHETIC_MIN_SIZE, max=SYNTHETIC_MAX_SIZE, help="image side in px (2048 = FIVES's full size)"
+        ),
+    ] = DataConfig.synthetic_size,
     seed: Annotated[int, typer.Option(min=0)] = 0,
-    severity: Annotated[float, typer.Option(min=0.0, max=1.0, help="strength of disease signs")] = 1.0,
+    severity: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="strength of disease signs")
+    ] = DataConfig.synthetic_severity,
     control_size: Annotated[
         int,
         typer.Option(min=0, help="U-Net input side the planted positive control is tuned for (0: none)"),

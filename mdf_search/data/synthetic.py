@@ -69,6 +69,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from mdf_search.atomic import commit_dir, temp_sibling
+from mdf_search.config import SYNTHETIC_MIN_IMAGES, SYNTHETIC_MIN_SIZE, DataConfig
 from mdf_search.data.render import control_frequency, min_size_for_control, render_fundus
 from mdf_search.data.schema import read_manifest, write_manifest
 from mdf_search.data.sources import prepare
@@ -101,8 +102,10 @@ def plan(images: int, seed: int) -> list[Planned]:
     StoneRounds cases. HRF (JPEG, a small second source) holds about 10 % of the images, the same number
     of healthy as of acquired ones, so a compression trace cannot tell the two types apart.
     """
-    if images < 12:
-        raise ValueError(f"need at least 12 images (4 FIVES, 3 HRF, 5 StoneRounds), got {images}")
+    if images < SYNTHETIC_MIN_IMAGES:
+        raise ValueError(
+            f"need at least {SYNTHETIC_MIN_IMAGES} images (4 FIVES, 3 HRF, 5 StoneRounds), got {images}"
+        )
     rng = np.random.default_rng([seed, 999_983])
     per_code = {"g": max(1, round(0.05 * images)), "dr": max(1, round(0.05 * images))}
     per_code["h"] = per_code["g"] + per_code["dr"]  # healthy and acquired: the same share of HRF JPEGs
@@ -297,10 +300,10 @@ def _stonerounds_csv(items: list[Planned], seed: int) -> str:
 def generate(
     out: str | Path,
     *,
-    images: int = 240,
-    size: int = 160,
+    images: int = DataConfig.synthetic_images,
+    size: int = DataConfig.synthetic_size,
     seed: int = 0,
-    severity: float = 1.0,
+    severity: float = DataConfig.synthetic_severity,
     control_size: int = CONTROL_SIZE,
     progress: Progress | None = None,
 ) -> list[Planned]:
@@ -310,8 +313,8 @@ def generate(
     """
     if not 0.0 <= severity <= 1.0:
         raise ValueError(f"severity must be in [0, 1], but got {severity}")
-    if size < 32:
-        raise ValueError(f"size must be at least 32 px, but got {size}")
+    if size < SYNTHETIC_MIN_SIZE:
+        raise ValueError(f"size must be at least {SYNTHETIC_MIN_SIZE} px, but got {size}")
     if control_size < 0:
         raise ValueError(f"control_size must be >= 0 (0: no planted control), but got {control_size}")
     if control_size and not control_frequency(size, control_size):
@@ -356,9 +359,9 @@ def build_manifest(root: str | Path, out: str | Path | None = None) -> Path:
 
 def ensure_synthetic(
     cache_root: str | Path,
-    images: int = 240,
-    size: int = 160,
-    severity: float = 1.0,
+    images: int = DataConfig.synthetic_images,
+    size: int = DataConfig.synthetic_size,
+    severity: float = DataConfig.synthetic_severity,
     seed: int = 0,
     progress: Progress | None = None,
     control_size: int = CONTROL_SIZE,
