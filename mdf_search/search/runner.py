@@ -4,8 +4,8 @@
 - Every design goes through one persistent Optuna study (SQLite under the experiment directory by
   default, or any SQLAlchemy URL): grid and ofat through Optuna's ``GridSampler`` over (arm, seed),
   TPE/QMC/GP over the nuisance parameters per arm. ``optuna-dashboard`` and the ``optuna`` CLI read it.
-- A trial driver asks only for the ``trial_slot`` custom resource (FACTS.md: a driver cannot ask for 0
-  CPUs), which places drivers and caps concurrent trials; its workers ask for CPUs/GPUs.
+- A trial driver asks only for the ``trial_slot`` custom resource (docs/stack-facts.md: a driver cannot
+  ask for 0 CPUs), which places drivers and caps concurrent trials; its workers ask for CPUs/GPUs.
 - A crashed or preempted trial is retried by Tune (``FailureConfig``) and its Train run, named after the
   Tune trial id, resumes from its own checkpoint. ``diverged``/``oom``/``infeasible`` are results, never
   retried.
@@ -37,7 +37,7 @@ from mdf_search.results.schema import Status
 from mdf_search.search.designs import default_storage_url, define_by_run, num_trials, study_name
 from mdf_search.search.record import write_design_record
 from mdf_search.train.faults import Faults
-from mdf_search.train.memory import plan_trial
+from mdf_search.train.memory import plan_trial, worker_gpu_mem_gb
 from mdf_search.train.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class TrialSettings:
     experiment_root: str  # where the trials' Train runs store their checkpoints (under ``train/``)
     selection: Selection  # the study's metric and mode: they pick each trial's epoch
     gpus_per_worker: float  # the spec's resources.gpus_per_worker; 0: CPU workers, no memory check
-    gpu_mem_gb: float  # the spec's resources.gpu_mem_gb: what a trial's memory plan must fit in
+    gpu_mem_gb: float  # the spec's resources.gpu_mem_gb: a GPU's memory (``worker_gpu_mem_gb`` shares it)
     faults: Faults = field(default_factory=Faults)  # test hooks; inert by default
 
 
@@ -93,7 +93,8 @@ def trial_driver(config: dict[str, Any], settings: TrialSettings) -> None:
 
     cfg = TrialConfig.from_flat(config["params"])
     if settings.gpus_per_worker > 0:
-        plan = plan_trial(cfg, gpus=cfg.run.workers, gpu_mem_gb=settings.gpu_mem_gb)
+        mem = worker_gpu_mem_gb(settings.gpu_mem_gb, settings.gpus_per_worker)
+        plan = plan_trial(cfg, gpus=cfg.run.workers, gpu_mem_gb=mem)
         if not plan.fits:
             tune.report({"status": Status.INFEASIBLE, "message": plan.reason or "does not fit", "epoch": 0})
             return

@@ -19,7 +19,7 @@ from mdf_search.model.presets import get_preset, require_weights
 from mdf_search.report.power import Power, design_power
 from mdf_search.search.designs import arms, baseline_arms, num_trials, trial_params, trials_per_arm
 from mdf_search.search.space import SearchSpec, SpecError, load_spec
-from mdf_search.train.memory import plan_trial
+from mdf_search.train.memory import plan_trial, worker_gpu_mem_gb
 
 
 def validate_spec(spec: SearchSpec) -> list[str]:
@@ -139,8 +139,7 @@ def check_design(spec: SearchSpec) -> tuple[list[str], list[str], str]:
 def _memory(spec: SearchSpec, configs: Mapping[str, TrialConfig], problems: list[str]) -> str:
     """Plan each arm (at the nuisance defaults) on the declared GPUs (a meta-device build: no weights)."""
     res = spec.resources
-    # Workers sharing a GPU (gpus_per_worker < 1) each get their fraction of its memory.
-    mem = res.gpu_mem_gb * min(1.0, res.gpus_per_worker)
+    mem = worker_gpu_mem_gb(res.gpu_mem_gb, res.gpus_per_worker)
     worst: tuple[float, str] = (0.0, "")
     for arm_id, cfg in configs.items():
         plan = plan_trial(cfg, gpus=res.workers, gpu_mem_gb=mem)

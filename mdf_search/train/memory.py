@@ -284,6 +284,13 @@ class Plan:
         return self.total_bytes / GIB
 
 
+def worker_gpu_mem_gb(gpu_mem_gb: float, gpus_per_worker: float) -> float:
+    """The GPU memory one worker's plan must fit in, from the spec's ``resources``: a whole GPU's
+    ``gpu_mem_gb``, or its fraction when workers share a GPU (``gpus_per_worker`` < 1). The sweep's
+    trials and ``validate`` both plan with it, so what validation accepts is what a trial runs."""
+    return gpu_mem_gb * min(1.0, gpus_per_worker)
+
+
 def plan_trial(
     cfg: TrialConfig,
     gpus: int,

@@ -24,6 +24,7 @@ from mdf_search.train.memory import (
     model_states,
     plan_11b_table,
     plan_trial,
+    worker_gpu_mem_gb,
 )
 
 PARAMS = [(1_000_003, 65_537), (1_234_567_891, 98_765_432), (10_713_413_231, 525_361_152)]
@@ -231,6 +232,15 @@ def test_cpu_memory_limit_is_checked_when_given() -> None:
 def test_gpus_must_divide_over_nodes() -> None:
     with pytest.raises(ValueError, match="multiple of nodes"):
         plan_trial(TrialConfig(), gpus=3, gpu_mem_gb=80, nodes=2)
+
+
+@pytest.mark.parametrize(
+    ("gpus_per_worker", "expected"), [(1.0, 80.0), (0.5, 40.0), (0.25, 20.0), (2.0, 80.0)]
+)
+def test_workers_sharing_a_gpu_each_plan_for_their_fraction(gpus_per_worker: float, expected: float) -> None:
+    """One rule for validate and the sweep's trials: a worker holding a whole GPU (or more) plans for one
+    GPU's memory, a worker holding half a GPU for half of it."""
+    assert worker_gpu_mem_gb(80.0, gpus_per_worker) == pytest.approx(expected)
 
 
 def test_zero3_needs_fewer_gpus_as_memory_grows() -> None:
