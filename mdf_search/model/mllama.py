@@ -1,7 +1,8 @@
 """The language-vision backbone: ``transformers``' ``MllamaForConditionalGeneration``, never a re-implementation.
 
 - Random-init presets (tiny/small/1b) are built with ``_from_config``, which also works under
-  ``HfDeepSpeedConfig`` for ZeRO-3 (``deepspeed.zero.Init`` + the plain constructor fails, FACTS.md).
+  ``HfDeepSpeedConfig`` for ZeRO-3 (``deepspeed.zero.Init`` + the plain constructor fails,
+  docs/stack-facts.md).
 - A pretrained checkpoint (the 11B, or a tiny one saved by the tests) loads from a local directory with
   :func:`load_pretrained`: the same code for both, with its processor and tokenizer.
 - Presets without a pretrained tokenizer train a small byte-level BPE tokenizer offline from the

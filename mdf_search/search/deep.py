@@ -12,7 +12,7 @@ layers, FiLM against the text width, the heads against the tasks), before a swee
 - It runs under ``FakeTensorMode`` (tensors with shapes, dtypes and devices but no storage): every op
   checks its shapes as it would on real tensors. The plain meta device is cheaper but fails in
   transformers' ``masking_utils`` on ``Tensor.item()`` whenever an attention mask is given, which the
-  Collator always gives (FACTS.md); ``mode="auto"`` tries it first and falls back, ``mode="meta"`` uses
+  Collator always gives (docs/stack-facts.md); ``mode="auto"`` tries it first and falls back, ``mode="meta"`` uses
   it alone. The result says which ran.
 - The batch comes from :class:`~mdf_search.data.batches.Collator` at the preset's resolution (a
   synthetic fundus at the cache size a trial would use, the trial's ``data.vision_tiles``,

@@ -5,7 +5,7 @@ The config builder is a pure function of the typed config and the run's shape, s
 table-driven unit tests without a process group. GPU-only choices sit behind ``on_gpu``:
 
 - optimiser: AdamW. On CPU the torch implementation (``torch_adam``), because DeepSpeed's FusedAdam and
-  DeepSpeedCPUAdam JIT-compile for ~60 s each (FACTS.md). With optimiser offload DeepSpeed picks
+  DeepSpeedCPUAdam JIT-compile for ~60 s each (docs/stack-facts.md). With optimiser offload DeepSpeed picks
   DeepSpeedCPUAdam itself.
 - schedule: linear warmup then cosine decay (DeepSpeed's ``WarmupCosineLR``), which scales every
   parameter group's own learning rate, so per-group rates survive.
@@ -129,7 +129,7 @@ def build_ds_config(
 def zero3_construction(ds_config: dict[str, Any]) -> Iterator[None]:
     """Keep an ``HfDeepSpeedConfig`` alive while the model is built, so ZeRO-3 partitions it at init.
 
-    ``deepspeed.zero.Init`` + the plain Mllama constructor fails (FACTS.md); transformers' own hook,
+    ``deepspeed.zero.Init`` + the plain Mllama constructor fails (docs/stack-facts.md); transformers' own hook,
     active while an ``HfDeepSpeedConfig`` object with stage 3 is alive, works with ``_from_config`` and
     ``from_pretrained``.
     """

@@ -91,7 +91,7 @@ def test_gradients_reach_unet_projection_scale_and_film(
 
 
 def test_zero_mllama_gates_block_every_fusion_gradient(batch: dict[str, torch.Tensor]) -> None:
-    """FACTS.md: with the library's zero gates nothing injected into cross-attention gets a gradient."""
+    """docs/stack-facts.md: with the library's zero gates nothing injected into cross-attention gets a gradient."""
     model = make_model(gate_init=0.0, **{"film.placement": "none", "fusion.scale_init": 1.0})
     loss, _ = mdf_loss(model(batch), batch)
     loss.backward()

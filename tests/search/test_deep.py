@@ -79,7 +79,7 @@ def test_a_one_tile_batch_on_a_four_tile_backbone_fails_naming_arm_module_and_sh
 
 
 def test_auto_mode_tries_the_meta_device_first() -> None:
-    """FACTS.md: the meta device stops at transformers' masking (Tensor.item()); fake tensors go through."""
+    """docs/stack-facts.md: the meta device stops at transformers' masking (Tensor.item()); fake tensors go through."""
     cfg = TrialConfig.from_flat({"optim.micro_batch": 2, "data.max_text_tokens": 16})
     auto = check_config(cfg, "a", mode="auto")
     assert auto.ok and auto.mode == "fake tensors" and "item()" in auto.meta_error
