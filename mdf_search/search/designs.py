@@ -192,9 +192,8 @@ def suggest_nuisance(spec: SearchSpec, arm: Arm, trial: optuna.Trial) -> dict[st
 class DefineByRun:
     """The ``space=`` of Ray's OptunaSearch (a class, not a closure: OptunaSearch pickles it on save)."""
 
-    def __init__(self, spec: SearchSpec, extra: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, spec: SearchSpec) -> None:
         self.spec = spec
-        self.extra = dict(extra or {})
         self.arms = {a.id: a for a in arms(spec)}
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
@@ -203,9 +202,9 @@ class DefineByRun:
         arm = self.arms[str(arm_id)]
         nuisance = suggest_nuisance(self.spec, arm, trial) if self.spec.is_sampler else None
         params = trial_params(self.spec, arm, int(seed), nuisance)
-        return {**self.extra, "params": params, "arm": arm.id}
+        return {"params": params, "arm": arm.id}
 
 
-def define_by_run(spec: SearchSpec, extra: Mapping[str, Any] | None = None) -> DefineByRun:
-    """The define-by-run function; ``extra`` constants (e.g. resources) are merged into its result."""
-    return DefineByRun(spec, extra)
+def define_by_run(spec: SearchSpec) -> DefineByRun:
+    """The define-by-run function: each asked trial's Tune config, ``{"params": ..., "arm": ...}``."""
+    return DefineByRun(spec)

@@ -133,11 +133,10 @@ def test_define_by_run_asks_for_the_arm_the_seed_and_the_active_nuisance(tmp_pat
         },
         "budget": {"trials": 4, "epochs": 1},
     }
-    space = define_by_run(_spec(tmp_path, design="tpe", **fields), extra={"gpu_mem_gb": 40.0})
+    space = define_by_run(_spec(tmp_path, design="tpe", **fields))
     # FixedTrial answers only the names it holds: asking for any other parameter raises.
     names = {"arm": "freeze=lora", "seed": 1, "optim.lr": 0.002, "freeze.lora_rank[freeze=lora]": 4}
     assert space(FixedTrial(names)) == {
-        "gpu_mem_gb": 40.0,
         "arm": "freeze=lora",
         "params": {
             "model.preset": "tiny",
