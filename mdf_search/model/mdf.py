@@ -135,7 +135,8 @@ class MDFModel(nn.Module):
                 states = language_model(
                     input_ids=input_ids, attention_mask=attention_mask, use_cache=False
                 ).last_hidden_state
-        return (states.float() * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        mean = (states.float() * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # pooled in fp32
+        return mean.to(states.dtype)  # FiLM runs in the model's dtype (bf16 under ZeRO-3 bf16)
 
     def vision_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Vision tower + projector, as ``MllamaModel.forward`` does, with ``no_grad`` where frozen."""

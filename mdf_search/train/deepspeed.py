@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
 from mdf_search.config import OptimConfig, TrialConfig
@@ -149,10 +150,26 @@ def zero3_construction(ds_config: dict[str, Any]) -> Iterator[None]:
         unset_hf_deepspeed_config()
 
 
+def _match_partitioned_dtype(model: nn.Module, ds_config: dict[str, Any]) -> None:
+    """Under ZeRO-3 in bf16, give the parameters built outside ``zero3_construction``'s partitioning
+    (the U-Net, fusion and heads: plain fp32 modules) the bf16 of the partitioned Mllama.
+
+    Stage 3 flattens every trainable parameter into one low-precision buffer and asserts a single dtype
+    (``deepspeed.runtime.zero.utils.defragment``), so a mixed model fails in ``deepspeed.initialize``;
+    the fp32 master copy lives in the optimiser either way. Stages 0-2 cast the whole module themselves.
+    """
+    if ds_config["zero_optimization"]["stage"] != 3 or not ds_config.get("bf16", {}).get("enabled"):
+        return
+    for param in model.parameters():
+        if not hasattr(param, "ds_id") and param.dtype != torch.bfloat16:
+            param.data = param.data.to(torch.bfloat16)
+
+
 def initialize(model: nn.Module, cfg: TrialConfig, ds_config: dict[str, Any]) -> tuple[Any, Any, Any]:
     """The one ``deepspeed.initialize`` call: returns (engine, optimizer, scheduler)."""
     import deepspeed  # see zero3_construction: only in a trial's workers
 
+    _match_partitioned_dtype(model, ds_config)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, cfg.optim), config=ds_config
     )
