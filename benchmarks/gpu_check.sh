@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
+# DeepSpeed 0.19 JIT-builds FusedAdam and cannot parse arch suffixes such as "9.0a" (docs/stack-facts.md)
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST//a/}"
 exec timeout 480 "$PY" benchmarks/gpu_check.py
