@@ -132,7 +132,7 @@ def balanced_class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Cross-entropy weights ``n / (k * n_class)`` from the (training) labels, scikit-learn's "balanced".
 
     ``k`` counts the classes present in ``labels``; a class absent from them gets weight 0 (no training
-    target has it, so the weight never applies). Fit on the training split only (SCIENCE.md: leakage).
+    target has it, so the weight never applies). Fit on the training split only (README, "What a result means": nothing fitted sees validation or test).
     """
     y = np.asarray(labels, dtype=np.int64)
     if y.ndim != 1 or y.size == 0:

@@ -192,7 +192,7 @@ def _fit(trainer: object) -> object:
 
 
 def _print_trial_metrics(metrics: dict[str, object]) -> None:
-    """The trial's metrics at the epoch validation selected (SCIENCE.md: test only reports, and every
+    """The trial's metrics at the epoch validation selected (README, "What a result means": test only reports, and every
     number shown for a trial comes from that epoch): its val/ and test/ values and training loss, from
     the report's ``selected/`` keys (``search.callbacks.selected_view``), then the run's throughput and
     memory. A report without a selected epoch (diverged or out of memory first) shows no val/test values."""

@@ -8,7 +8,7 @@ cases, 2-5 per case, and ``manifest.csv`` with clinical text). Pictures are draw
 :mod:`mdf_search.data.render`. Every image's randomness comes from ``(seed, image index)``, so files are
 bit-identical across runs and machines.
 
-Sources, and the shortcut they carry (as the real data does; SCIENCE.md, "Leakage"): FIVES-like (normal,
+Sources, and the shortcut they carry (as the real data does; README, "What a result means"): FIVES-like (normal,
 amd, dr, glaucoma; one image per case, as FIVES has no patient ids), HRF-like (normal, glaucoma, dr) and
 StoneRounds-like (rp, stargardt), the only source with clinical text. So inherited = StoneRounds = "the
 prompt has a history": the type task reads inherited from text presence alone. Test it with

@@ -8,7 +8,7 @@ The results writer is the *one* writer of an experiment's Parquet tables. Trial 
 - ``error``: the trial raised (after Tune's retries); the message is the first line of the error.
 
 A trial row carries the metrics of the trial's *selected* epoch (the loop reports them under
-``selected/``; SCIENCE.md: every number shown for a trial comes from the epoch validation selected), with
+``selected/``; README, "What a result means": every number shown for a trial comes from the epoch validation selected), with
 ``best_epoch`` naming it; an epoch row carries that epoch's own metrics. The Optuna searcher is told the
 study metric at the selected epoch too. The writer also copies each attempt's per-sample predictions out
 of the checkpoint that reported a newly selected epoch (``train/predictions.py`` says why that way).

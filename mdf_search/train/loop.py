@@ -6,7 +6,7 @@ whole validation split (predictions gathered from every rank and de-duplicated b
 metrics are those of the split, not a mean of per-rank metrics), then report metrics and a checkpoint to
 Ray Train. A trial that stops early ends with one report from ``_end``.
 
-Selection (SCIENCE.md: validation chooses, test only reports): the epoch whose validation value of the
+Selection (README, "What a result means": validation chooses, test only reports): the epoch whose validation value of the
 study's metric is best under the study's mode (``train/selection.py``) is the trial's selected epoch
 (``run.selected``). Whenever an epoch becomes the selected one, the test split is evaluated with that
 epoch's weights, so the test metrics reported for a trial are those of the model validation selected,

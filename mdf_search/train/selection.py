@@ -1,6 +1,6 @@
 """Which epoch of a trial is "the" trial: the study's metric and mode, applied on validation.
 
-SCIENCE.md: validation chooses and test only reports, with the study's metric and mode at every level
+README, "What a result means": validation chooses and test only reports, with the study's metric and mode at every level
 (the epoch inside a trial, the trial for an arm and seed, the best arm). A sweep passes its spec's
 ``metric``/``mode``; ``mdf-search train`` uses the default, ``val/macro_f1`` maximised
 (``metrics.DEFAULT_METRIC`` and ``DEFAULT_MODE``).
