@@ -7,7 +7,6 @@ from typing import Any
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import FixedTrial
 
 from mdf_search.config import TrialConfig
@@ -20,41 +19,15 @@ from mdf_search.search.designs import (
     study_name,
     trial_params,
 )
-from mdf_search.search.space import SearchSpec, load_spec
+from mdf_search.search.space import load_spec
+from tests.search.designs_helpers import INJECTION, arm_ids, grid_spec
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
-INJECTION = {
-    "choices": ["concat", "parallel"],
-    "when": {"fusion.levels": {"not": "none"}},
-    "otherwise": "none",
-}
-
-
-def _spec(tmp_path: Path, **fields: Any) -> SearchSpec:
-    body: dict[str, Any] = {
-        "experiment": "d",
-        "metric": "val/macro_f1",
-        "mode": "max",
-        "design": "grid",
-        "seeds": [0, 1],
-        "budget": {"epochs": 2},
-        "scientific": {"fusion.levels": ["none", "4", "1234"], "fusion.injection": INJECTION},
-        "fixed": {"model.preset": "tiny"},
-        **fields,
-    }
-    path = tmp_path / f"{body['experiment']}.yaml"
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return load_spec(path)
-
-
-def _ids(spec: SearchSpec) -> list[str]:
-    return [a.id for a in arms(spec)]
-
 
 def test_grid_is_the_factorial_with_conditions_collapsed(tmp_path: Path) -> None:
-    spec = _spec(tmp_path)
-    assert _ids(spec) == [
+    spec = grid_spec(tmp_path)
+    assert arm_ids(spec) == [
         "fusion.levels=none",  # none x {concat, parallel} collapse: injection is 'none' for both
         "fusion.levels=4|fusion.injection=concat",
         "fusion.levels=4|fusion.injection=parallel",
@@ -66,14 +39,14 @@ def test_grid_is_the_factorial_with_conditions_collapsed(tmp_path: Path) -> None
 
 
 def test_baseline_comes_first_and_ids_are_stable(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, baseline={"fusion.levels": "4321", "fusion.injection": "parallel"})
-    assert _ids(spec)[0] == "fusion.levels=1234|fusion.injection=parallel"  # '4321' reads as '1234'
-    assert _ids(spec) == _ids(load_spec(spec.path))
-    assert len(set(_ids(spec))) == len(_ids(spec))
+    spec = grid_spec(tmp_path, baseline={"fusion.levels": "4321", "fusion.injection": "parallel"})
+    assert arm_ids(spec)[0] == "fusion.levels=1234|fusion.injection=parallel"  # '4321' reads as '1234'
+    assert arm_ids(spec) == arm_ids(load_spec(spec.path))
+    assert len(set(arm_ids(spec))) == len(arm_ids(spec))
 
 
 def test_ofat_varies_one_factor_at_a_time_from_the_reference(tmp_path: Path) -> None:
-    spec = _spec(
+    spec = grid_spec(
         tmp_path,
         design="ofat",
         scientific={
@@ -84,7 +57,7 @@ def test_ofat_varies_one_factor_at_a_time_from_the_reference(tmp_path: Path) -> 
         reference={"fusion.levels": "1234", "fusion.injection": "parallel", "freeze": "none"},
         baseline={"fusion.levels": "none"},
     )
-    assert _ids(spec) == [
+    assert arm_ids(spec) == [
         "fusion.levels=none|freeze=none",
         "fusion.levels=1234|fusion.injection=parallel|freeze=none",  # the reference
         "fusion.levels=4|fusion.injection=parallel|freeze=none",
@@ -95,7 +68,7 @@ def test_ofat_varies_one_factor_at_a_time_from_the_reference(tmp_path: Path) -> 
 
 
 def test_trial_params_are_complete_and_pass_trial_config(tmp_path: Path) -> None:
-    spec = _spec(
+    spec = grid_spec(
         tmp_path,
         scientific={"freeze": ["none", "lora"]},
         nuisance={
@@ -133,7 +106,7 @@ def test_define_by_run_asks_for_the_arm_the_seed_and_the_active_nuisance(tmp_pat
         },
         "budget": {"trials": 4, "epochs": 1},
     }
-    space = define_by_run(_spec(tmp_path, design="tpe", **fields))
+    space = define_by_run(grid_spec(tmp_path, design="tpe", **fields))
     # FixedTrial answers only the names it holds: asking for any other parameter raises.
     names = {"arm": "freeze=lora", "seed": 1, "optim.lr": 0.002, "freeze.lora_rank[freeze=lora]": 4}
     assert space(FixedTrial(names)) == {
@@ -150,12 +123,12 @@ def test_define_by_run_asks_for_the_arm_the_seed_and_the_active_nuisance(tmp_pat
     }
     plain = space(FixedTrial({"arm": "freeze=none", "seed": 0, "optim.lr": 0.002}))
     assert plain["arm"] == "freeze=none" and "freeze.lora_rank" not in plain["params"]
-    grid = define_by_run(_spec(tmp_path, design="grid", **fields))  # nuisance held at the defaults
+    grid = define_by_run(grid_spec(tmp_path, design="grid", **fields))  # nuisance held at the defaults
     held = grid(FixedTrial({"arm": "freeze=lora", "seed": 0}))["params"]
     assert held["optim.lr"] == pytest.approx(1.0e-3) and held["freeze.lora_rank"] == 4
 
 
 def test_names_and_storage(tmp_path: Path) -> None:
-    spec = _spec(tmp_path)
+    spec = grid_spec(tmp_path)
     assert study_name(spec) == "d"
     assert default_storage_url(tmp_path / "runs" / "d") == f"sqlite:///{tmp_path.resolve()}/runs/d/optuna.db"

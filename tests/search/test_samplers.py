@@ -12,41 +12,14 @@ from typing import Any
 
 import optuna
 import pytest
-import yaml
 
 from mdf_search.config import TrialConfig
 from mdf_search.search.designs import arms, define_by_run, num_trials, study_name
 from mdf_search.search.samplers import ArmBudgetSampler, StudyGridSampler, _ArmView, make_sampler
-from mdf_search.search.space import SearchSpec, load_spec
+from mdf_search.search.space import SearchSpec
+from tests.search.designs_helpers import arm_ids, grid_spec
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
-
-INJECTION = {
-    "choices": ["concat", "parallel"],
-    "when": {"fusion.levels": {"not": "none"}},
-    "otherwise": "none",
-}
-
-
-def _spec(tmp_path: Path, **fields: Any) -> SearchSpec:
-    body: dict[str, Any] = {
-        "experiment": "d",
-        "metric": "val/macro_f1",
-        "mode": "max",
-        "design": "grid",
-        "seeds": [0, 1],
-        "budget": {"epochs": 2},
-        "scientific": {"fusion.levels": ["none", "4", "1234"], "fusion.injection": INJECTION},
-        "fixed": {"model.preset": "tiny"},
-        **fields,
-    }
-    path = tmp_path / f"{body['experiment']}.yaml"
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return load_spec(path)
-
-
-def _ids(spec: SearchSpec) -> list[str]:
-    return [a.id for a in arms(spec)]
 
 
 def _drive(
@@ -72,10 +45,10 @@ def _drive(
 
 
 def test_grid_study_enumerates_every_arm_and_seed_exactly_once(tmp_path: Path) -> None:
-    spec = _spec(tmp_path)
+    spec = grid_spec(tmp_path)
     done = _drive(spec, num_trials(spec))
     pairs = Counter((config["arm"], config["params"]["seed"]) for _, config in done)
-    assert pairs == Counter(itertools.product(_ids(spec), spec.seeds))
+    assert pairs == Counter(itertools.product(arm_ids(spec), spec.seeds))
     for trial, config in done:
         assert trial.params == {"arm": config["arm"], "seed": config["params"]["seed"]}
         assert set(config) == {"params", "arm"}  # Tune's config holds only these
@@ -96,7 +69,7 @@ SAMPLER_FIELDS: dict[str, Any] = {
 
 @pytest.mark.parametrize("design", ["tpe", "qmc", "gp"])
 def test_sampler_designs_give_each_arm_its_budget(tmp_path: Path, design: str) -> None:
-    spec = _spec(tmp_path, design=design, **SAMPLER_FIELDS)
+    spec = grid_spec(tmp_path, design=design, **SAMPLER_FIELDS)
     assert num_trials(spec) == 12
     done = _drive(spec, num_trials(spec))
     per_arm = Counter(config["arm"] for _, config in done)
@@ -113,7 +86,7 @@ def test_sampler_designs_give_each_arm_its_budget(tmp_path: Path, design: str) -
 
 
 def test_round_robin_continues_when_the_study_is_resumed(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, design="tpe", **SAMPLER_FIELDS)
+    spec = grid_spec(tmp_path, design="tpe", **SAMPLER_FIELDS)
     storage = optuna.storages.InMemoryStorage()
     first = _drive(spec, 5, storage)
     second = _drive(spec, 7, storage)  # a fresh sampler and study object on the same storage
@@ -122,7 +95,7 @@ def test_round_robin_continues_when_the_study_is_resumed(tmp_path: Path) -> None
 
 
 def test_each_arm_sampler_sees_only_its_own_trials(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, design="tpe", **SAMPLER_FIELDS)
+    spec = grid_spec(tmp_path, design="tpe", **SAMPLER_FIELDS)
     study = optuna.create_study(sampler=make_sampler(spec), direction="maximize")
     space = define_by_run(spec)
     for _ in range(6):
@@ -137,7 +110,7 @@ def test_each_arm_sampler_sees_only_its_own_trials(tmp_path: Path) -> None:
 def test_sampler_and_space_survive_pickle(tmp_path: Path) -> None:
     """Ray's OptunaSearch pickles its space and sampler into every searcher checkpoint."""
     for design in ("grid", "tpe"):
-        spec = _spec(tmp_path, design=design, **SAMPLER_FIELDS)
+        spec = grid_spec(tmp_path, design=design, **SAMPLER_FIELDS)
         sampler = pickle.loads(pickle.dumps(make_sampler(spec)))
         space = pickle.loads(pickle.dumps(define_by_run(spec)))
         assert space.arms.keys() == {a.id for a in arms(spec)}
@@ -174,7 +147,7 @@ def test_an_unknown_inner_design_fails_when_the_sampler_is_made() -> None:
 
 
 def test_the_relative_search_space_leaves_arm_and_seed_to_the_rotation(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, design="tpe", **SAMPLER_FIELDS)
+    spec = grid_spec(tmp_path, design="tpe", **SAMPLER_FIELDS)
     sampler = make_sampler(spec)
     study = optuna.create_study(sampler=sampler, direction="maximize")
     space = define_by_run(spec)
@@ -190,5 +163,5 @@ def test_the_relative_search_space_leaves_arm_and_seed_to_the_rotation(tmp_path:
 @pytest.mark.parametrize(("per_arm", "startup"), [(4, 3), (12, 4), (60, 10)])
 def test_startup_trials_scale_with_the_arm_budget(tmp_path: Path, per_arm: int, startup: int) -> None:
     budget = {"trials": 3 * per_arm, "trials_per_arm": per_arm, "epochs": 1}
-    sampler = make_sampler(_spec(tmp_path, design="tpe", **{**SAMPLER_FIELDS, "budget": budget}))
+    sampler = make_sampler(grid_spec(tmp_path, design="tpe", **{**SAMPLER_FIELDS, "budget": budget}))
     assert isinstance(sampler, ArmBudgetSampler) and sampler.n_startup == startup
