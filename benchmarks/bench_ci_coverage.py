@@ -23,7 +23,10 @@ def main() -> None:
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples per interval")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, nargs="+", default=[2, 3, 5, 10])
+    parser.add_argument("--quick", action="store_true", help="CI: n = 2, 3 with 200 samples (seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.reps, args.boot, args.n = 200, 200, [2, 3]
     start = time.perf_counter()
     cover = ci_coverage(args.n, reps=args.reps, n_boot=args.boot, seed=args.seed)
     print(

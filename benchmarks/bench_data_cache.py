@@ -58,7 +58,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="cache build processes")
     parser.add_argument("--cache-epochs", type=int, default=20, help="epochs read from the cache")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help="CI: 12 images of 256 px, 64 px cache (seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.size, args.cache_size, args.workers, args.cache_epochs = 12, 256, 64, 1, 2
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)

@@ -83,7 +83,11 @@ def main() -> None:
     parser.add_argument("--experiment", default="runs/smoke")
     parser.add_argument("--run", action="store_true", help="run search_spaces/smoke.yaml first")
     parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="CI: the sampler cost at 20 trials only")
     args = parser.parse_args()
+    if args.quick:
+        sampler_cost(20)
+        return
     if args.run:
         subprocess.run(
             [sys.executable, "-m", "mdf_search.cli", "sweep", "search_spaces/smoke.yaml", "--no-report"],

@@ -202,7 +202,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--set", action="append")
+    parser.add_argument("--quick", action="store_true", help="CI: 1 epoch of 24 images (about 2 minutes)")
     args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.images = 1, 24
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from mdf_search.cluster import connect, shutdown
     from mdf_search.train.builders import prepare_trial_data
