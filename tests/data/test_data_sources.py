@@ -8,8 +8,10 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from mdf_search.data.readers import read_fives, read_hrf
 from mdf_search.data.schema import MANIFEST_SCHEMA, LabelSpace, read_manifest, write_manifest
-from mdf_search.data.sources import prepare, read_fives, read_generic, read_hrf, read_stonerounds
+from mdf_search.data.sources import prepare
+from mdf_search.data.tables import read_generic, read_stonerounds
 
 
 def test_fives_reads_both_mask_spellings_and_ignores_stray_files(synth_study: Path) -> None:
