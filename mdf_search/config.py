@@ -46,6 +46,10 @@ IMAGE_MODES = ("on", "off")
 SPLITS = ("stratified", "kfold", "authors", "leave_source_out")
 CLASS_WEIGHTS = ("none", "balanced")
 DEVICES = ("auto", "cpu", "cuda")
+CHECKPOINT_POLICIES = ("every_epoch", "last", "none")  # train/checkpoint.py says what each keeps
+# Keys that never change what a trial computes, only how it runs: trials differing in them share an arm's
+# config hash (the seed is its own axis).
+NOT_HASHED = ("seed", "run.checkpoint")
 # Bounds of the synthetic study (``data synth`` and ``data.synthetic_*`` read them; the defaults are
 # DataConfig's). 12 images: 4 FIVES, 3 HRF, 5 StoneRounds (``data.synthetic.plan``). 4096 px covers the
 # full size of every real source (FIVES 2048², HRF 3504x2336); one 4096 px picture already takes about
@@ -194,6 +198,12 @@ class RunConfig:
     seed: int = flat_field("seed", 0, int_range(0, 2**31 - 1), "seed of init, data order and augmentation")
     workers: int = flat_field("run.workers", 2, int_range(1, 4096), "Ray Train workers (DeepSpeed ranks)")
     device: str = flat_field("run.device", "auto", choice(DEVICES), "auto | cpu | cuda")
+    checkpoint: str = flat_field(
+        "run.checkpoint",
+        "every_epoch",
+        choice(CHECKPOINT_POLICIES),
+        "model checkpoints: every_epoch | last (the last epoch only) | none (metrics and predictions only)",
+    )
 
 
 _SECTIONS: dict[str, type] = {
@@ -345,6 +355,6 @@ class TrialConfig:
         return TrialConfig.from_flat({**self.to_flat(), **flat})
 
     def config_hash(self) -> str:
-        """Hash of everything but the seed: trials of one arm share it."""
-        flat = {k: v for k, v in self.to_flat().items() if k != "seed"}
+        """Hash of everything but the seed and the checkpoint policy: trials of one arm share it."""
+        flat = {k: v for k, v in self.to_flat().items() if k not in NOT_HASHED}
         return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -91,7 +91,13 @@ def report_command(experiment_dir: str, out: str) -> int:
 def leaderboard(
     experiment: Annotated[str, typer.Argument(help="experiment directory or URI, e.g. runs/smoke")],
     top: Annotated[int, typer.Option(help="rows to show")] = 20,
-    by: Annotated[str | None, typer.Option(help="metric to rank by (default: the study's)")] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            help="metric to rank by (default: the study's); a cost (wall_s, train_s, ...) ranks the "
+            "cheapest first; 'phases': median seconds per phase, per arm (or --group-by)"
+        ),
+    ] = None,
     where: Annotated[
         str | None, typer.Option(help='filter, e.g. \'status == "completed" and fusion.levels == "1234"\'')
     ] = None,

@@ -10,6 +10,12 @@ choosing), so with ``--group-by arm`` n counts seeds, and a sampler design's sev
 the selection chose from. ``best`` is the shown metric of the group's selected trial with the best study
 metric (validation selects), never the maximum of the shown metric itself: with ``--by test/...`` it is
 that trial's test score.
+
+``--by phases`` shows where the time went instead (``phase_frame``): per arm (or per ``--group-by``
+column), the median of each phase column over the trials that recorded them (every status: a failed
+trial's time was spent too), the median ``wall_s`` and the phases' share of the summed wall time.
+Ranking by a cost column (``wall_s``, a phase, ``startup_s``, GPU/CPU hours) puts the cheapest first
+and shows the phase columns.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from rich.table import Table
 from mdf_search.report.experiment import HEADLINE, Experiment, ExperimentError
 from mdf_search.report.stats import t_interval
 from mdf_search.report.where import apply_where
-from mdf_search.results.schema import Status, param_schema
+from mdf_search.results.schema import PHASE_COLUMNS, Status, param_schema
 
 FORMATS = ("table", "csv", "json", "markdown")
+PHASES_VIEW = "phases"  # --by phases: the phase view
+COST_COLUMNS = ("wall_s", *PHASE_COLUMNS, "startup_s", "gpu_hours", "cpu_hours")  # smaller is better
 
 
 def param_columns(frame: pl.DataFrame) -> list[str]:
@@ -68,6 +76,8 @@ def leaderboard_frame(
     """The rows to show; raise ``WhereError``/``ExperimentError`` on a bad filter or column."""
     metric = by or exp.metric
     frame = apply_where(exp.trials, where)
+    if metric == PHASES_VIEW:
+        return _phase_board(exp, frame, top, where, group_by or "arm")
     if metric not in exp.trials.columns:
         metrics = sorted(c for c in exp.trials.columns if "/" in c)[:12]
         raise ExperimentError(f"--by: no column {metric!r}; metrics here: {', '.join(metrics)}")
@@ -106,16 +116,69 @@ def leaderboard_frame(
         if exp.metric not in exp.trials.columns:
             notes.append(f"no column {exp.metric!r} (the study metric): no trial can be selected, n = 0")
         return Board(_grouped(frame, metric, group_by, exp).head(top), title, notes)
+    cost = metric in COST_COLUMNS
     extra = [m for m in HEADLINE if m != metric and m in frame.columns]
-    ranked = _sort(frame, metric, descending).head(top)
+    if cost:
+        title = f"{exp.name}: top {metric} (min: the cheapest first)"
+        extra = [exp.metric, *(c for c in ("wall_s", *PHASE_COLUMNS) if c != metric)]
+    ranked = _sort(frame, metric, descending and not cost).head(top)
     in_arm = set(exp.factors)  # the arm id already spells the scientific values
     shown_params = varying(ranked, [p for p in param_columns(ranked) if p != "seed" and p not in in_arm])
     cols = ["trial_id", "arm", "status", *(["seed"] if "seed" in ranked.columns else []), metric, *extra]
-    cols += ["epochs", "wall_s", *shown_params]
+    cols += ["epochs", *([] if cost else ["wall_s"]), *shown_params]
     out = ranked.select([c for c in cols if c in ranked.columns]).with_row_index("rank", offset=1)
     if where:
         notes.append(f"where: {where} ({frame.height} of {exp.trials.height} trials)")
     return Board(out, title, notes)
+
+
+def phase_frame(frame: pl.DataFrame, group_by: str = "arm") -> pl.DataFrame:
+    """Per ``group_by`` value: ``trials`` (those that recorded phase times), the median ``wall_s``, of
+    each phase (``results.schema.PHASE_COLUMNS``) and of ``startup_s``, and ``train_share`` (the
+    group's summed ``train_s`` over its summed ``wall_s``); the fastest group (median wall) first. A
+    group without phase times keeps a row with 0 trials. Medians of the phases need not add up to the
+    median wall time; each trial's phases add up to its own."""
+    columns = ("wall_s", *PHASE_COLUMNS, "startup_s")
+    schema: dict[str, pl.DataType] = {group_by: frame.schema[group_by], "trials": pl.Int64()}
+    schema |= {c: pl.Float64() for c in (*columns, "train_share")}
+    timed = frame.head(0)
+    if {"train_s", "wall_s"} <= set(frame.columns):
+        timed = frame.filter(pl.col("train_s").is_not_null() & pl.col("wall_s").is_not_null())
+    rows: list[dict[str, Any]] = []
+    for key in frame[group_by].unique(maintain_order=True).to_list():
+        part = (
+            timed.filter(pl.col(group_by) == key)
+            if key is not None
+            else timed.filter(pl.col(group_by).is_null())
+        )
+        row: dict[str, Any] = {group_by: key, "trials": part.height}
+        if part.height:
+            for c in (c for c in columns if c in part.columns):
+                median = part[c].cast(pl.Float64).median()
+                row[c] = None if median is None else float(median)  # type: ignore[arg-type]
+            wall = float(part["wall_s"].sum())
+            row["train_share"] = float(part["train_s"].sum()) / wall if wall > 0 else None
+        rows.append(row)
+    out = pl.DataFrame(rows, schema=schema)
+    return out.sort("wall_s", nulls_last=True).with_row_index("rank", offset=1)
+
+
+def _phase_board(exp: Experiment, frame: pl.DataFrame, top: int, where: str | None, group_by: str) -> Board:
+    if group_by not in frame.columns:
+        raise ExperimentError(f"--group-by: no column {group_by!r}; try arm or a parameter key")
+    groups = "arms" if group_by == "arm" else group_by
+    title = f"{exp.name}: where the time goes, median seconds per trial, by {groups}"
+    notes = [
+        *exp.notes,
+        "median over the trials of each group that recorded phase times (every status); per trial "
+        "launch_s + init_s + data_s + train_s + eval_s + ckpt_s + report_s + other_s = wall_s; "
+        "train_share = the group's summed train_s / summed wall_s",
+    ]
+    if where:
+        notes.append(f"where: {where} ({frame.height} of {exp.trials.height} trials)")
+    if "train_s" not in frame.columns:
+        notes.append("no phase times recorded (an experiment from before they were)")
+    return Board(phase_frame(frame, group_by).head(top), title, notes)
 
 
 def _grouped(frame: pl.DataFrame, metric: str, group_by: str, exp: Experiment) -> pl.DataFrame:

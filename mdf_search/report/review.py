@@ -12,7 +12,8 @@ from mdf_search.report import tables as tb
 from mdf_search.report.compare import Comparison
 from mdf_search.report.document import Section, TableBlock
 from mdf_search.report.experiment import Experiment
-from mdf_search.results.schema import FAILED, Status
+from mdf_search.report.leaderboard import phase_frame
+from mdf_search.results.schema import FAILED, PHASE_COLUMNS, Status
 
 TRAIN_LOSS = ("train/loss", "train_loss")  # the loop's name, then the name experiments before it used
 GAP = 0.1  # train − val accuracy (or macro-F1) at the kept epoch above which a reviewer asks "overfitting?"
@@ -85,8 +86,43 @@ def path_section(exp: Experiment, cmp: Comparison, sink: fg.FigureSink) -> Secti
     return sec
 
 
+def phase_blocks(exp: Experiment, sec: Section) -> None:
+    """Where the time goes: per arm the median seconds of each phase (``train/phases.py``), and each
+    phase's share of all trials' summed wall time."""
+    trials = exp.trials
+    if "train_s" not in trials.columns or trials["train_s"].drop_nulls().len() == 0:
+        sec.note("no phase times recorded: no breakdown of where the time goes.")
+        return
+    frame = phase_frame(trials, "arm").filter(pl.col("trials") > 0)
+    columns = ["wall_s", *PHASE_COLUMNS, "startup_s"]
+    rows = [
+        [str(r["arm"]), str(r["trials"]), *(tb.num(r[c], 1) for c in columns), tb.num(r["train_share"], 2)]
+        for r in frame.iter_rows(named=True)
+    ]
+    sec.blocks.append(
+        TableBlock(
+            "phase_times",
+            ["arm", "trials", *columns, "train share"],
+            rows,
+            "where the time goes: median seconds per trial (every status), the fastest arm first; per "
+            "trial the phases add up to wall_s; train share = summed train_s / summed wall_s",
+        )
+    )
+    timed = trials.filter(pl.col("train_s").is_not_null() & pl.col("wall_s").is_not_null())
+    wall = float(timed["wall_s"].sum())
+    if wall > 0:
+        shares = [(c, float(timed[c].fill_null(0).sum()) / wall) for c in PHASE_COLUMNS if c in timed.columns]
+        shares.sort(key=lambda item: -item[1])
+        sec.text(
+            f"Of all {timed.height} trials' {wall:.0f} s of wall time: "
+            + ", ".join(f"{c.removesuffix('_s')} {share:.0%}" for c, share in shares)
+            + "."
+        )
+
+
 def pareto_section(exp: Experiment, sink: fg.FigureSink) -> Section:
-    sec = Section("Cost: Pareto fronts", anchor="pareto")
+    sec = Section("Cost: where the time goes, Pareto fronts", anchor="pareto")
+    phase_blocks(exp, sec)
     ok = exp.ok()
     if ok.is_empty():
         sec.note("no finished trials with the metric yet.")

@@ -246,6 +246,7 @@ def synthetic_experiment(
     )
     store = ResultsStore(str(root))
     rng = np.random.default_rng(seed)
+    phase_rng = np.random.default_rng([seed, 0x7135])  # its own stream: the metrics' draws stay as they were
     arm_list = ARMS[:only_arms] if only_arms else ARMS
     ids = list(arm_names) if arm_names is not None else [arm for arm, _ in arm_list]
     number = 0
@@ -288,6 +289,7 @@ def synthetic_experiment(
                     metrics["train/loss"] = float("nan")
                 store.write_epoch({**base, "epoch": epoch, "status": Status.RUNNING, **metrics})
             wall = float(rng.uniform(20, 40)) * last
+            phases = _phases(phase_rng, wall, last, arm_params)
             store.write_trial(
                 {
                     **base,
@@ -295,6 +297,7 @@ def synthetic_experiment(
                     "message": message,
                     "epochs": last,
                     "wall_s": wall,
+                    **phases,
                     "gpu_hours": 0.0,
                     "cpu_hours": wall * 2 / 3600,
                     "world_size": 2,
@@ -314,6 +317,28 @@ def synthetic_experiment(
                 store.write_predictions(trial_id, 1, pa.concat_tables(parts))
             number += 1
     return root
+
+
+def _phases(
+    rng: np.random.Generator, wall: float, epochs: int, arm_params: Mapping[str, Any]
+) -> dict[str, float]:
+    """A trial's phases (``train/phases.py``), drawn like a tiny CPU trial's and scaled to add up to
+    ``wall``: start-up dominates, and training grows with the fused levels."""
+    fused = len(str(arm_params.get("fusion.levels", "none")).replace("none", ""))
+    weights = {
+        "launch_s": rng.uniform(8, 14),
+        "init_s": rng.uniform(3, 5),
+        "data_s": rng.uniform(0.3, 0.8) * epochs,
+        "train_s": rng.uniform(2, 3) * (1 + 0.15 * fused) * epochs,
+        "eval_s": rng.uniform(0.6, 1.2) * epochs,
+        "ckpt_s": rng.uniform(0.2, 0.5) * epochs,
+        "report_s": rng.uniform(0.05, 0.2) * epochs,
+        "other_s": rng.uniform(0.3, 1.0),
+    }
+    scale = wall / sum(weights.values())
+    out = {k: float(v * scale) for k, v in weights.items()}
+    out["startup_s"] = out["launch_s"] + out["init_s"] + out["data_s"] / epochs
+    return out
 
 
 if __name__ == "__main__":  # python -m mdf_search.report.synthetic <experiment dir>

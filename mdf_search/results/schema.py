@@ -5,6 +5,14 @@ Core columns have fixed types; every trial parameter is a typed column named by 
 trial reports is a ``float64`` column under its own name (``val/macro_f1``, ``val/recall/inherited``);
 list-valued metrics (confusion matrices) are stored as JSON text.
 
+Every trial row says where its wall time went (``float64`` seconds, filled by the results writer from
+the workers' reports; ``train/phases.py`` defines each phase exactly): ``launch_s`` (trial start until
+the workers are ready), ``init_s`` (model build and DeepSpeed initialisation), ``data_s`` (dataset
+setup and waits for batches), ``train_s`` (optimiser steps), ``eval_s`` (evaluation), ``ckpt_s``
+(checkpoint restore, save and persistence), ``report_s`` (``ray.train.report`` and bookkeeping) and
+``other_s`` (the rest) add up to ``wall_s`` (the attempt's start until its last report arrived);
+``startup_s`` is the trial start until the first optimiser step. Null for a trial that reported none.
+
 The ``predictions`` table has a fixed schema instead (:func:`prediction_schema`): one row per (trial,
 attempt, split, sample, task head), the class probabilities in one ``prob/<class>`` column per class of
 the label space (disease classes, then type classes). A row fills the columns of its head's classes and
@@ -56,6 +64,9 @@ FAILED = frozenset({Status.DIVERGED, Status.OOM, Status.INFEASIBLE, Status.ERROR
 # Ended with a value of the study metric: all epochs, or stopped by the scheduler after some.
 FINISHED_OK = frozenset({Status.COMPLETED, Status.STOPPED_EARLY})
 
+# Where a trial's wall time went (train/phases.py), in the order a trial spends it; they add up to wall_s.
+PHASE_COLUMNS = ("launch_s", "init_s", "data_s", "train_s", "eval_s", "ckpt_s", "report_s", "other_s")
+
 TRIAL_CORE = pa.schema(
     [
         ("experiment", pa.string()),
@@ -66,10 +77,13 @@ TRIAL_CORE = pa.schema(
         ("arm", pa.string()),
         ("epochs", pa.int64()),
         ("wall_s", pa.float64()),
+        *((name, pa.float64()) for name in PHASE_COLUMNS),
+        ("startup_s", pa.float64()),
         ("gpu_hours", pa.float64()),
         ("cpu_hours", pa.float64()),
         ("world_size", pa.int64()),
         ("split_hash", pa.string()),
+        ("features_reused", pa.string()),  # vision | unet | none (@eval: evaluation only), features.py
         ("selection_metric", pa.string()),  # the study's metric and mode, which chose best_epoch
         ("selection_mode", pa.string()),
         ("best_epoch", pa.int64()),  # the selected epoch: the row's val/, test/, train/ metrics are its

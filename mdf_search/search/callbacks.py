@@ -12,6 +12,12 @@ A trial row carries the metrics of the trial's *selected* epoch (the loop report
 ``best_epoch`` naming it; an epoch row carries that epoch's own metrics. The Optuna searcher is told the
 study metric at the selected epoch too. The writer also copies each attempt's per-sample predictions out
 of the checkpoint that reported a newly selected epoch (``train/predictions.py`` says why that way).
+
+Where a trial's seconds went (``train/phases.py`` defines each phase): every report carries the
+workers' totals so far; the trial row takes them from its last report, with ``launch_s`` and
+``startup_s`` counted from the moment Tune started the attempt (``on_trial_start``, this process's
+clock) and ``wall_s`` from then until its last report arrived here; ``other_s`` is what the phases
+leave of ``wall_s``. Epoch rows keep the epoch's own metrics only, not these run totals.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from mdf_search.config import TrialConfig
 from mdf_search.results.schema import Status
 from mdf_search.results.store import ResultsStore
 from mdf_search.train import predictions
+from mdf_search.train.phases import RUN_KEYS, trial_phases
 from mdf_search.train.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -64,9 +71,15 @@ def selected_view(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _scalar_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """A report's scalar metrics as columns (lists and dicts as JSON), without Tune's bookkeeping, the
+    row's own core columns and the run totals of ``train/phases.py`` (the trial row computes those)."""
     out: dict[str, Any] = {}
     for key, value in result.items():
-        if key in TUNE_KEYS or key in ("status", "message", "epoch", "world_size", "split_hash"):
+        if (
+            key in TUNE_KEYS
+            or key in RUN_KEYS
+            or key in ("status", "message", "epoch", "world_size", "split_hash")
+        ):
             continue
         if key.startswith(SELECTED):  # an epoch row holds its own epoch's metrics only
             continue
@@ -100,6 +113,8 @@ class ResultsWriter(Callback):
         self.errors: list[tuple[str, str]] = []
         self.finished = 0
         self._predictions_at: dict[str, int] = {}  # "<trial>-a<attempt>" → selected epoch copied
+        self._started: dict[str, float] = {}  # "<trial>-a<attempt>" → when Tune started it (time.time())
+        self._arrived: dict[str, float] = {}  # "<trial>-a<attempt>" → when its last report arrived
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into the experiment state; the event sink (a console) stays here.
@@ -125,7 +140,14 @@ class ResultsWriter(Callback):
 
     def _trial_row(self, trial: Any, status: str, message: str = "") -> dict[str, Any]:
         last = dict(trial.last_result or {})
-        wall = float(last.get("time_total_s", 0.0) or 0.0)
+        key = _attempt_key(trial)
+        phases = trial_phases(
+            last,
+            started_unix=self._started.get(key),
+            arrived_unix=self._arrived.get(key),
+            tune_wall_s=float(last.get("time_total_s", 0.0) or 0.0),
+        )
+        wall = phases["wall_s"]
         workers = int(trial.config.get("params", {}).get("run.workers", 1))
         gpus = self.gpus_per_worker * workers
         row = {
@@ -138,10 +160,12 @@ class ResultsWriter(Callback):
             "cpu_hours": wall * workers / 3600 if not gpus else 0.0,
             "world_size": int(last.get("world_size", workers) or workers),
             "split_hash": str(last.get("split_hash", "") or ""),
+            "features_reused": str(last.get("features_reused", "") or ""),  # train/features.py
             "selection_metric": self.selection.metric,
             "selection_mode": self.selection.mode,
         }
         row.update(_scalar_metrics(selected_view(last)))
+        row.update(phases)
         return row
 
     def _copy_predictions(self, trial_id: str, attempt: int, result: dict[str, Any]) -> None:
@@ -160,9 +184,14 @@ class ResultsWriter(Callback):
             self.store.write_predictions(trial_id, attempt, table)
             self._predictions_at[key] = int(epoch)
 
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Tune started an attempt of ``trial`` (its actor is up): the start its phases count from."""
+        self._started[_attempt_key(trial)] = time.time()
+
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
+        self._arrived[_attempt_key(trial)] = time.time()
         base = self._base(trial)
         epoch_row = {k: base[k] for k in ("experiment", "trial_id", "attempt", "arm")}
         epoch_row.update(
@@ -196,6 +225,11 @@ class ResultsWriter(Callback):
     def _emit(self, event: str, trial: Any, result: dict[str, Any]) -> None:
         if self.on_event is not None:
             self.on_event(event, {"trial_id": trial.trial_id, "arm": trial.config.get("arm", ""), **result})
+
+
+def _attempt_key(trial: Any) -> str:
+    """``<trial>-a<attempt>``: the attempt a Tune trial is on (Tune counts its failures)."""
+    return f"{trial.trial_id}-a{int(getattr(trial, 'num_failures', 0)) + 1}"
 
 
 def _error_message(trial: Any) -> str:

@@ -7,11 +7,14 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from mdf_search.cli.results import leaderboard_command
 from mdf_search.report.experiment import load_experiment
 from mdf_search.report.leaderboard import leaderboard_frame
+from mdf_search.report.synthetic import synthetic_experiment
+from mdf_search.results.schema import PHASE_COLUMNS
 
 VALUES = {
     "fusion.levels=none": [(0, "completed", 0.5), (1, "completed", 0.6), (2, "completed", 0.7)],
@@ -128,3 +131,45 @@ def test_group_by_arm_averages_the_validation_selected_trial_of_each_seed(
 
     assert leaderboard_command(str(root), 5, None, None, "arm", "table", False) == 0
     assert "n = seeds" in capsys.readouterr().out
+
+
+def test_by_phases_shows_the_median_phase_times_per_arm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = synthetic_experiment(tmp_path / "exp", failures=True)
+    exp = load_experiment(str(root))
+    board = leaderboard_frame(exp, by="phases")
+    frame = board.frame
+    assert frame.columns == ["rank", "arm", "trials", "wall_s", *PHASE_COLUMNS, "startup_s", "train_share"]
+    trials = exp.trials
+    for row in frame.iter_rows(named=True):
+        part = trials.filter(trials["arm"] == row["arm"])
+        assert row["trials"] == part.height  # every status: a failed trial's time was spent too
+        for column in ("wall_s", *PHASE_COLUMNS):
+            assert row[column] == pytest.approx(part[column].median())
+        shares = part.select(pl.col("train_s").sum() / pl.col("wall_s").sum()).item()
+        assert row["train_share"] == pytest.approx(shares)
+    assert frame["wall_s"].is_sorted()  # the fastest arm first
+    # each trial's phases add up to its wall time (the synthetic writer keeps the rule the writer keeps)
+    gap = trials.select((pl.sum_horizontal(*PHASE_COLUMNS) - pl.col("wall_s")).abs().max()).item()
+    assert gap < 1e-9
+    # grouped by another column, filtered first
+    seeds = leaderboard_frame(exp, by="phases", group_by="seed", where='status == "completed"').frame
+    assert sorted(seeds["seed"].to_list()) == [0, 1, 2]
+    assert seeds["trials"].sum() == trials.filter(trials["status"] == "completed").height
+    assert leaderboard_command(str(root), 20, "phases", None, None, "table", False) == 0
+    assert "where the time goes" in capsys.readouterr().out
+
+
+def test_ranking_by_a_cost_puts_the_cheapest_first_with_the_phases(tmp_path: Path) -> None:
+    exp = load_experiment(str(synthetic_experiment(tmp_path / "exp")))
+    board = leaderboard_frame(exp, top=5, by="train_s")
+    assert board.frame["train_s"].is_sorted() and board.frame["train_s"][0] == exp.trials["train_s"].min()
+    assert {"wall_s", "launch_s", "ckpt_s", "other_s", exp.metric} <= set(board.frame.columns)
+    assert "cheapest first" in board.title
+
+
+def test_by_phases_on_an_experiment_without_phase_times(hand_experiment: Callable[..., Path]) -> None:
+    board = leaderboard_frame(load_experiment(str(hand_experiment(VALUES))), by="phases")
+    assert board.frame["trials"].to_list() == [0, 0] and board.frame["wall_s"].null_count() == 2
+    assert any("no phase times recorded" in n for n in board.notes)

@@ -54,6 +54,13 @@ def test_complete_experiment_writes_every_section_and_figure(tmp_path: Path) -> 
     )
     assert "Δ test accuracy" in md and "supported at α=0.05 by" in md
     assert "mdf-search sweep" in md and "mdf-search resume" in md
+    # the cost section says where the time goes: per arm the median phase times, and each phase's share
+    phases = (tmp_path / "out" / "tables" / "phase_times.csv").read_text().splitlines()
+    assert phases[0].startswith(
+        "arm,trials,wall_s,launch_s,init_s,data_s,train_s,eval_s,ckpt_s,report_s,other_s"
+    )
+    assert len(phases) == 1 + 4  # one row per arm
+    assert "where the time goes: median seconds per trial" in md and "trials' " in md and "launch " in md
 
 
 def test_partial_and_failing_experiments_degrade_with_notes(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 
 from mdf_search.config import TrialConfig
+from mdf_search.results.schema import PHASE_COLUMNS
 from mdf_search.results.store import ResultsStore
+from mdf_search.search import callbacks
 from mdf_search.search.callbacks import (
     PerArmASHA,
     ResultsWriter,
@@ -25,6 +27,7 @@ from mdf_search.search.callbacks import (
     selected_view,
 )
 from mdf_search.train import predictions
+from mdf_search.train.phases import RUN_KEYS
 from mdf_search.train.predictions import Gathered, SampleIndex
 from mdf_search.train.selection import Selection
 
@@ -232,6 +235,73 @@ def test_wall_time_is_charged_to_the_gpus_or_else_to_the_cpus(tmp_path: Path) ->
     assert (rows["gpu"]["gpu_hours"], rows["gpu"]["cpu_hours"]) == (4.0, 0.0)  # 0.5 h x 2 workers x 4 GPUs
     assert (rows["cpu"]["gpu_hours"], rows["cpu"]["cpu_hours"]) == (0.0, 1.0)  # 0.5 h x 2 workers
     assert rows["gpu"]["wall_s"] == 1800.0 and rows["gpu"]["world_size"] == 2
+
+
+def _phase_report(epoch: int, loop_start: float, per_epoch: float) -> dict[str, Any]:
+    """A worker's report after ``epoch`` epochs: its phase totals so far (``train/phases.py``), launched
+    4 s before its loop started at ``loop_start``."""
+    totals = {"init_s": 3.0, "data_s": 0.5 + 0.5 * epoch, "train_s": per_epoch * epoch, "eval_s": epoch}
+    totals |= {"ckpt_s": 0.5 * epoch, "report_s": 0.25 * (epoch - 1), "other_s": 0.1 * epoch}
+    return {
+        "epoch": epoch,
+        "status": "running",
+        "val/loss": 1.0 / epoch,
+        "epoch_time_s": per_epoch,
+        "launch_s": 4.0,
+        **totals,
+        "elapsed_s": 4.0 + sum(totals.values()),
+        "startup_s": 4.0 + 3.5,
+        "loop_start_unix": loop_start,
+    }
+
+
+def test_the_trial_row_says_where_its_wall_time_went(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1_700_000_000.0]
+    monkeypatch.setattr(callbacks.time, "time", lambda: clock[0])
+    writer, store = _writer(tmp_path)
+    trial = StandInTrial("t1")
+    start = clock[0]
+    writer.on_trial_start(0, [], trial)  # Tune started the attempt: 6 s before the workers were ready
+    for epoch in (1, 2):
+        report = _phase_report(epoch, loop_start=start + 6.0, per_epoch=5.0)
+        clock[0] = start + 6.0 + report["elapsed_s"] - 4.0 + 0.75  # the report reaches the driver
+        trial.last_result = report
+        writer.on_trial_result(epoch, [], trial, report)
+    trial.last_result = {**trial.last_result, "status": "completed", "time_total_s": 99.0}
+    clock[0] += 5.0  # the trial's actor winds down: not the trial's wall time
+    writer.on_trial_complete(3, [], trial)
+    row = store.trials().row(0, named=True)
+    assert row["wall_s"] == pytest.approx(6.0 + 3.0 + 1.5 + 10.0 + 2.0 + 1.0 + 0.25 + 0.2 + 0.75)
+    assert row["launch_s"] == pytest.approx(6.0) and row["train_s"] == 10.0 and row["ckpt_s"] == 1.0
+    assert row["startup_s"] == pytest.approx(6.0 + 3.5)  # counted from Tune's start, not Train's launch
+    assert sum(row[c] for c in PHASE_COLUMNS) == pytest.approx(row["wall_s"])
+    assert row["other_s"] == pytest.approx(0.2 + 0.75)  # the loop's glue, and the last report's trip
+    assert row["cpu_hours"] == pytest.approx(row["wall_s"] * 2 / 3600)
+    epochs = store.epochs()
+    assert epochs["epoch_time_s"].to_list() == [5.0, 5.0]  # per-epoch metrics stay
+    assert not set(RUN_KEYS) & set(epochs.columns)  # run totals are the trial row's, not an epoch's
+
+    trial.num_failures = 1  # Tune retried it: the second attempt counts from its own start
+    clock[0] += 100.0
+    writer.on_trial_start(4, [], trial)
+    report = _phase_report(1, loop_start=clock[0] + 2.0, per_epoch=5.0)
+    clock[0] += 2.0 + report["elapsed_s"] - 4.0
+    trial.last_result = report
+    writer.on_trial_result(5, [], trial, report)
+    second = store.trials().row(0, named=True)
+    assert second["attempt"] == 2 and second["launch_s"] == pytest.approx(2.0)
+    assert sum(second[c] for c in PHASE_COLUMNS) == pytest.approx(second["wall_s"])
+
+
+def test_a_trial_row_without_the_start_keeps_the_worker_s_phases(tmp_path: Path) -> None:
+    """A sweep driver restarted mid-trial never saw the attempt start: Tune's wall time, the worker's
+    launch (from the Train run's launch) and the rest in other_s."""
+    writer, store = _writer(tmp_path)
+    report = {**_phase_report(1, loop_start=1.0, per_epoch=5.0), "time_total_s": 30.0}
+    writer.on_trial_complete(0, [], StandInTrial("t1", last_result={**report, "status": "completed"}))
+    row = store.trials().row(0, named=True)
+    assert row["wall_s"] == 30.0 and row["launch_s"] == 4.0 and row["startup_s"] == 7.5
+    assert sum(row[c] for c in PHASE_COLUMNS) == pytest.approx(30.0)
 
 
 def test_an_epoch_row_holds_the_reported_scalars_and_no_tune_bookkeeping(tmp_path: Path) -> None:
