@@ -6,7 +6,8 @@ position embedding per patch), then normalised. ``fusion.projection`` chooses ho
 - ``pool``: the patch's per-channel mean (adaptive average pooling), then a linear map ``C → D``. Detail
   inside a patch survives only as far as it moves the mean.
 - ``patch``: a learned strided convolution over the whole patch, as a ViT's patch embedding
-  (``kernel = stride = ceil(level_size / grid)``), then a linear map ``C → D``. The convolution keeps the
+  (``kernel = stride = ceil(level_size / grid)``, computed as one matmul over the patches:
+  :class:`PatchEmbedding`), then a linear map ``C → D``. The convolution keeps the
   level's width ``C``: a ViT-style ``Conv2d(C, D, k, k)`` would hold ``C * D * k**2`` parameters (5.1 B for
   level 1 of the 11b preset alone); the factorisation ``Conv2d(C, C, k, k)`` then ``Linear(C, D)``
   (an ASSUMPTION) costs ``C**2 * k**2``, about the same at every level because ``C`` doubles as the side
@@ -39,8 +40,12 @@ keys, because ``k_norm`` (RMS) cancels the scale (with the old gate at 0 the U-N
 the mass on tiny); and a bias on the U-Net logits that closes the path exactly (mass 0 in fp32) saturates
 the softmax, whose gradient with respect to that bias is then 0 too, so a closed gate could never open.
 Any smooth gate that is exactly closed and non-negative has a zero derivative there, hence the signed
-interpolation. Its cost: in a fused layer the image keys/values are projected twice (once per attention)
-during training and prefill.
+interpolation. Its cost is a second softmax over the image keys; their projections are shared.
+
+Cost (training and evaluation, :meth:`FusedCrossAttention._fused`): the wrapper runs the wrapped layer's
+operations itself, so the query, the image keys/values and ``o_proj`` are computed once per layer for
+both paths; only the U-Net tokens' keys/values and the second attention are extra. Generation (a cache in
+use) calls the wrapped layer as it is, which fills the model's own cache.
 
 The tokens travel from the joint model's forward to the wrappers through a :class:`FusionContext` (a plain
 holder, set for the duration of one forward or one ``generate``), which also keeps the joint keys/values of
@@ -56,6 +61,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.mllama.modeling_mllama import eager_attention_forward
 
 from mdf_search.model.arch import INJECTIONS, PROJECTIONS
 from mdf_search.model.mllama import text_layers
@@ -108,6 +115,46 @@ def patch_geometry(size: int, grid: int) -> tuple[int, int]:
     return kernel, kernel * grid - size
 
 
+def _patches(feature: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """``(B, C, H, W)`` → ``(B, C, rows, H / rows, columns, W / columns)``: patch ``(i, j)`` is ``[:, :, i, :, j]``."""
+    batch, channels, height, width = feature.shape
+    return feature.reshape(batch, channels, rows, height // rows, columns, width // columns)
+
+
+def pool_tokens(feature: torch.Tensor, grid: int) -> torch.Tensor:
+    """Patch-wise channel means ``(B, grid**2, C)``: ``adaptive_avg_pool2d(feature, grid)``, token-major.
+
+    A side that ``grid`` divides (every preset's level at the default grid) is summed over a reshaped
+    view: the same means (up to fp32 rounding), and a backward that broadcasts instead of running
+    ``adaptive_avg_pool2d``'s slow CPU backward over the whole level.
+    """
+    height, width = feature.shape[-2:]
+    if height % grid or width % grid:
+        pooled = F.adaptive_avg_pool2d(feature, grid)
+    else:
+        pooled = _patches(feature, grid, grid).sum(5).sum(3) / ((height // grid) * (width // grid))
+    return pooled.flatten(2).transpose(1, 2)
+
+
+class PatchEmbedding(nn.Conv2d):
+    """A ``Conv2d(C, C', k, k, stride=k)`` (no padding) computed as one matmul over the flattened patches.
+
+    The same parameters (and state-dict keys) as the convolution, and the same result up to fp32
+    rounding, but returned token-major ``(B, grid**2, C')``. A convolution whose kernel is as large as a
+    patch (32-56 px at level 1) is slow on CPU; a patch never overlaps another, so the patches are only
+    regrouped, once, and multiplied by the kernel flattened to ``(C', C * k * k)``.
+    """
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        (height, width), (kh, kw) = feature.shape[-2:], self.kernel_size
+        if height % kh or width % kw:
+            raise ValueError(f"a {height}x{width} map is not a whole number of {kh}x{kw} patches")
+        rows, columns = height // kh, width // kw
+        patches = _patches(feature, rows, columns).permute(0, 2, 4, 1, 3, 5)  # (B, rows, columns, C, kh, kw)
+        tokens = patches.reshape(feature.shape[0], rows * columns, -1)
+        return F.linear(tokens, self.weight.flatten(1), self.bias)
+
+
 class LevelProjector(nn.Module):
     """One U-Net level ``(B, C, h, w)`` → ``grid**2`` tokens of the LLM width ``(B, grid**2, D)``.
 
@@ -123,14 +170,14 @@ class LevelProjector(nn.Module):
         self.grid = grid
         self.projection = projection
         self.size = size
-        self.patch: nn.Conv2d | None = None
+        self.patch: PatchEmbedding | None = None
         self.padding = (0, 0, 0, 0)
         if projection == "patch":
             if size is None:
                 raise ValueError("projection='patch' needs the level's side in pixels (size)")
             kernel, pad = patch_geometry(size, grid)
             self.padding = (pad // 2, pad - pad // 2) * 2  # left, right, top, bottom
-            self.patch = nn.Conv2d(channels, channels, kernel_size=kernel, stride=kernel)
+            self.patch = PatchEmbedding(channels, channels, kernel_size=kernel, stride=kernel)
         self.proj = nn.Linear(channels, hidden)
         self.pos = nn.Parameter(torch.zeros(grid * grid, hidden))
         nn.init.normal_(self.pos, std=0.02)
@@ -138,15 +185,14 @@ class LevelProjector(nn.Module):
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         if self.patch is None:
-            patches = F.adaptive_avg_pool2d(feature, self.grid)  # (B, C, g, g): patch-wise means
+            tokens = pool_tokens(feature, self.grid)  # (B, g*g, C): patch-wise means
         else:
             if feature.shape[-2:] != (self.size, self.size):
                 raise ValueError(
                     f"the patch projection was built for {self.size}x{self.size} px but got "
                     f"{tuple(feature.shape[-2:])}: the U-Net input must have the preset's unet_size"
                 )
-            patches = self.patch(F.pad(feature, self.padding) if any(self.padding) else feature)
-        tokens = patches.flatten(2).transpose(1, 2)  # (B, g*g, C)
+            tokens = self.patch(F.pad(feature, self.padding) if any(self.padding) else feature)  # (B, g*g, C)
         return self.norm(self.proj(tokens) + self.pos)
 
 
@@ -215,19 +261,24 @@ class FusedCrossAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # The image path is the wrapped layer's own call, untouched: with the gate at 0 it is the output.
-        out, weights = self.inner(
-            hidden_states, cross_attention_states, cache=cache, attention_mask=attention_mask, **kwargs
-        )
         tokens = self._context.tokens.get(self.layer_idx)
-        if tokens is None:  # no fusion in this call (e.g. a text-only pass)
-            return out, weights
+        if tokens is None:  # no fusion in this call (e.g. a text-only pass): the wrapped layer alone
+            return self.inner(
+                hidden_states, cross_attention_states, cache=cache, attention_mask=attention_mask, **kwargs
+            )
         if tokens.shape[0] != hidden_states.shape[0]:
             raise ValueError(
                 f"U-Net tokens have batch {tokens.shape[0]} but the text has {hidden_states.shape[0]}; "
                 "beam search and num_return_sequences > 1 are not supported with fusion"
             )
         tokens = tokens.to(hidden_states.dtype)
+        if cache is None and cross_attention_states is not None:  # training, evaluation: one pass
+            return self._fused(hidden_states, cross_attention_states, tokens, attention_mask, kwargs)
+        # Generation (a cache is in use): the image path is the wrapped layer's own call, untouched (it
+        # fills the model's cache); with the gate at 0 it is the output.
+        out, weights = self.inner(
+            hidden_states, cross_attention_states, cache=cache, attention_mask=attention_mask, **kwargs
+        )
         if self.mode == "concat":
             joint = self._joint_attention(
                 hidden_states, cross_attention_states, tokens, cache, attention_mask, kwargs
@@ -239,6 +290,56 @@ class FusedCrossAttention(nn.Module):
             hidden_states, tokens, cache=None, attention_mask=None, **{**kwargs, "is_causal": False}
         )
         return out + self.gate * unet_out, weights
+
+    def _project(self, states: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (``k_norm``-ed) and values ``(B, kv_heads, L, head_dim)``, as the wrapped layer computes them."""
+        inner: Any = self.inner
+        shape = (batch, -1, inner.num_key_value_heads, inner.head_dim)
+        keys = inner.k_proj(states).view(shape).transpose(1, 2)
+        values = inner.v_proj(states).view(shape).transpose(1, 2)
+        return inner.k_norm(keys), values
+
+    def _fused(
+        self,
+        hidden_states: torch.Tensor,
+        cross_attention_states: torch.Tensor,
+        tokens: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        kwargs: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Both paths in one pass: the wrapped layer's q/k/v/o projections and norms, each applied once.
+
+        The same operations as ``MllamaTextCrossAttention.forward`` in the same order, so the image path is
+        bitwise the wrapped layer's, but the query is projected once for both attentions, the image keys
+        and values once (``concat`` used to project them again inside the joint attention), and ``o_proj``
+        (linear, no bias) runs once on the gated mix of the per-head outputs instead of once per path:
+        ``o(a) + g * o(b) = o(a + g * b)``. With the gate at 0 the mix is ``a`` exactly, so the output is
+        still the wrapped layer's bit for bit.
+        """
+        inner: Any = self.inner
+        kwargs = {k: v for k, v in kwargs.items() if k != "use_cache"}  # a named argument of the inner call
+        batch, length, _ = hidden_states.shape
+        query = inner.q_proj(hidden_states).view(batch, length, inner.num_heads, inner.head_dim)
+        query = inner.q_norm(query.transpose(1, 2))
+        image_keys, image_values = self._project(cross_attention_states, batch)
+        unet_keys, unet_values = self._project(tokens, batch)
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(
+            inner.config._attn_implementation, eager_attention_forward
+        )
+        common = {"dropout": inner.dropout if inner.training else 0.0, "scaling": inner.scaling}
+        image, weights = attend(inner, query, image_keys, image_values, attention_mask, **common, **kwargs)
+        if self.mode == "concat":  # one softmax over [image; unet], the U-Net keys always attended
+            mask = None if attention_mask is None else F.pad(attention_mask, (0, tokens.shape[1]), value=0.0)
+            keys = torch.cat([image_keys, unet_keys], dim=2)
+            values = torch.cat([image_values, unet_values], dim=2)
+            joint, _ = attend(inner, query, keys, values, mask, **common, **kwargs)
+            mixed = image + self.gate * (joint - image)
+        else:  # see forward: no mask, and is_causal explicit
+            unet, _ = attend(
+                inner, query, unet_keys, unet_values, None, **common, **{**kwargs, "is_causal": False}
+            )
+            mixed = image + self.gate * unet
+        return inner.o_proj(mixed.reshape(batch, length, -1).contiguous()), weights
 
     def _joint_attention(
         self,
