@@ -17,6 +17,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 TRIAL_SLOT = "trial_slot"
+NO_PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 GPU_MEM_GB = 80.0  # memory per GPU assumed when none is given: an A100/H100 80 GB
 
 
@@ -26,6 +27,7 @@ def worker_env() -> dict[str, str]:
     for key in (
         "TORCH_EXTENSIONS_DIR",
         "MDF_SEARCH_CACHE",
+        "MDF_SEARCH_FEATURE_REUSE",
         "HF_HOME",
         "HF_HUB_OFFLINE",
         "DS_ACCELERATOR",
@@ -50,11 +52,15 @@ class ClusterInfo:
 def connect(
     address: str | None = None,
     *,
-    trial_slots: int | None = None,
+    trial_slots: int | str | None = None,
     temp_dir: str | None = None,
     num_cpus: int | None = None,
 ) -> ClusterInfo:
-    """Start or join Ray (idempotent within a process)."""
+    """Start or join Ray (idempotent within a process).
+
+    ``trial_slots`` (an embedded Ray's ``trial_slot`` resources): a number; ``"auto"``: one per CPU, the
+    most trials that can ever run at once (the sweep caps them at what ``concurrent_trials: auto``
+    resolves to); None: half the CPUs."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -69,10 +75,14 @@ def connect(
 
             if not torch.cuda.is_available():
                 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            # One local node cannot be preempted while its trials survive: no preemption watcher actor
+            # per Train run (Ray Train propagates the variable from the trial to its controller).
+            os.environ.setdefault(NO_PREEMPTION_WATCHER, "0")
             cpus = num_cpus or os.cpu_count() or 1
+            slots = cpus if trial_slots == "auto" else int(trial_slots or max(1, cpus // 2))
             kwargs.update(
                 num_cpus=cpus,
-                resources={TRIAL_SLOT: float(trial_slots or max(1, cpus // 2))},
+                resources={TRIAL_SLOT: float(slots)},
                 include_dashboard=True,  # the state API: without it stopped trials leak placement groups
                 dashboard_host="127.0.0.1",
                 _temp_dir=temp_dir or os.environ.get("RAY_TMPDIR"),

@@ -14,8 +14,22 @@
 - The spec's ``metric``/``mode`` travel to every trial as a :class:`Selection`: inside a trial they pick
   the epoch whose metrics (test included) the trial reports, as they pick trials and arms outside it.
 - Tune's config of a trial holds its flat params and its arm only; what every trial shares besides them
-  (:class:`TrialSettings`: the selection, the GPUs a worker asks for, their memory, test fault hooks)
-  reaches the trial driver through ``tune.with_parameters``.
+  (:class:`TrialSettings`: the selection, what a worker asks for, the GPUs' memory, the study's prepared
+  data and parameter counts, test fault hooks) reaches the trial driver through ``tune.with_parameters``.
+
+What every trial would repeat is done once per study, in this (the sweep's) process, before Tune starts:
+the data artefacts of each distinct :func:`~mdf_search.train.builders.data_key` among the design's trials
+(split, cache, tokenizer), and, when workers hold GPUs, the parameter counts of each distinct
+architecture the memory planner needs. A trial whose data or architecture was not among them (a sampled
+parameter that changes it) prepares or counts its own. Tune reuses its trial-driver processes
+(``reuse_actors``), and a trial driver never imports the model, transformers or DeepSpeed: its workers do.
+
+``resources.concurrent_trials: auto`` (:func:`resolve_resources`) runs as many trials at once as the
+cluster's CPUs and GPUs hold (on CPUs one more, whose start-up overlaps the others' training); on GPUs,
+trials of the ``tiny`` and ``small`` presets with one worker share a GPU through a fractional
+``gpus_per_worker`` (4 and 2 trials per GPU): a trial of two or more workers gets whole GPUs, because
+Ray packs a trial's fractional workers onto one GPU and NCCL refuses two ranks of one communicator on
+one device.
 """
 
 from __future__ import annotations
@@ -26,18 +40,27 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mdf_search.cluster import TRIAL_SLOT
 from mdf_search.config import TrialConfig
+from mdf_search.model.arch import ArchConfig
 from mdf_search.results.schema import Status
-from mdf_search.search.designs import default_storage_url, define_by_run, num_trials, study_name
+from mdf_search.search.designs import (
+    arms,
+    default_storage_url,
+    define_by_run,
+    num_trials,
+    study_name,
+    trial_params,
+)
 from mdf_search.search.record import write_design_record
+from mdf_search.train.builders import TrialData, cache_root, data_key, prepare_trial_data
 from mdf_search.train.faults import Faults
-from mdf_search.train.memory import plan_trial, worker_gpu_mem_gb
+from mdf_search.train.memory import ParamCounts, count_parameters, plan_trial, worker_gpu_mem_gb
 from mdf_search.train.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -69,47 +92,138 @@ def provenance() -> dict[str, str]:
     return {"git_sha": sha or "unknown", "versions": json.dumps(versions, sort_keys=True)}
 
 
+# Trials per GPU that ``concurrent_trials: auto`` packs for these presets (one-worker trials on GPUs).
+SHARED_GPU_TRIALS = {"tiny": 4, "small": 2}
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What a sweep runs with: trials at once, and what each of a trial's workers holds."""
+
+    concurrent_trials: int
+    cpus_per_worker: float
+    gpus_per_worker: float  # 0: CPU workers, or one whole GPU per worker where workers run on GPUs
+
+
+def resolve_resources(
+    resources: Any, *, presets: Iterable[str], on_gpu: bool, cpus: float, gpus: float
+) -> TrialResources:
+    """``resources`` (a spec's) with ``concurrent_trials: auto`` resolved for a cluster of ``cpus`` CPUs
+    and ``gpus`` GPUs; a number is kept as given. Pure.
+
+    ``on_gpu``: the trials' workers run on GPUs (``run.device`` is not ``cpu`` and the cluster has GPUs).
+
+    - On CPUs, ``auto`` admits one trial more than the CPUs can train at once (``cpus // (workers x
+      cpus_per_worker)``, at least one): a trial spends most of its time starting (processes, imports,
+      DeepSpeed) on one core at a time, and the extra trial's start-up overlaps the others' training.
+      Each worker then asks for ``cpus / (trials x workers)`` CPUs (never more than
+      ``cpus_per_worker``), so that all of them are admitted.
+    - On GPUs, ``auto`` runs as many trials as the GPUs (``workers x gpus_per_worker`` each) and the CPUs
+      hold, at least one. With ``gpus_per_worker: 0`` it picks the GPU share too: one-worker trials of
+      presets that are all in :data:`SHARED_GPU_TRIALS` share a GPU (``1/4`` for tiny, ``1/2`` for small;
+      the larger share when a study mixes them), every other trial holds one whole GPU per worker (see
+      the module docstring for why not two-worker trials)."""
+    workers, cpw, gpw = resources.workers, float(resources.cpus_per_worker), float(resources.gpus_per_worker)
+    if resources.concurrent_trials != "auto":
+        return TrialResources(int(resources.concurrent_trials), cpw, gpw)
+    by_cpu = int(cpus // (workers * cpw))
+    if not on_gpu:
+        trials = max(1, by_cpu) + 1
+        return TrialResources(trials, min(cpw, cpus / (trials * workers)), gpw)
+    if gpw == 0:
+        shares = [SHARED_GPU_TRIALS.get(p, 1) for p in presets] or [1]
+        gpw = 1.0 / min(shares) if workers == 1 else 1.0
+    by_gpu = int(gpus / (workers * gpw) + 1e-9)
+    return TrialResources(max(1, min(by_cpu, by_gpu)), cpw, gpw)
+
+
 @dataclass(frozen=True)
 class TrialSettings:
     """What every trial of a sweep gets besides its flat params and arm (Tune's config holds only those)."""
 
     experiment_root: str  # where the trials' Train runs store their checkpoints (under ``train/``)
     selection: Selection  # the study's metric and mode: they pick each trial's epoch
-    gpus_per_worker: float  # the spec's resources.gpus_per_worker; 0: CPU workers, no memory check
+    gpus_per_worker: (
+        float  # resolved resources.gpus_per_worker; 0: CPU workers (or whole GPUs), no memory check
+    )
     gpu_mem_gb: float  # the spec's resources.gpu_mem_gb: a GPU's memory (``worker_gpu_mem_gb`` shares it)
     faults: Faults = field(default_factory=Faults)  # test hooks; inert by default
+    cpus_per_worker: float = 1.0  # the spec's resources.cpus_per_worker
+    data: Mapping[tuple[Any, ...], TrialData] = field(default_factory=dict)  # by data_key, prepared once
+    param_counts: Mapping[ArchConfig, ParamCounts] = field(default_factory=dict)  # counted once per arch
+
+
+def trial_data(cfg: TrialConfig, settings: TrialSettings) -> TrialData:
+    """The trial's data artefacts: the study's, prepared once by the sweep; else prepared here."""
+    prepared = settings.data.get(data_key(cfg))
+    return prepared if prepared is not None else prepare_trial_data(cfg)
 
 
 def trial_driver(config: dict[str, Any], settings: TrialSettings) -> None:
-    """One Tune trial: refuse what cannot fit, prepare data, then run Ray Train and report to Tune.
+    """One Tune trial: refuse what cannot fit, find its data, then run Ray Train and report to Tune.
 
     ``config``: Tune's config of the trial, ``{"params": flat trial params, "arm": arm id}``."""
     # Ray and torch load where they run, not when the CLI imports this module (in every function here).
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from mdf_search.train.builders import prepare_trial_data
     from mdf_search.train.trainer import make_trainer
 
     cfg = TrialConfig.from_flat(config["params"])
     if settings.gpus_per_worker > 0:
         mem = worker_gpu_mem_gb(settings.gpu_mem_gb, settings.gpus_per_worker)
-        plan = plan_trial(cfg, gpus=cfg.run.workers, gpu_mem_gb=mem)
+        counts = settings.param_counts.get(cfg.arch)
+        plan = plan_trial(cfg, gpus=cfg.run.workers, gpu_mem_gb=mem, counts=counts)
         if not plan.fits:
             tune.report({"status": Status.INFEASIBLE, "message": plan.reason or "does not fit", "epoch": 0})
             return
     trial_id = tune.get_context().get_trial_id()
-    data = prepare_trial_data(cfg)
     trainer = make_trainer(
         cfg,
-        data,
+        trial_data(cfg, settings),
         name=trial_id,
         storage_path=f"{settings.experiment_root}/train",
         callbacks=[TuneReportCallback()],
         faults=settings.faults,
         selection=settings.selection,
+        cpus_per_worker=settings.cpus_per_worker,
+        gpus_per_worker=settings.gpus_per_worker,
     )
     trainer.fit()
+
+
+def design_configs(spec: Any) -> list[TrialConfig]:
+    """The configs of the design's trials as far as they are known before any runs: every (arm, seed)
+    at the nuisance defaults (a sampler's trials differ from these in their nuisance values only)."""
+    return [TrialConfig.from_flat(trial_params(spec, arm, seed)) for arm in arms(spec) for seed in spec.seeds]
+
+
+def prepare_study(
+    configs: Iterable[TrialConfig], *, plan_memory: bool
+) -> tuple[dict[tuple[Any, ...], TrialData], dict[ArchConfig, ParamCounts]]:
+    """Once per study: the data artefacts of each distinct data key and (``plan_memory``) the parameter
+    counts of each distinct architecture among ``configs``.
+
+    What fails here (a missing manifest, say) is left to the trials that need it: each prepares its
+    own, fails as before, and is recorded as an error while the sweep goes on."""
+    data: dict[tuple[Any, ...], TrialData] = {}
+    counts: dict[ArchConfig, ParamCounts] = {}
+    failed: set[Any] = set()
+    for cfg in configs:
+        key = data_key(cfg)
+        if key not in data and key not in failed:
+            try:
+                data[key] = prepare_trial_data(cfg)
+            except Exception as err:  # the trial raises it again, where it is recorded
+                log.warning("data of %s: %s (its trials prepare their own)", key, err)
+                failed.add(key)
+        if plan_memory and cfg.arch not in counts and cfg.arch not in failed:
+            try:
+                counts[cfg.arch] = count_parameters(cfg.arch)
+            except Exception as err:  # likewise
+                log.warning("parameter counts of %s: %s", cfg.arch, err)
+                failed.add(cfg.arch)
+    return data, counts
 
 
 @dataclass
@@ -126,8 +240,6 @@ def _study_storage(spec: Any, root: str) -> Any:
     if spec.study.storage:
         url = spec.study.storage
     elif "://" in root:  # results on object storage: the study stays on this (head) node
-        from mdf_search.train.builders import cache_root  # torch
-
         local = cache_root(TrialConfig.from_flat({})) / "studies" / spec.experiment
         log.warning(
             "results go to %s; the Optuna study stays on this node at %s (set study.storage to share it)",
@@ -149,6 +261,7 @@ def _tuner(
     on_event: Callable[[str, dict[str, Any]], None] | None,
     restore: bool,
     settings: TrialSettings,
+    concurrent_trials: int,
 ) -> tuple[Any, Any, Any]:
     from ray import tune
 
@@ -166,7 +279,7 @@ def _tuner(
     guard = SweepGuard(
         writer,
         max_gpu_hours=float(spec.budget.max_gpu_hours or 0),
-        gpus_per_trial=settings.gpus_per_worker * spec.resources.workers * spec.resources.concurrent_trials,
+        gpus_per_trial=settings.gpus_per_worker * spec.resources.workers * concurrent_trials,
     )
     # A restored Tuner takes the trainable again: this session's settings, from the same recorded spec.
     trainable = tune.with_resources(tune.with_parameters(trial_driver, settings=settings), {TRIAL_SLOT: 1})
@@ -208,7 +321,8 @@ def _tuner(
         search_alg=searcher,
         scheduler=scheduler,
         num_samples=num_trials(spec),
-        max_concurrent_trials=spec.resources.concurrent_trials,
+        max_concurrent_trials=concurrent_trials,
+        reuse_actors=True,  # a trial driver's process serves the next trial: no fresh Python per trial
         time_budget_s=spec.budget.max_wall_time or None,
         metric=spec.metric if scheduler is None else None,
         mode=spec.mode if scheduler is None else None,
@@ -241,16 +355,51 @@ def run_sweep(
     if restore and not can_restore:
         raise FileNotFoundError(f"{root}: no Tune experiment to resume; start it with `mdf-search sweep`")
     _record_spec(spec, root)
+    configs = design_configs(spec)
+    resources = cluster_resources(spec, configs)
+    data, counts = prepare_study(configs, plan_memory=resources.gpus_per_worker > 0)
     settings = TrialSettings(
         experiment_root=root,
         selection=selection,
-        gpus_per_worker=float(spec.resources.gpus_per_worker),
+        gpus_per_worker=resources.gpus_per_worker,
         gpu_mem_gb=float(spec.resources.gpu_mem_gb),
         faults=faults or Faults(),
+        cpus_per_worker=resources.cpus_per_worker,
+        data=data,
+        param_counts=counts,
     )
-    tuner, writer, guard = _tuner(spec, root, storage_path, on_event, restore, settings)
+    tuner, writer, guard = _tuner(
+        spec, root, storage_path, on_event, restore, settings, resources.concurrent_trials
+    )
     tuner.fit()
     return SweepOutcome(root, writer.finished, writer.errors, guard.reason)
+
+
+def cluster_resources(spec: Any, configs: list[TrialConfig]) -> TrialResources:
+    """:func:`resolve_resources` on the connected Ray cluster, capped at its trial slots."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus = float(total.get("GPU", 0.0))
+    on_gpu = gpus > 0 and any(cfg.run.device != "cpu" for cfg in configs)
+    resolved = resolve_resources(
+        spec.resources,
+        presets={cfg.model.preset for cfg in configs},
+        on_gpu=on_gpu,
+        cpus=float(total.get("CPU", 0.0)),
+        gpus=gpus,
+    )
+    slots = int(total.get(TRIAL_SLOT, 0))
+    if 0 < slots < resolved.concurrent_trials:
+        log.warning(
+            "%d trials could run at once, but the cluster has %d %s resource(s)",
+            resolved.concurrent_trials,
+            slots,
+            TRIAL_SLOT,
+        )
+        resolved = TrialResources(slots, resolved.cpus_per_worker, resolved.gpus_per_worker)
+    log.info("trial resources: %s", resolved)
+    return resolved
 
 
 def _record_spec(spec: Any, root: str) -> None:

@@ -48,6 +48,13 @@ takes ``otherwise`` if given, else it is omitted and ``TrialConfig``'s default a
 playbook a conditional parameter is a *distinct* parameter: ``freeze.lora_rank`` exists only in trials
 with ``freeze=lora``, and its Optuna name carries the condition (``freeze.lora_rank[freeze=lora]``).
 
+**Resources.** ``workers`` per trial, each holding ``cpus_per_worker`` CPUs and ``gpus_per_worker``
+GPUs (0: CPU workers, or one whole GPU each when the workers run on GPUs; a fraction lets one-worker
+trials share a GPU), ``gpu_mem_gb`` per GPU (the memory planner's capacity), ``concurrent_trials``: a
+number, or ``auto``: as many trials as the cluster's CPUs and GPUs hold, and on GPUs, with
+``gpus_per_worker: 0``, one-worker trials of the tiny and small presets share a GPU (4 and 2 per GPU;
+``search/runner.resolve_resources``).
+
 **Budget.** ``epochs`` (→ ``optim.epochs``), ``trials`` (required for tpe/qmc/gp; a cap for
 grid/ofat), ``trials_per_arm`` (tpe/qmc/gp; default ``trials // arms``), ``max_wall_time`` (``"90s"``,
 ``"30m"``, ``"2h"`` or seconds; null = none), ``max_gpu_hours`` (0/null = no cap).
@@ -108,12 +115,24 @@ class Scheduler(_Model):
     reduction_factor: float = Field(default=2.0, gt=1)
 
 
+def parse_concurrent_trials(value: Any) -> int | str:
+    """``auto`` or an integer >= 1 (``search/runner.resolve_resources`` resolves ``auto``)."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(
+        f"must be an integer >= 1 or 'auto' (as many trials as the cluster's CPUs and GPUs hold), "
+        f"but got {short_repr(value)}"
+    )
+
+
 class Resources(_Model):
     workers: int = Field(default=RunConfig.workers, ge=1)
-    concurrent_trials: int = Field(default=1, ge=1)
+    concurrent_trials: int | Literal["auto"] = 1
     gpus_per_worker: float = Field(default=0.0, ge=0)
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpu_mem_gb: float = Field(default=GPU_MEM_GB, gt=0)
+
+    _concurrent = field_validator("concurrent_trials", mode="before")(parse_concurrent_trials)
 
 
 class StudyStorage(_Model):

@@ -3,8 +3,9 @@
 ``space.load_spec`` checks the file and each key; ``validate_spec`` then builds the arms and checks each
 one's trial through ``TrialConfig.from_flat`` (at the nuisance defaults and the first seed) and
 ``presets.require_weights`` (the sweep builds every arm for real: 11b needs ``model.weights``), the
-baseline, the design size against ``budget.trials``, and, when GPUs are declared, each arm's memory plan
-(``train.memory.plan_trial``: a meta-device estimate, no weights loaded). ``validate_files`` is the
+baseline, the design size against ``budget.trials``, a GPU share that two ranks of one trial would have
+to split, and, when GPUs are declared, each arm's memory plan (``train.memory.plan_trial``: a meta-device
+estimate, no weights loaded). ``validate_files`` is the
 ``validate`` command's report: a summary per file, its problems and notes, and what its design can detect
 (``report.power``). Problems read ``<file>: <where>: <what is wrong>; <fix>``.
 """
@@ -129,6 +130,13 @@ def check_design(spec: SearchSpec) -> tuple[list[str], list[str], str]:
         elif cap is not None and cap > total:
             notes.append(f"budget.trials={cap} exceeds the design's {total} trials; the sweep runs {total}")
 
+    res = spec.resources
+    if 0 < res.gpus_per_worker < 1 and res.workers > 1:
+        problems.append(
+            f"{src}: resources.gpus_per_worker: {res.gpus_per_worker:g} with workers: {res.workers}: Ray packs "
+            "a trial's fractional workers onto one GPU, and NCCL refuses two ranks of one trial on one GPU; "
+            "share GPUs between one-worker trials (workers: 1), or give each worker a whole GPU"
+        )
     memory = ""
     if spec.resources.gpus_per_worker > 0 and configs:
         memory = _memory(spec, configs, problems)

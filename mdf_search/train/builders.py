@@ -1,8 +1,13 @@
 """Everything a trial builds before its first step: data artefacts (driver side) and the model (ranks).
 
-Driver side, once per trial and safe to race: :func:`prepare_trial_data` makes (or finds) the synthetic
+Driver side, once per study and safe to race: :func:`prepare_trial_data` makes (or finds) the synthetic
 study, the manifest, the split file, the preprocessed cache and the tokenizer, each under a
-content-addressed name with an atomic commit, so workers only read. Rank side: :func:`build_model`.
+content-addressed name with an atomic commit, so workers only read. The sweep driver prepares them once
+per distinct :func:`data_key` before Tune starts (``search/runner.py``); a trial whose key was not
+prepared (a sampled parameter that changes the data) prepares its own. Rank side: :func:`build_model`.
+
+This module is imported where a trial is launched (the Tune trial's driver process): its heavy imports
+(torch, transformers, the data pipeline) load inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -12,20 +17,15 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mdf_search.atomic import commit_dir, temp_sibling
 from mdf_search.config import TrialConfig
-from mdf_search.data.batches import prompt_text
-from mdf_search.data.cache import build_cache, cache_size_for
-from mdf_search.data.schema import LabelSpace, read_manifest
-from mdf_search.data.splits import make_split, write_split
-from mdf_search.data.synthetic import ensure_synthetic
-from mdf_search.model.mdf import MDFModel, task_classes
-from mdf_search.model.mllama import IMAGE, build_mllama, label_token_ids, load_pretrained, train_tokenizer
 from mdf_search.model.presets import get_preset, require_weights
+
+if TYPE_CHECKING:
+    from mdf_search.data.schema import LabelSpace
+    from mdf_search.model.mdf import MDFModel
 
 SYNTHETIC_SEED = 0  # the synthetic *dataset* is the same for every trial; trial seeds vary the training
 
@@ -50,6 +50,29 @@ class TrialData:
         return asdict(self)
 
 
+def data_key(cfg: TrialConfig) -> tuple[Any, ...]:
+    """Everything :func:`prepare_trial_data` reads of a trial's config: trials with equal keys share
+    their data artefacts (the sweep driver prepares each key once)."""
+    d = cfg.data
+    return (
+        str(cache_root(cfg)),
+        d.manifest,
+        d.synthetic_images,
+        d.synthetic_size,
+        d.synthetic_severity,
+        d.split,
+        d.split_seed,
+        d.val_frac,
+        d.test_frac,
+        d.folds,
+        d.fold,
+        d.test_source,
+        d.vision_tiles,
+        cfg.model.preset,
+        cfg.model.weights,
+    )
+
+
 def prepare_tokenizer(texts: list[str], space: LabelSpace, vocab_size: int, root: Path) -> Path:
     """Train (or find) the byte-level BPE tokenizer of these texts; class names become whole tokens."""
     extras = sorted({*space.diseases, *space.types})
@@ -59,6 +82,8 @@ def prepare_tokenizer(texts: list[str], space: LabelSpace, vocab_size: int, root
         return final
     root.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(final)
+    from mdf_search.model.mllama import train_tokenizer  # transformers
+
     try:
         train_tokenizer(texts, vocab_size, extra_tokens=extras).save_pretrained(tmp)
         commit_dir(tmp, final)
@@ -69,6 +94,12 @@ def prepare_tokenizer(texts: list[str], space: LabelSpace, vocab_size: int, root
 
 def prepare_trial_data(cfg: TrialConfig, *, workers: int = 2, progress: Any = None) -> TrialData:
     """Make (or find) the trial's data artefacts; refuses first what the rank-side build would refuse."""
+    from mdf_search.data.batches import prompt_text
+    from mdf_search.data.cache import build_cache, cache_size_for
+    from mdf_search.data.schema import read_manifest
+    from mdf_search.data.splits import make_split, write_split
+    from mdf_search.data.synthetic import ensure_synthetic
+
     preset = get_preset(cfg.model.preset)
     require_weights(preset, cfg.model.weights)
     root = cache_root(cfg)
@@ -125,6 +156,12 @@ def build_model(
     cfg: TrialConfig, label_space: str, *, tokenizer_dir: str | Path | None = None
 ) -> tuple[MDFModel, Any]:
     """The trial's joint model and tokenizer (under ZeRO-3 call it inside ``zero3_construction``)."""
+    import torch
+
+    from mdf_search.data.schema import LabelSpace
+    from mdf_search.model.mdf import MDFModel, task_classes
+    from mdf_search.model.mllama import IMAGE, build_mllama, label_token_ids, load_pretrained
+
     space = LabelSpace.from_json(label_space)
     preset = get_preset(cfg.model.preset)
     require_weights(preset, cfg.model.weights)

@@ -299,13 +299,16 @@ def plan_trial(
     *,
     cpu_mem_gb: float | None = None,
     eager_attention: bool = False,
+    counts: ParamCounts | None = None,
 ) -> Plan:
     """Estimate the trial's per-GPU memory on ``gpus`` GPUs in total, spread evenly over ``nodes``.
 
     ``fits`` holds when the total (CUDA context included) is at most ``gpu_mem_gb`` GiB less
     ``SAFETY_FRACTION``, and, when ``cpu_mem_gb`` is given, DeepSpeed's CPU estimate fits a node's RAM.
     A config that breaks a rule of ``TrialConfig`` (e.g. optimizer offload without ZeRO; one that
-    ``from_flat`` built cannot) raises ConfigError.
+    ``from_flat`` built cannot) raises ConfigError. ``counts``: the architecture's parameter counts when
+    the caller has them (a sweep counts each distinct architecture once, in its driver: counting builds
+    the model on the meta device, which imports torch and transformers); else they are counted here.
     """
     if gpus < 1 or nodes < 1 or gpus % nodes:
         raise ValueError(f"gpus must be a positive multiple of nodes, but got (gpus={gpus}, nodes={nodes})")
@@ -314,7 +317,7 @@ def plan_trial(
     invalid = cfg.cross_field_problems()
     if invalid:
         raise ConfigError(invalid)
-    counts = count_parameters(cfg.arch)
+    counts = counts or count_parameters(cfg.arch)
     opt = cfg.optim
     problems: list[str] = []
     states = model_states(

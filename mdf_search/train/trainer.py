@@ -3,11 +3,17 @@
 :func:`make_trainer` builds the trainer for ``mdf-search train`` and for a Ray Tune trial (``search/``),
 where the Train run is named after the Tune trial id, so a restored trial resumes its own checkpoints.
 The caller prepares the trial's data first (``train/builders.prepare_trial_data``).
+
+This module loads in the process that launches a trial (for a sweep, the Tune trial's driver): the
+epoch loop's imports (transformers, DeepSpeed, the model) load in the Ray Train workers only, through
+:func:`train_loop`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +26,27 @@ from mdf_search.cluster import worker_env
 from mdf_search.config import TrialConfig
 from mdf_search.train.builders import TrialData
 from mdf_search.train.faults import Faults
-from mdf_search.train.loop import train_loop_per_worker
 from mdf_search.train.selection import Selection
 
 CHECKPOINTS_TO_KEEP = 2
+# How often Ray Train's controller polls its workers (Ray's default 2 s): each trial's end, and each
+# report reaching Tune, waits for the next poll. Propagated by Ray Train to the controller it starts.
+CONTROLLER_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+CONTROLLER_POLL_S = "0.25"
+
+
+class LeanTorchTrainer(TorchTrainer):
+    """``TorchTrainer`` without Ray Data's dataset manager: a trial reads its own preprocessed cache and
+    passes no Ray Dataset, yet Ray Train 2.60 starts a ``DatasetManager`` actor (one more Python process
+    per trial) for every run. Every other default callback stays."""
+
+    def _create_default_callbacks(self) -> list[Any]:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+        callbacks = super()._create_default_callbacks()  # type: ignore[misc]  # Ray Train v2's private hook
+        if self.datasets:
+            return list(callbacks)
+        return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
 
 
 class EpochLog(UserCallback):
@@ -43,6 +66,14 @@ class EpochLog(UserCallback):
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         return None
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train's entry point in every worker: ``train/loop.py``'s ``train_loop_per_worker``, imported
+    there (the launching process never loads the model's or DeepSpeed's modules)."""
+    from mdf_search.train.loop import train_loop_per_worker
+
+    train_loop_per_worker(config)
 
 
 def use_gpu(cfg: TrialConfig) -> bool:
@@ -65,26 +96,35 @@ def make_trainer(
     max_failures: int = 0,
     storage_filesystem: Any = None,
     selection: Selection | None = None,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
 ) -> Any:
     """The trial's ``TorchTrainer``. ``selection``: the study's metric and mode, which pick the trial's
     epoch (default ``val/macro_f1``, max, as ``mdf-search train`` uses); ``faults``: test hooks (default
-    none); ``progress``: a ``train/progress.py`` actor rank 0 publishes its steps to."""
+    none); ``progress``: a ``train/progress.py`` actor rank 0 publishes its steps to;
+    ``cpus_per_worker``/``gpus_per_worker``: what each worker holds (the spec's ``resources``; a GPU
+    fraction lets trials share a GPU, 0 on a GPU run: one whole GPU per worker, Ray Train's default)."""
     gpu = use_gpu(cfg)
     env = worker_env()
     if not gpu:
         env["DS_ACCELERATOR"] = "cpu"
-    return TorchTrainer(
-        train_loop_per_worker,
+    per_worker: dict[str, float] = {"CPU": cpus_per_worker}
+    if gpu and gpus_per_worker > 0:
+        per_worker["GPU"] = gpus_per_worker
+    os.environ.setdefault(CONTROLLER_POLL_ENV, CONTROLLER_POLL_S)
+    return LeanTorchTrainer(
+        train_loop,
         train_loop_config={
             "params": cfg.to_flat(),
             "data": data.to_dict(),
             "selection": (selection or Selection()).to_dict(),
             "faults": (faults or Faults()).to_dict(),
             "progress": progress,
+            "launched_unix": time.time(),  # the trial's start as its workers see it (train/phases.py)
         },
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=cfg.run.workers, use_gpu=gpu, resources_per_worker={"CPU": 1}
+            num_workers=cfg.run.workers, use_gpu=gpu, resources_per_worker=per_worker
         ),
         run_config=RunConfig(  # type: ignore[call-arg]  # ray.train.RunConfig (v2) has worker_runtime_env
             name=name,

@@ -165,6 +165,33 @@ def test_asha_stops_trials_within_an_arm_and_records_them(ray_cluster: Any, tmp_
     _assert_predictions_of_selected_epochs(ResultsStore(outcome.experiment_root))  # stopped trials too
 
 
+def test_auto_concurrency_runs_trials_side_by_side_on_the_study_data(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """``concurrent_trials: auto`` on the test cluster's CPUs: two trials at once, their workers sharing
+    the CPUs, both on the data the sweep prepared once; results as with one trial at a time."""
+    spec = load_spec(
+        _spec(tmp_path, "auto", resources={"workers": 2, "concurrent_trials": "auto"}, seeds=[0])
+    )
+    outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
+    assert not outcome.errors and not outcome.stopped_reason
+    store = ResultsStore(outcome.experiment_root)
+    trials = store.trials()
+    assert trials.height == 2 and set(trials["status"]) == {"completed"}
+    assert trials["split_hash"].n_unique() == 1 and trials["val/macro_f1"].null_count() == 0
+    _assert_predictions_of_selected_epochs(store)
+    # side by side: each trial's span (its start, first step less start-up, to its epoch's last step)
+    spans = (
+        store.epochs()
+        .join(trials.select("trial_id", "startup_s"), on="trial_id")
+        .select(
+            start=pl.col("first_step_unix") - pl.col("startup_s"),
+            end=pl.col("first_step_unix") + pl.col("epoch_time_s"),
+        )
+    )
+    assert spans["start"].max() < spans["end"].min()  # type: ignore[operator]
+
+
 def test_a_failing_trial_is_recorded_and_the_sweep_continues(ray_cluster: Any, tmp_path: Path) -> None:
     spec = load_spec(
         _spec(
