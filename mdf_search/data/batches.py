@@ -31,6 +31,11 @@ the U-Net still gets the fundus.
 
 Augmentation is deterministic per (seed, epoch, example index), independent of batch composition and of
 DataLoader workers, so a resumed or re-run trial sees the same pixels.
+
+Frozen-feature reuse (``train/features.py``): a collator given a :class:`FeatureSource` takes the vision
+tower's and/or the U-Net's features of each example from it (by manifest row) instead of building the
+pixel inputs those modules would compute them from. A collator that augments refuses one: cached
+features are those of the unaugmented image.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -67,6 +72,32 @@ def prompt_text(clinical_text: str) -> str:
     text = _SPECIAL.sub("", clinical_text or "").strip()
     history = f"Clinical history: {text} " if text else ""
     return f"{IMAGE_TOKEN}{BOS_TOKEN}{history}{QUESTION}"
+
+
+class FeatureSource(Protocol):
+    """Precomputed features of a frozen vision tower and/or U-Net (``train/features.py``), by manifest row."""
+
+    @property
+    def covers_vision(self) -> bool: ...  # the batch gets the vision features instead of pixel_values
+
+    @property
+    def covers_unet(self) -> bool: ...  # the batch gets the U-Net level features instead of unet_pixels
+
+    def rows(
+        self, indices: Sequence[int], vision_image: Sequence[bool], unet_image: Sequence[bool]
+    ) -> dict[str, torch.Tensor]:
+        """Batch tensors for these manifest rows; ``*_image[b]`` False: example ``b`` has no image for
+        that module (its placeholder's features)."""
+        ...
+
+
+def unit_images(images: Sequence[np.ndarray | None], size: int) -> torch.Tensor:
+    """``(B, 3, size, size)`` float images in [0, 1] from cached uint8 ``(S, S, 3)`` rows; None: zeros."""
+    out = torch.zeros(len(images), 3, size, size)
+    for b, image in enumerate(images):
+        if image is not None:
+            out[b] = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255.0)
+    return out
 
 
 @dataclass(frozen=True)
@@ -278,6 +309,7 @@ class Collator:
         self.seed = seed
         self.augment_config = augment_config or Augment()
         self.epoch = 0
+        self.features: FeatureSource | None = None
         self._mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
@@ -290,14 +322,23 @@ class Collator:
         """Call at the start of each epoch so augmentation differs between epochs but not between runs."""
         self.epoch = epoch
 
+    def use_features(self, features: FeatureSource | None) -> None:
+        """Take the covered modules' inputs from ``features`` (None: back to pixels). Refused when this
+        collator augments: the cached features are those of the unaugmented image, and augmentation
+        changes the pixels every epoch."""
+        if features is not None and self.augment:
+            raise ValueError(
+                "an augmenting collator cannot use precomputed features (augmentation changes the pixels "
+                "every epoch); attach them to collators with augment=False"
+            )
+        self.features = features
+
     def _pixels(self, items: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) image and (B, 1, S, S) mask in [0, 1] at cache size, augmented in training."""
         size = next((it["mask"].shape[-1] for it in items), self.unet_size)
-        images = torch.zeros(len(items), 3, size, size)
+        images = unit_images([it["image"] for it in items], size)
         masks = torch.zeros(len(items), 1, size, size)
         for b, it in enumerate(items):
-            if it["image"] is not None:
-                images[b] = torch.from_numpy(np.array(it["image"])).permute(2, 0, 1).float().div_(255.0)
             if it["has_mask"]:
                 masks[b, 0] = torch.from_numpy(np.array(it["mask"])).float().div_(255.0)
         if not self.augment:
@@ -333,6 +374,10 @@ class Collator:
             "aspect_ratio_mask": mask,
         }
 
+    def unet_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """``unet_pixels``: images in [0, 1] at any size → the U-Net's input size."""
+        return _resize(images, self.unet_size).clamp_(0.0, 1.0).contiguous()
+
     def cross_attention_mask(self, input_ids: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
         """``(B, T, 1, max_num_tiles)``: from the first image token on, over the image's tiles."""
         batch, length = input_ids.shape
@@ -353,12 +398,27 @@ class Collator:
             return_tensors="pt",
         )
         input_ids = tokens["input_ids"].long()
+        features = self.features
+        reused: dict[str, torch.Tensor] = {}
+        if features is not None:
+            reused = features.rows(
+                [int(it["index"]) for it in items],
+                has_image.tolist(),
+                [it["image"] is not None for it in items],
+            )
+        vision = (
+            {} if features is not None and features.covers_vision else self.vision_inputs(images, has_image)
+        )
+        unet = (
+            {} if features is not None and features.covers_unet else {"unet_pixels": self.unet_inputs(images)}
+        )
         return {
             "input_ids": input_ids,
             "attention_mask": tokens["attention_mask"].long(),
-            **self.vision_inputs(images, has_image),
+            **vision,
             "cross_attention_mask": self.cross_attention_mask(input_ids, has_image),
-            "unet_pixels": _resize(images, self.unet_size).clamp_(0.0, 1.0).contiguous(),
+            **unet,
+            **reused,
             "vessel_mask": _resize(masks, self.unet_size).clamp_(0.0, 1.0).contiguous(),
             "has_mask": torch.tensor([bool(it["has_mask"]) for it in items], dtype=torch.bool),
             "labels_disease": torch.tensor([it["disease"] for it in items], dtype=torch.long),

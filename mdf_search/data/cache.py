@@ -17,6 +17,8 @@ and the other discards its copy. Trials read the cache (``open_cache``), never t
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -34,7 +36,7 @@ import pyarrow.parquet as pq
 from numpy.lib.format import open_memmap
 from PIL import Image
 
-from mdf_search.atomic import commit_dir, temp_sibling
+from mdf_search.atomic import commit_dir, temp_sibling, write_text
 from mdf_search.data.schema import DataError, LabelSpace, manifest_hash, read_manifest
 
 log = logging.getLogger(__name__)
@@ -250,6 +252,27 @@ def open_cache(path: str | Path) -> Cache:
         )
     space = LabelSpace.from_json(json.dumps(meta["label_space"]))
     return Cache(path, images, masks, index, space, int(meta["size"]))
+
+
+IMAGES_DIGEST = "images.sha256"  # beside images.npy: its content hash, computed on first use
+
+
+def images_digest(cache: Cache) -> str:
+    """SHA-256 of the cache's image array file (header and pixels): what a feature cache computed from
+    these images is keyed on (``train/features.py``). Computed once, then kept beside the array (a cache
+    is immutable once committed; a racing writer writes the same text; a read-only cache is hashed on
+    every call)."""
+    sidecar = cache.path / IMAGES_DIGEST
+    if sidecar.is_file():
+        return sidecar.read_text().strip()
+    digest = hashlib.sha256()
+    with open(cache.path / "images.npy", "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    text = digest.hexdigest()
+    with contextlib.suppress(OSError):
+        write_text(sidecar, text)
+    return text
 
 
 def ensure_cache(

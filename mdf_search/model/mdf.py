@@ -3,9 +3,11 @@
 One forward, in order:
 
 1. text vector for FiLM (pooled prompt embedding, or pooled hidden state of a text-only LLM pass);
-2. U-Net on the high-resolution image, modulated by FiLM; decoder only when its output is used;
+2. U-Net on the high-resolution image, modulated by FiLM; decoder only when its output is used (a frozen,
+   unmodulated U-Net's level features may come precomputed in the batch, ``train/features.py``);
 3. fusion tokens per cross-attention layer (``fusion.py``), placed in a :class:`FusionContext`;
-4. vision tower + projector (under ``no_grad`` when frozen), then the Mllama text model;
+4. vision tower + projector (under ``no_grad`` when frozen; when the batch carries their precomputed
+   output, ``train/features.py``, that instead), then the Mllama text model;
 5. heads on the pooled final hidden state (last non-padding token): linear heads, or label-token
    scoring with the LM head.
 
@@ -18,7 +20,7 @@ FiLM starts as the identity, and the heads are initialised before the U-Net side
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,15 @@ BATCH_MLLAMA_KEYS = (
     "aspect_ratio_mask",
     "cross_attention_mask",
 )
+# Precomputed features a batch may carry instead of pixels (``train/features.py``; frozen modules only):
+# (B, tiles, patches, hidden): vision tower + projector; (B, tiles, patches, vision_output_dim): the tower only
+CACHED_VISION = "cross_attention_states"
+CACHED_TOWER = "vision_tower_states"
+
+
+def cached_level_key(level: int) -> str:
+    """Batch key of U-Net level ``level``'s skip features (pooled to the fusion grid for ``pool``)."""
+    return f"unet_level{level}"
 
 
 def task_classes(task: str, diseases: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
@@ -139,14 +150,28 @@ class MDFModel(nn.Module):
         return mean.to(states.dtype)  # FiLM runs in the model's dtype (bf16 under ZeRO-3 bf16)
 
     def vision_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Vision tower + projector, as ``MllamaModel.forward`` does, with ``no_grad`` where frozen."""
+        """Vision tower + projector, as ``MllamaModel.forward`` does, with ``no_grad`` where frozen; or the
+        frozen ones' precomputed output from the batch (``CACHED_VISION``, ``CACHED_TOWER``)."""
         inner = self.mllama.model
-        with self._grad_if(inner.vision_model):
-            vision = inner.vision_model(
-                pixel_values=batch["pixel_values"],
-                aspect_ratio_ids=batch["aspect_ratio_ids"],
-                aspect_ratio_mask=batch["aspect_ratio_mask"],
-            ).last_hidden_state
+        cached = batch.get(CACHED_VISION, batch.get(CACHED_TOWER))
+        if cached is not None and (
+            self._trainable(inner.vision_model)
+            or (CACHED_VISION in batch and self._trainable(inner.multi_modal_projector))
+        ):
+            raise RuntimeError(
+                "the batch carries precomputed vision features, but the modules they stand for train"
+            )
+        if cached is not None and CACHED_VISION in batch:
+            return cached.reshape(-1, cached.shape[-2], inner.hidden_size)
+        if cached is not None:
+            vision = cached
+        else:
+            with self._grad_if(inner.vision_model):
+                vision = inner.vision_model(
+                    pixel_values=batch["pixel_values"],
+                    aspect_ratio_ids=batch["aspect_ratio_ids"],
+                    aspect_ratio_mask=batch["aspect_ratio_mask"],
+                ).last_hidden_state
         with self._grad_if(inner.multi_modal_projector):
             states = inner.multi_modal_projector(vision)
         return states.reshape(-1, vision.shape[-2], inner.hidden_size)
@@ -157,6 +182,14 @@ class MDFModel(nn.Module):
         if self.fusion is None and not self.decode_unet and self.film is None:
             return {}, None
         assert self.unet is not None  # built whenever fusion, FiLM or the segmentation loss needs it
+        if self.fusion is not None and cached_level_key(self.fusion.levels[0]) in batch:
+            if self.film is not None or self.decode_unet or self._trainable(self.unet):
+                raise RuntimeError(
+                    "the batch carries U-Net features, but the U-Net trains, is modulated or decodes"
+                )
+            # Fusion reads the fused levels only (skips[level - 1]); the others stay None.
+            skips: Any = [batch.get(cached_level_key(level)) for level in (1, 2, 3, 4)]
+            return dict(zip(self.fusion.layer_ids, self.fusion(skips), strict=True)), None
         film = self.film(self.text_vector(batch["input_ids"], batch["attention_mask"])) if self.film else None
         with contextlib.nullcontext() if film is not None else self._grad_if(self.unet):
             out = self.unet(batch["unet_pixels"], film, decode=self.decode_unet)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mdf_search.data.cache import build_cache, fov_box, open_cache, preprocess_image
+from mdf_search.data.cache import (
+    IMAGES_DIGEST,
+    build_cache,
+    fov_box,
+    images_digest,
+    open_cache,
+    preprocess_image,
+)
 from mdf_search.data.schema import DataError, read_manifest
 from mdf_search.data.sources import prepare
 
@@ -115,3 +124,17 @@ def test_cache_size_holds_the_larger_model_input() -> None:
     assert cache_size_for(560, 560, vision_tiles=4) == 1120  # 11b: the tiling needs 2x the tile side
     with pytest.raises(ValueError, match="square number of tiles"):
         cache_size_for(128, 64, vision_tiles=2)
+
+
+def test_images_digest_is_the_image_arrays_hash_kept_beside_it(synth_study: Path, tmp_path: Path) -> None:
+    path = build_cache(synth_study / "manifest.parquet", tmp_path / "a", 64)
+    digest = images_digest(open_cache(path))
+    assert digest == hashlib.sha256((path / "images.npy").read_bytes()).hexdigest()
+    assert (path / IMAGES_DIGEST).read_text() == digest  # computed once
+    other = tmp_path / "b"
+    shutil.copytree(path, other)
+    (other / IMAGES_DIGEST).unlink()
+    pixels = np.load(other / "images.npy", mmap_mode="r+")
+    pixels[0, 0, 0, 0] ^= 1
+    pixels.flush()
+    assert images_digest(open_cache(other)) != digest
