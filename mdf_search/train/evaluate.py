@@ -53,7 +53,7 @@ def evaluate(run: Run, name: str) -> tuple[dict[str, Any], Gathered]:
     preds: dict[str, list[int]] = {t: [] for t in tasks}
     labels: dict[str, list[int]] = {t: [] for t in tasks}
     probs: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
-    for batch in run.loader(name):
+    for batch in run.clock.iterate(run.loader(name)):  # the waits for batches count as data time
         batch = to_device(batch, run.device, run.dtype)
         out = engine(batch)
         per_sample = sum(

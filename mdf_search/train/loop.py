@@ -1,10 +1,16 @@
 """``train_loop_per_worker``: one DeepSpeed rank of one trial, run by Ray Train.
 
-It reads top to bottom: set up the rank (``train/worker.py``: data, then engine), ``start = _restore(run)``
-from the Train run's latest checkpoint, then ``for epoch in range(start, epochs)``: train, evaluate on the
-whole validation split (predictions gathered from every rank and de-duplicated by sample index, so the
-metrics are those of the split, not a mean of per-rank metrics), then report metrics and a checkpoint to
-Ray Train. A trial that stops early ends with one report from ``_end``.
+It reads top to bottom: read the Train run's latest checkpoint (a finished trial started again reports
+its final metrics from it and stops), set up the rank (``train/worker.py``: data, then engine),
+``start = _restore(run, ...)``, then ``for epoch in range(start, epochs)``: train, evaluate on the whole
+validation split (predictions gathered from every rank and de-duplicated by sample index, so the metrics
+are those of the split, not a mean of per-rank metrics), then report metrics and the checkpoint that
+``run.checkpoint`` asks for (``train/checkpoint.py``: model, light or none) to Ray Train. A trial that
+stops early ends with one report from ``_end``.
+
+Every report also carries where this rank's time went so far (``train/phases.py``: ``launch_s``,
+``init_s``, ``data_s``, ``train_s``, ``eval_s``, ``ckpt_s``, ``report_s``, ``other_s``, ``elapsed_s``,
+``startup_s``): the loop runs each step inside its phase of the rank's :class:`PhaseClock`.
 
 Selection (README, "What a result means": validation chooses, test only reports): the epoch whose validation value of the
 study's metric is best under the study's mode (``train/selection.py``) is the trial's selected epoch
@@ -44,12 +50,16 @@ import ray.train
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from ray.train import CheckpointUploadMode
 
+from mdf_search.config import TrialConfig
 from mdf_search.metrics import prefixed
 from mdf_search.model.mdf import MDFOutput, mdf_loss
 from mdf_search.results.schema import Status
 from mdf_search.train import checkpoint, predictions
+from mdf_search.train.checkpoint import Kind, Resume
 from mdf_search.train.evaluate import evaluate, evaluate_test, gather, to_device
+from mdf_search.train.phases import PhaseClock
 from mdf_search.train.predictions import Gathered
 from mdf_search.train.worker import Run, Selected, setup_run
 
@@ -60,82 +70,121 @@ SELECTED_KEYS = ("train/", "val/", "test/", "train_loss")  # what the selected e
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: set up this rank, resume, run the remaining epochs. ``config``: Ray Train's
     loop config (:func:`~mdf_search.train.worker.setup_run` says what it holds)."""
-    import deepspeed  # it picks its accelerator when imported: here, where DS_ACCELERATOR is set
-
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    started = time.perf_counter()
+    clock = PhaseClock(config.get("launched_unix"))  # the workers are ready: launch_s ends here
     try:
-        run = setup_run(config)
-    except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - needs a GPU
-        _end(Status.OOM, 0, f"OOM while building: {err}")
-        return
-    base = _trial_metrics(run, startup_s=time.perf_counter() - started)
-    epochs = run.cfg.optim.epochs
-    start = _restore(run)
-    if start >= epochs and run.resumed_report is not None:
+        _run_trial(config, clock)
+    finally:
+        clock.dump_profiles(dist.get_rank() if dist.is_initialized() else 0)  # only when profiling
+
+
+def _run_trial(config: dict[str, Any], clock: PhaseClock) -> None:
+    """Report again if the trial had finished; else set up this rank, resume, run the epochs left."""
+    epochs = TrialConfig.from_flat(config["params"]).optim.epochs
+    with clock.phase("ckpt_s"):
+        latest, action = _latest(epochs)
+    if action == Resume.REPORT_AGAIN and latest is not None:
         # Restarted after its last checkpoint (e.g. the sweep driver died between the final report and Tune
         # recording it): report the final metrics again so the trial ends with its result, not without one.
-        ray.train.report(run.resumed_report)
+        ray.train.report(latest)
         return
+    with clock.phase("init_s"):
+        import deepspeed  # it picks its accelerator when imported: here, where DS_ACCELERATOR is set
+
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        run = setup_run(config, clock)
+    except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - needs a GPU
+        _end(Status.OOM, 0, f"OOM while building: {err}", clock=clock)
+        return
+    base = _trial_metrics(run)
+    start = _restore(run) if action == Resume.MODEL else 0
     for epoch in range(start, epochs):
         run.epoch = epoch
         try:
-            train = _train_epoch(run)
+            with run.clock.phase("train_s"):
+                train = _train_epoch(run)
         except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - needs a GPU
-            _end(
-                Status.OOM, epoch + 1, f"CUDA OOM at epoch {epoch + 1} with {run.cfg.to_flat()}: {err}", base
-            )
+            message = f"CUDA OOM at epoch {epoch + 1} with {run.cfg.to_flat()}: {err}"
+            _end(Status.OOM, epoch + 1, message, base, clock=run.clock)
             return
         if train is None:
-            _end(Status.DIVERGED, epoch + 1, f"non-finite loss in epoch {epoch + 1}", base)
+            _end(Status.DIVERGED, epoch + 1, f"non-finite loss in epoch {epoch + 1}", base, clock=run.clock)
             return
         status = Status.COMPLETED if epoch + 1 == epochs else Status.RUNNING
         metrics = {**base, **train, "epoch": epoch + 1, "status": status}
-        metrics.update(_evaluate(run, metrics))
-        metrics.update(
-            best_epoch=run.selected.epoch,
-            best_value=run.selected.value,
-            peak_mem_mb=max(gather(_peak_memory_mb(run.device))),
-            **prefixed(run.selected.metrics, "selected"),
-        )
-        _report(run, metrics)
+        with run.clock.phase("eval_s"):
+            metrics.update(_evaluate(run, metrics))
+        with run.clock.phase("report_s"):
+            metrics.update(
+                best_epoch=run.selected.epoch,
+                best_value=run.selected.value,
+                peak_mem_mb=max(gather(_peak_memory_mb(run.device))),
+                **prefixed(run.selected.metrics, "selected"),
+            )
+        _report(run, metrics, newly_selected=run.selected.epoch == epoch + 1)
         if status == Status.COMPLETED and run.faults.save_logits is not None:
             _save_logits(run, Path(run.faults.save_logits))
         run.faults.kill_after_report(epoch + 1, rank=run.rank, world=run.world)
 
 
-def _trial_metrics(run: Run, *, startup_s: float) -> dict[str, Any]:
-    """What every report of this run carries: the world, the split, setup time and parameter counts."""
+def _trial_metrics(run: Run) -> dict[str, Any]:
+    """What every report of this run carries: the world, the split and parameter counts."""
     return {
         "world_size": run.world,
         "split_hash": run.artefacts.split_hash,
-        "startup_s": startup_s,
+        "features_reused": run.model.features_reused,  # train/features.py
         "trainable_params": sum(t for _, t in run.model.param_counts.values()),
         "total_params": sum(n for n, _ in run.model.param_counts.values()),
     }
 
 
-def _restore(run: Run) -> int:
-    """Resume from this Train run's latest checkpoint, if it has one: the DeepSpeed states, this rank's
-    RNG, the selection so far and (rank 0) its predictions. Returns the first epoch to run (0-based)."""
+def _latest(epochs: int) -> tuple[dict[str, Any] | None, Resume]:
+    """What this Train run's latest checkpoint asks of a (re)started run (``checkpoint.resume_action``),
+    and for ``REPORT_AGAIN`` the report to repeat (with its checkpoint's path: the results writer finds
+    the attempt's predictions there). Reads ``trial.json`` only."""
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
-        return 0
+        return None, Resume.FRESH
     with ckpt.as_directory() as directory:
+        state = checkpoint.read_state(Path(directory))
+        model = checkpoint.has_model(Path(directory))
+    metrics = state.extra.get("metrics")
+    action = checkpoint.resume_action(
+        state.epoch, has_model=model, has_metrics=metrics is not None, epochs=epochs
+    )
+    if action == Resume.FRESH:
+        log.info("the latest checkpoint (epoch %d) keeps no model state: starting over", state.epoch + 1)
+    report = {**metrics, "checkpoint_path": ckpt.path} if metrics is not None else None
+    return report, action
+
+
+def _restore(run: Run) -> int:
+    """Resume from this Train run's latest checkpoint (one with model state): the DeepSpeed states, this
+    rank's RNG, the selection so far and (rank 0) its predictions. Returns the first epoch to run
+    (0-based)."""
+    ckpt = ray.train.get_checkpoint()
+    assert ckpt is not None  # _latest said Resume.MODEL
+    with run.clock.phase("ckpt_s"), ckpt.as_directory() as directory:
         state = checkpoint.load(run.model.engine, Path(directory), rank=run.rank)
         table = predictions.load(Path(directory)) if run.rank == 0 else None
     extra = state.extra
     run.selected = Selected(state.best_metric, extra.get("best_epoch"), extra.get("selected", {}), table)
-    if extra.get("metrics") is not None:  # the results writer finds this attempt's predictions there
-        run.resumed_report = {**extra["metrics"], "checkpoint_path": ckpt.path}
-    log.info("rank %d resumes after epoch %d", run.rank, state.epoch)
+    log.info("rank %d resumes after epoch %d", run.rank, state.epoch + 1)
     return state.epoch + 1
 
 
-def _end(status: Status, epoch: int, message: str, base: Mapping[str, Any] | None = None) -> None:
+def _end(
+    status: Status,
+    epoch: int,
+    message: str,
+    base: Mapping[str, Any] | None = None,
+    *,
+    clock: PhaseClock,
+) -> None:
     """The last report of a trial that stops before its last epoch: ``status`` (``oom``, ``diverged``)
     at the 1-based ``epoch`` it stopped in (0: while building), with a message and no checkpoint."""
-    ray.train.report({**(base or {}), "status": status, "epoch": epoch, "message": message})
+    report = {**(base or {}), "status": status, "epoch": epoch, "message": message}
+    ray.train.report({**report, **clock.report()})
 
 
 def _train_epoch(run: Run) -> dict[str, float] | None:
@@ -155,7 +204,8 @@ def _train_epoch(run: Run) -> dict[str, float] | None:
     loader = run.loader("train")
     total = len(loader)
     first_step_unix = None
-    for step, batch in enumerate(loader):
+    for step, batch in enumerate(run.clock.iterate(loader)):  # the waits for batches count as data time
+        run.clock.step_started()
         start = time.perf_counter()
         first_step_unix = first_step_unix or time.time()
         batch = to_device(batch, run.device, run.dtype)
@@ -246,22 +296,57 @@ def _select(
     run.selected = Selected(value, epoch, kept, table)
 
 
-def _report(run: Run, metrics: dict[str, Any]) -> None:
-    """Report the epoch's metrics to Ray Train with a checkpoint of every rank (and the predictions)."""
+def _report(run: Run, metrics: dict[str, Any], *, newly_selected: bool) -> None:
+    """Report the epoch's metrics to Ray Train with the checkpoint ``run.checkpoint`` asks for: model
+    state of every rank, a light one (rank 0's trial.json and predictions) or none.
+
+    The checkpoint is persisted to the run's storage before the report (``ckpt_s``), so the report carries
+    its own epoch's checkpoint time; Ray Train then registers the persisted directory as it is."""
+    kind = checkpoint.checkpoint_kind(
+        run.cfg.run.checkpoint,
+        last_epoch=metrics["status"] == Status.COMPLETED,
+        newly_selected=newly_selected,
+    )
     with tempfile.TemporaryDirectory(prefix="mdf-ckpt-") as tmp:
-        extra = {
-            "split_hash": run.artefacts.split_hash,
-            "metrics": metrics,
-            "best_epoch": run.selected.epoch,
-            "selected": run.selected.metrics,
-        }
-        state = checkpoint.TrialState(
-            run.epoch, run.selected.value, run.cfg.to_flat(), run.artefacts.label_space, extra
-        )
-        checkpoint.save(run.model.engine, Path(tmp), state, rank=run.rank, tokenizer=run.model.tokenizer)
-        if run.rank == 0 and run.selected.predictions is not None:
-            predictions.save(run.selected.predictions, Path(tmp))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        with run.clock.phase("ckpt_s"):
+            persisted, name = _save(run, Path(tmp), kind, metrics)
+        with run.clock.phase("report_s"):
+            metrics.update(run.clock.report())  # this report's own call is in the next one's report_s
+            ray.train.report(
+                metrics,
+                checkpoint=persisted,
+                checkpoint_dir_name=name,
+                checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+            )
+
+
+def _save(
+    run: Run, directory: Path, kind: Kind, metrics: dict[str, Any]
+) -> tuple[ray.train.Checkpoint | None, str | None]:
+    """Write this rank's part of a ``kind`` checkpoint into ``directory`` and persist it to the run's
+    storage under one name for every rank; (None, None) when this rank has nothing to report."""
+    if kind == Kind.NONE or (kind == Kind.LIGHT and run.rank != 0):
+        return None, None
+    extra = {
+        "split_hash": run.artefacts.split_hash,
+        "metrics": metrics,
+        "best_epoch": run.selected.epoch,
+        "selected": run.selected.metrics,
+    }
+    state = checkpoint.TrialState(
+        run.epoch, run.selected.value, run.cfg.to_flat(), run.artefacts.label_space, extra
+    )
+    storage = ray.train.get_context().get_storage()
+    if kind == Kind.MODEL:  # a collective: every rank saves its shards
+        checkpoint.save(run.model.engine, directory, state, rank=run.rank, tokenizer=run.model.tokenizer)
+        name = gather(storage.make_default_checkpoint_dir_name() if run.rank == 0 else None)[0]
+    else:
+        checkpoint.write_state(directory, state, Kind.LIGHT)
+        name = storage.make_default_checkpoint_dir_name()
+    if run.rank == 0 and run.selected.predictions is not None:
+        predictions.save(run.selected.predictions, directory)
+    persisted = storage.persist_current_checkpoint(ray.train.Checkpoint.from_directory(str(directory)), name)
+    return persisted, name
 
 
 @torch.no_grad()

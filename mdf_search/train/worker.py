@@ -16,6 +16,7 @@ import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,8 @@ from mdf_search.model.presets import get_preset
 from mdf_search.train.builders import TrialData, build_model
 from mdf_search.train.deepspeed import build_ds_config, initialize, optimizer_steps, zero3_construction
 from mdf_search.train.faults import Faults
+from mdf_search.train.features import attach_features
+from mdf_search.train.phases import PhaseClock
 from mdf_search.train.predictions import SampleIndex
 from mdf_search.train.selection import Selection
 
@@ -73,6 +76,7 @@ class Model:
     tokenizer: Any
     collate: dict[bool, Collator]  # True: training batches (augmented when data.augment); False: eval
     param_counts: dict[str, tuple[int, int]]  # role → (parameters, trainable parameters)
+    features_reused: str = "none"  # train/features.py: vision | unet | none, "@eval": evaluation only
 
 
 @dataclass
@@ -101,14 +105,19 @@ class Run:
     model: Model
     epoch: int = 0  # 0-based, the epoch being run
     selected: Selected = field(default_factory=Selected)
-    resumed_report: dict[str, Any] | None = None  # the last report of the checkpoint this run resumed
+    clock: PhaseClock = field(default_factory=PhaseClock)  # where this rank's seconds go (train/phases.py)
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.cfg.optim.precision == "bf16" else torch.float32
 
     def loader(self, name: str) -> DataLoader[Any]:
-        """This rank's share of split ``name`` at the current epoch (shuffled for ``train`` only)."""
+        """This rank's share of split ``name`` at the current epoch (shuffled for ``train`` only); building
+        it counts as data time."""
+        with self.clock.phase("data_s"):
+            return self._loader(name)
+
+    def _loader(self, name: str) -> DataLoader[Any]:
         train = name == "train"
         sampler: DistributedSampler[Any] = DistributedSampler(
             self.data.sets[name],
@@ -129,14 +138,20 @@ class Run:
         )
 
 
-def setup_run(config: Mapping[str, Any]) -> Run:
+def setup_run(config: Mapping[str, Any], clock: PhaseClock | None = None) -> Run:
     """This rank's :class:`Run` from Ray Train's loop config: ``{"params": flat trial params, "data":
-    TrialData dict, "selection": Selection dict, "faults": Faults dict, "progress": actor or None}``."""
+    TrialData dict, "selection": Selection dict, "faults": Faults dict, "progress": actor or None,
+    "launched_unix": when the Train run was built}``. ``clock``: the rank's phase clock (data setup
+    counts as ``data_s``, the model and DeepSpeed as ``init_s``); a new one when not given."""
+    clock = clock or PhaseClock(config.get("launched_unix"))
     cfg = TrialConfig.from_flat(config["params"])
     artefacts = TrialData(**config["data"])
     device = _device(cfg)
     world = dist.get_world_size()
-    data = setup_data(cfg, artefacts, device)
+    with clock.phase("data_s"):
+        data = setup_data(cfg, artefacts, device)
+    with clock.phase("init_s"):
+        model = setup_engine(cfg, artefacts, data, world=world, device=device)
     return Run(
         cfg=cfg,
         artefacts=artefacts,
@@ -147,7 +162,8 @@ def setup_run(config: Mapping[str, Any]) -> Run:
         world=world,
         device=device,
         data=data,
-        model=setup_engine(cfg, artefacts, data, world=world, device=device),
+        model=model,
+        clock=clock,
     )
 
 
@@ -210,7 +226,16 @@ def setup_engine(
         )
         for train in (True, False)
     }
-    return Model(engine, tokenizer, collate, counts)
+    # Frozen-feature reuse (train/features.py): the feature cache lives beside the data cache
+    reused = attach_features(
+        engine.module,
+        collate,
+        data.sets["train"].cache,
+        Path(artefacts.cache).parent.parent / "features",
+        device=device,
+        dtype=torch.bfloat16 if cfg.optim.precision == "bf16" else torch.float32,
+    )
+    return Model(engine, tokenizer, collate, counts, reused)
 
 
 def _class_weights(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,11 @@ import torch
 
 from mdf_search.config import TrialConfig
 from mdf_search.metrics import metrics_for_tasks
-from mdf_search.train import predictions
+from mdf_search.train import checkpoint, predictions
 from mdf_search.train.builders import TrialData, prepare_trial_data
 from mdf_search.train.checkpoint import export_checkpoint, load_exported
 from mdf_search.train.faults import Faults
+from mdf_search.train.phases import OTHER, PHASES
 from mdf_search.train.selection import Selection
 from mdf_search.train.trainer import EpochLog, make_trainer
 
@@ -64,6 +66,7 @@ def test_selection_follows_a_min_metric_and_predictions_belong_to_the_selected_e
 ) -> None:
     cfg = TrialConfig.from_flat({**SMALL, "optim.epochs": 3})
     selection = Selection("val/loss", "min")
+    started = time.time()
     result, epochs = _run(cfg, data, tmp_path, "learn", selection=selection)
     assert result.error is None
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
@@ -103,6 +106,26 @@ def test_selection_follows_a_min_metric_and_predictions_belong_to_the_selected_e
             )
     for key in ("samples_per_s", "step_time_s", "peak_mem_mb", "startup_s"):
         assert epochs[-1][key] > 0
+    _check_phases(epochs, started=started, ended=time.time())
+
+
+def _check_phases(epochs: list[dict[str, Any]], *, started: float, ended: float) -> None:
+    """Every report says where the trial's time went so far (train/phases.py): the phases are totals
+    that only grow, they add up to the time since the Train run was launched (within the test's own
+    clock around the run), and the glue between them (other_s) is a small part of it."""
+    previous = dict.fromkeys((*PHASES, OTHER), 0.0)
+    for e in epochs:
+        parts = {k: e[k] for k in (*PHASES, OTHER)}
+        assert all(v >= previous[k] for k, v in parts.items()), parts
+        assert sum(parts.values()) == pytest.approx(e["elapsed_s"])
+        previous = parts
+    last = epochs[-1]
+    print("phases:", {k: round(last[k], 3) for k in (*PHASES, OTHER, "elapsed_s", "startup_s")})  # -rP
+    assert all(last[k] > 0 for k in PHASES), last
+    assert last[OTHER] < 0.1 * last["elapsed_s"], last  # the phases cover the time
+    assert last["train_s"] >= sum(e["epoch_time_s"] for e in epochs)  # the steps are inside train_s
+    assert last["launch_s"] + last["init_s"] <= last["startup_s"] <= last["elapsed_s"] <= ended - started
+    assert started < last["loop_start_unix"] - last["launch_s"] < last["loop_start_unix"] < ended
 
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_run(data: TrialData, tmp_path: Path) -> None:
@@ -117,9 +140,30 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(data: TrialData, tm
     assert (tmp_path / "kill-marker").exists() and [e["epoch"] for e in before] == [1]
     _, after = _run(cfg, data, tmp_path, "killed", faults=faults)
     assert [e["epoch"] for e in after] == [1, 2, 3]  # same log: epoch 1 from the first run, then 2 and 3
-    final, reference = after[-1], straight[-1]
+    _same_results(after[-1], straight[-1])
+    # run.checkpoint=last: epoch 1 left only a light checkpoint (its predictions), so the restarted run
+    # starts over from epoch 0, and ends with the same results and a model checkpoint of its last epoch
+    last = cfg.replace(**{"run.checkpoint": "last"})
+    faults = Faults(
+        kill_after_epoch=1,
+        kill_marker=str(tmp_path / "kill-marker-last"),
+        kill_wait_for=str(tmp_path / "killed-last" / "epochs.jsonl"),
+    )
+    _, before = _run(last, data, tmp_path, "killed-last", faults=faults)
+    assert [e["epoch"] for e in before] == [1] and before[0]["checkpoint"] is not None
+    assert not checkpoint.has_model(Path(before[0]["checkpoint"]))  # light: trial.json and predictions
+    result, after = _run(last, data, tmp_path, "killed-last", faults=faults)
+    assert [e["epoch"] for e in after] == [1, 1, 2, 3]  # epoch 1 again: nothing to resume it from
+    for e in after[1:]:  # a light checkpoint where an epoch became the selected one, weights at the last
+        assert (e["checkpoint"] is not None) == (e["best_epoch"] == e["epoch"] or e["epoch"] == 3), e
+    _same_results(after[-1], straight[-1])
+    with result.checkpoint.as_directory() as directory:
+        assert checkpoint.has_model(Path(directory))
+
+
+def _same_results(final: dict[str, Any], reference: dict[str, Any]) -> None:
     for key, value in reference.items():
-        if key.startswith(("val/", "test/", "train", "best_", "selected/")):
+        if key.startswith(("val/", "test/", "train/", "train_loss", "best_", "selected/")):
             assert _same(final[key], value), key  # bit for bit: same seed, config and world size
 
 
@@ -142,12 +186,22 @@ def test_export_reloads_without_deepspeed_with_identical_logits(data: TrialData,
 
 
 def test_the_control_knobs_train(data: TrialData, tmp_path: Path) -> None:
-    """Balanced class weights, shuffled training text and a salted order run end to end."""
+    """Balanced class weights, shuffled training text and a salted order run end to end; with
+    run.checkpoint=none the trial keeps its metrics and predictions but no weights."""
     knobs = {"optim.class_weights": "balanced", "data.text": "shuffled", "data.order_salt": 5}
-    cfg = TrialConfig.from_flat({**SMALL, "optim.epochs": 1, **knobs})
+    cfg = TrialConfig.from_flat({**SMALL, "optim.epochs": 1, **knobs, "run.checkpoint": "none"})
     result, epochs = _run(cfg, data, tmp_path, "knobs")
     assert result.error is None, result.error
     assert epochs[-1]["status"] == "completed" and np.isfinite(epochs[-1]["train/loss"])
+    with result.checkpoint.as_directory() as directory:
+        assert not checkpoint.has_model(Path(directory))
+        assert predictions.load(Path(directory)) is not None
+        with pytest.raises(FileNotFoundError, match="kept no weights"):
+            export_checkpoint(directory, tmp_path / "exported")
+    # started again after its last report, it reports its result from the light checkpoint, untrained
+    again, _ = _run(cfg, data, tmp_path, "knobs")
+    assert again.metrics["status"] == "completed" and again.metrics["epoch"] == 1
+    assert again.metrics["val/macro_f1"] == result.metrics["val/macro_f1"]
 
 
 def test_injected_nan_ends_the_trial_as_diverged(data: TrialData, tmp_path: Path) -> None:
