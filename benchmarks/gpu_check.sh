@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 # DeepSpeed 0.19 JIT-builds FusedAdam and cannot parse arch suffixes such as "9.0a" (docs/stack-facts.md)
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST//a/}"
+if [ -n "${TORCH_CUDA_ARCH_LIST:-}" ]; then export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST//a/}"; fi
 exec timeout 480 "$PY" benchmarks/gpu_check.py
