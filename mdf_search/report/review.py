@@ -90,6 +90,19 @@ def phase_blocks(exp: Experiment, sec: Section) -> None:
     """Where the time goes: per arm the median seconds of each phase (``train/phases.py``), and each
     phase's share of all trials' summed wall time."""
     trials = exp.trials
+    if "features_reused" in trials.columns:  # frozen-feature reuse, train/features.py
+        reused = trials.filter(pl.col("features_reused").is_in(["", "none"]).not_())
+        counts = reused.group_by("arm", "features_reused", maintain_order=True).len()
+        if counts.height:
+            sec.text(
+                "Frozen features came from the feature cache (@eval: evaluation batches only, training "
+                "augments): "
+                + "; ".join(
+                    f"{r['arm']}: {r['features_reused']} ({r['len']} trials)"
+                    for r in counts.iter_rows(named=True)
+                )
+                + "."
+            )
     if "train_s" not in trials.columns or trials["train_s"].drop_nulls().len() == 0:
         sec.note("no phase times recorded: no breakdown of where the time goes.")
         return
