@@ -22,9 +22,15 @@ UNIT = [
     ("bench_data_cache.py", "ratio cache / decode"),
     ("bench_sweep.py", "ratio sqlite / in-memory"),
     ("bench_report.py", "leaderboard"),
+    ("bench_step.py", "bench_step: preset=tiny"),
+    ("bench_features.py", "median epoch speed-up"),
+    ("bench_vs_plain.py", "both parse"),
 ]
 INTEGRATION = [
     ("bench_train.py", "start-up (b)"),
+    ("profile_trial.py", "largest self times"),
+    ("bench_search.py", "target met:"),
+    ("bench_scale.py", "bookkeeping"),
 ]
 
 
