@@ -5,17 +5,23 @@ CPU) is written twice: as a search-space file for ``mdf-search sweep`` (which al
 on the validation and test splits, checkpoints every rank and writes Parquet) and as the JSON that
 ``plain_study.py`` reads (Ray Tune + Optuna + Ray Train + DeepSpeed ZeRO-3, training only). Both run as
 subprocesses, one after the other, each with its own embedded Ray, over data prepared beforehand (so
-neither pays for generating the synthetic images). Printed:
+neither pays for generating the synthetic images). The platform runs once per ``--concurrent`` value
+(``auto``: ``resources.concurrent_trials: auto``), and once more from ``--base-tree`` (a checkout of an
+earlier commit, with ``concurrent_trials: 1``) for a before/after in the same run. Printed:
 
-- study wall time of each (process start to exit) and the ratio platform / plain (target <= 0.8);
-- per-trial overhead medians: trial wall - training steps - evaluation (target < 10 s for tiny);
+- study wall time of each (process start to exit), the CPU seconds of its process tree (sampled; less
+  sensitive to other load than wall time) and the ratios platform / plain (target: wall <= 0.8);
+- per-trial medians: trial wall, training steps, evaluation, overhead = wall - training - evaluation
+  (target < 10 s for tiny), start-up to the first step;
 - per-phase medians of the platform's trial rows (``launch_s``, ``init_s``, ``data_s``, ``train_s``,
-  ``eval_s``, ``ckpt_s``, ``report_s``, ``startup_s``: whichever the rows have).
+  ``eval_s``, ``ckpt_s``, ``report_s``, ``other_s``, ``startup_s``: whichever the rows have).
 
-    python benchmarks/bench_vs_plain.py [--seeds 2] [--epochs 2] [--images 240] [--concurrent auto]
+    python benchmarks/bench_vs_plain.py [--seeds 2] [--epochs 2] [--images 240] [--concurrent auto 1]
+                                        [--base-tree /path/to/worktree] [--keep DIR]
     python benchmarks/bench_vs_plain.py --quick      # seconds: write both, check both parse, run nothing
 
-Timed numbers taken while other work shares the machine are noisy: compare the ratio, measured in one run.
+Timed numbers taken while other work shares the machine are noisy: compare the ratios, measured in one
+run, and say what else was running.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -330,6 +337,8 @@ def main() -> None:
         print(f"quick: {trials} trials written both ways under {work}; both parse")
         for name, (cmd, tree) in cmds.items():
             print(f"{name}: (in {tree})", " ".join(cmd))
+        if args.keep is None:
+            shutil.rmtree(work)
         return
     prepare(desc)
     runs: dict[str, tuple[float, float]] = {}

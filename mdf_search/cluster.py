@@ -85,6 +85,7 @@ def connect(
                 resources={TRIAL_SLOT: float(slots)},
                 include_dashboard=True,  # the state API: without it stopped trials leak placement groups
                 dashboard_host="127.0.0.1",
+                runtime_env={"worker_process_setup_hook": f"{__name__}.pin_ray_address"},
                 _temp_dir=temp_dir or os.environ.get("RAY_TMPDIR"),
             )
             if kwargs["_temp_dir"] is None:
@@ -102,6 +103,19 @@ def connect(
     )
     log.info("ray: %s", info)
     return info
+
+
+def pin_ray_address() -> None:
+    """Worker process setup hook of an embedded Ray: this process's state API calls go to its own Ray.
+
+    Ray Train's ``PlacementGroupCleaner`` (which removes the placement group of a Train run whose
+    controller died, e.g. a trial ASHA stopped) asks the state API with no address; with two Ray
+    instances on one machine (two sweeps, or a sweep beside a test run) that raises "Found multiple
+    active Ray instances", the cleaner dies, and the stopped trial's CPUs stay held: the next trial
+    waits forever. ``RAY_ADDRESS`` names the right one."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def shutdown() -> None:

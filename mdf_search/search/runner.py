@@ -21,8 +21,9 @@ What every trial would repeat is done once per study, in this (the sweep's) proc
 the data artefacts of each distinct :func:`~mdf_search.train.builders.data_key` among the design's trials
 (split, cache, tokenizer), and, when workers hold GPUs, the parameter counts of each distinct
 architecture the memory planner needs. A trial whose data or architecture was not among them (a sampled
-parameter that changes it) prepares or counts its own. Tune reuses its trial-driver processes
-(``reuse_actors``), and a trial driver never imports the model, transformers or DeepSpeed: its workers do.
+parameter that changes it) prepares or counts its own. Without ASHA, Tune reuses its trial-driver
+processes (``reuse_actors``), and a trial driver never imports the model, transformers or DeepSpeed: its
+workers do.
 
 ``resources.concurrent_trials: auto`` (:func:`resolve_resources`) runs as many trials at once as the
 cluster's CPUs and GPUs hold (on CPUs one more, whose start-up overlaps the others' training); on GPUs,
@@ -322,7 +323,10 @@ def _tuner(
         scheduler=scheduler,
         num_samples=num_trials(spec),
         max_concurrent_trials=concurrent_trials,
-        reuse_actors=True,  # a trial driver's process serves the next trial: no fresh Python per trial
+        # A finished trial's driver process runs the next trial (no fresh Python per trial). Not under
+        # ASHA: a stopped trial's driver is still inside its Train run, so Tune's reset of it fails, and
+        # Tune then errors the trial it meant to run there.
+        reuse_actors=scheduler is None,
         time_budget_s=spec.budget.max_wall_time or None,
         metric=spec.metric if scheduler is None else None,
         mode=spec.mode if scheduler is None else None,

@@ -141,6 +141,48 @@ def test_ofat_design_runs_exactly_its_arms(ray_cluster: Any, tmp_path: Path) -> 
     assert len(arms) == 3 and len(set(arms)) == 3  # reference, levels varied, freeze varied
 
 
+def test_workers_reach_their_own_ray_beside_another(ray_cluster: Any, tmp_path: Path) -> None:
+    """With a second Ray on the machine, a worker's state-API call (Ray Train's placement-group cleaner
+    makes one when ASHA stops a trial) still reaches this Ray: without that the stopped trial's CPUs
+    stay held and the next trial waits forever (``cluster.pin_ray_address``)."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    other_tmp = tempfile.mkdtemp(prefix="mdfray2-", dir="/tmp")  # AF_UNIX socket paths stay short
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import ray, sys, time; ray.init(num_cpus=1, include_dashboard=True, "
+            f"_temp_dir={other_tmp!r}); print('up', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "up"
+
+        @ray.remote(num_cpus=0, runtime_env={"env_vars": {"MDF_TEST": "1"}})  # as Ray Train's actors
+        class Probe:
+            def state(self) -> tuple[str | None, str]:
+                from ray.util.state import get_actor
+
+                found = get_actor(str(ray.get_runtime_context().get_actor_id()))
+                return os.environ.get("RAY_ADDRESS"), str(found.state if found else None)
+
+        probe = Probe.remote()  # type: ignore[attr-defined]
+        address, state = ray.get(probe.state.remote(), timeout=120)
+        assert address == ray.get_runtime_context().gcs_address and state == "ALIVE"
+    finally:
+        os.killpg(other.pid, signal.SIGTERM)
+        other.wait(timeout=60)
+        shutil.rmtree(other_tmp, ignore_errors=True)
+
+
 def test_asha_stops_trials_within_an_arm_and_records_them(ray_cluster: Any, tmp_path: Path) -> None:
     spec = load_spec(
         _spec(
