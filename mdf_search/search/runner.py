@@ -26,7 +26,7 @@ processes (``reuse_actors``), and a trial driver never imports the model, transf
 workers do.
 
 ``resources.concurrent_trials: auto`` (:func:`resolve_resources`) runs as many trials at once as the
-cluster's CPUs and GPUs hold (on CPUs one more, whose start-up overlaps the others' training); on GPUs,
+cluster's CPUs and GPUs hold (their start-ups overlap the others' training); on GPUs,
 trials of the ``tiny`` and ``small`` presets with one worker share a GPU through a fractional
 ``gpus_per_worker`` (4 and 2 trials per GPU): a trial of two or more workers gets whole GPUs, because
 Ray packs a trial's fractional workers onto one GPU and NCCL refuses two ranks of one communicator on
@@ -114,11 +114,11 @@ def resolve_resources(
 
     ``on_gpu``: the trials' workers run on GPUs (``run.device`` is not ``cpu`` and the cluster has GPUs).
 
-    - On CPUs, ``auto`` admits one trial more than the CPUs can train at once (``cpus // (workers x
-      cpus_per_worker)``, at least one): a trial spends most of its time starting (processes, imports,
-      DeepSpeed) on one core at a time, and the extra trial's start-up overlaps the others' training.
-      Each worker then asks for ``cpus / (trials x workers)`` CPUs (never more than
-      ``cpus_per_worker``), so that all of them are admitted.
+    - On CPUs, ``auto`` runs as many trials as the CPUs train at once (``cpus // (workers x
+      cpus_per_worker)``); trials start and end at different times, so one's start-up overlaps the
+      others' training. On a machine smaller than one trial, one trial whose workers share the CPUs.
+      (One trial more than that, its workers sharing CPUs, was measured on 2 cores: no faster, since
+      the two trials started, trained and ended together, each at half speed.)
     - On GPUs, ``auto`` runs as many trials as the GPUs (``workers x gpus_per_worker`` each) and the CPUs
       hold, at least one. With ``gpus_per_worker: 0`` it picks the GPU share too: one-worker trials of
       presets that are all in :data:`SHARED_GPU_TRIALS` share a GPU (``1/4`` for tiny, ``1/2`` for small;
@@ -129,8 +129,7 @@ def resolve_resources(
         return TrialResources(int(resources.concurrent_trials), cpw, gpw)
     by_cpu = int(cpus // (workers * cpw))
     if not on_gpu:
-        trials = max(1, by_cpu) + 1
-        return TrialResources(trials, min(cpw, cpus / (trials * workers)), gpw)
+        return TrialResources(max(1, by_cpu), min(cpw, cpus / workers), gpw)
     if gpw == 0:
         shares = [SHARED_GPU_TRIALS.get(p, 1) for p in presets] or [1]
         gpw = 1.0 / min(shares) if workers == 1 else 1.0

@@ -38,16 +38,12 @@ def _res(**fields: Any) -> Resources:
 @pytest.mark.parametrize(
     ("fields", "cpus", "expected"),
     [
-        # one trial more than the CPUs train at once; its workers' CPUs are shared so that Ray admits it
-        ({"workers": 2, "concurrent_trials": "auto"}, 2, TrialResources(2, 0.5, 0.0)),  # this 2-core box
-        ({"workers": 2, "concurrent_trials": "auto"}, 16, TrialResources(9, 16 / 18, 0.0)),
-        ({"workers": 2, "concurrent_trials": "auto"}, 1, TrialResources(2, 0.25, 0.0)),  # never below one
-        ({"workers": 1, "concurrent_trials": "auto", "cpus_per_worker": 2}, 7, TrialResources(4, 1.75, 0.0)),
-        (
-            {"workers": 1, "concurrent_trials": "auto", "cpus_per_worker": 2},
-            64,
-            TrialResources(33, 64 / 33, 0.0),
-        ),
+        ({"workers": 2, "concurrent_trials": "auto"}, 2, TrialResources(1, 1.0, 0.0)),  # this 2-core box
+        ({"workers": 2, "concurrent_trials": "auto"}, 16, TrialResources(8, 1.0, 0.0)),
+        ({"workers": 2, "concurrent_trials": "auto"}, 17, TrialResources(8, 1.0, 0.0)),
+        # smaller than one trial: one trial, its workers sharing the CPUs (else Ray never starts it)
+        ({"workers": 2, "concurrent_trials": "auto"}, 1, TrialResources(1, 0.5, 0.0)),
+        ({"workers": 1, "concurrent_trials": "auto", "cpus_per_worker": 2}, 7, TrialResources(3, 2.0, 0.0)),
         ({"workers": 2, "concurrent_trials": 3}, 16, TrialResources(3, 1.0, 0.0)),  # a number is kept
     ],
 )
@@ -85,7 +81,7 @@ def test_auto_keeps_a_declared_gpu_share() -> None:
 def test_auto_ignores_gpus_the_trials_do_not_use() -> None:
     res = _res(workers=2, concurrent_trials="auto")
     got = resolve_resources(res, presets={"tiny"}, on_gpu=False, cpus=4, gpus=8)
-    assert got == TrialResources(3, 4 / 6, 0.0)
+    assert got == TrialResources(2, 1.0, 0.0)
 
 
 @pytest.mark.parametrize("value", ["many", 0, -1, 1.5, True])

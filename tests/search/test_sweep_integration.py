@@ -210,10 +210,10 @@ def test_asha_stops_trials_within_an_arm_and_records_them(ray_cluster: Any, tmp_
 def test_auto_concurrency_runs_trials_side_by_side_on_the_study_data(
     ray_cluster: Any, tmp_path: Path
 ) -> None:
-    """``concurrent_trials: auto`` on the test cluster's CPUs: two trials at once, their workers sharing
-    the CPUs, both on the data the sweep prepared once; results as with one trial at a time."""
+    """``concurrent_trials: auto`` on the test cluster (at least 2 CPUs, 2 trial slots): one-worker trials,
+    two at once, both on the data the sweep prepared once; results as with one trial at a time."""
     spec = load_spec(
-        _spec(tmp_path, "auto", resources={"workers": 2, "concurrent_trials": "auto"}, seeds=[0])
+        _spec(tmp_path, "auto", resources={"workers": 1, "concurrent_trials": "auto"}, seeds=[0])
     )
     outcome = run_sweep(spec, storage=str(tmp_path / "runs"))
     assert not outcome.errors and not outcome.stopped_reason
