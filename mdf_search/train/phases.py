@@ -4,7 +4,7 @@ A trial's wall time is split into phases that do not overlap and add up to it:
 
 =============  ======================================================================================
 ``launch_s``   trial start until the workers are ready (the first line of ``train_loop_per_worker``):
-               the trial driver (memory plan, data preparation), Ray Train's controller and worker
+               the trial driver (a memory plan or data preparation only when the sweep driver had not done them for the study), Ray Train's controller and worker
                group, the worker processes and their imports (the loop's module and what it imports)
 ``init_s``     ``import deepspeed``, the process group, the model build under ZeRO-3 construction and
                ``deepspeed.initialize``
