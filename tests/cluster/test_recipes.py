@@ -1,12 +1,18 @@
 """Static checks of every recipe under cluster/ (fast: nothing is launched).
 
 Each YAML parses; the launcher configs pass Ray's own schema; the head alone holds trial slots; no
-dashboard is bound to all interfaces; no secret is embedded; the runtime env uploads the package and
-nothing heavy; the scripts parse; the KubeRay job runs a shipped search space.
+dashboard is bound to all interfaces; no secret is embedded; no network rule is open to any address and
+the launchers use the user's own security group / firewall tag (checked with Ray's own provider code);
+the head and the workers get different cloud identities, whose permissions cluster/README.md lists;
+every node shares the data artefacts (shared disk or --storage); the runtime env uploads the package and
+nothing heavy; the scripts parse; the KubeRay job runs a shipped search space. The KubeRay manifests'
+fields are checked against the CRD in test_kuberay_schema.py.
 """
 
 from __future__ import annotations
 
+import ast
+import copy
 import json
 import re
 import shlex
@@ -19,6 +25,7 @@ import pytest
 import ray.autoscaler
 import yaml
 from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+from ray.autoscaler._private.aws import config as aws_config
 from ray.runtime_env import RuntimeEnv
 
 from mdf_search.search.space import load_spec
@@ -70,8 +77,8 @@ def _cluster_schema_errors(config: Any) -> list[str]:
 
 def test_the_recipes_exist() -> None:
     for rel in (
-        "aws.yaml", "gcp.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml",
-        "slurm/mdf_sweep.sbatch", "runtime_env.yaml", "submit.sh", "README.md",
+        "aws.yaml", "gcp.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml", "kuberay/pvc.yaml",
+        "slurm/mdf_sweep.sbatch", "runtime_env.yaml", "submit.sh", "README.md", "Dockerfile",
     ):  # fmt: skip
         assert (CLUSTER / rel).is_file(), rel
 
@@ -194,7 +201,7 @@ def test_secret_env_vars_come_from_secret_refs_only() -> None:
                 if SECRET_NAME.search(env["name"]):
                     assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), (path, env)
                     checked.append(env["name"])
-    assert {"HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN"} <= set(checked), checked
+    assert {"HF_TOKEN", "AWS_SECRET_ACCESS_KEY"} <= set(checked), checked
 
 
 def _walk_env(node: Any) -> list[dict[str, Any]]:
@@ -268,8 +275,13 @@ def test_kuberay_gpu_workers_head_slots_and_private_dashboard(name: str) -> None
     assert json.loads(yaml.safe_load(head["rayStartParams"]["resources"]))["trial_slot"] > 0
     head_env = {e["name"] for e in head["template"]["spec"]["containers"][0]["env"]}
     assert "POD_IP" in head_env
-    token_auth = spec.get("authOptions", {}).get("mode") == "token" or "RAY_AUTH_MODE" in head_env
-    assert token_auth, "token auth must be on"
+    # Token auth through KubeRay's authOptions with the user's Secret: the operator then sets RAY_AUTH_* on
+    # the autoscaler sidecar too. Set by hand in the templates, they would miss the sidecar.
+    assert spec["authOptions"] == {"mode": "token", "secretName": "mdf-search-ray-token"}
+    assert spec["enableInTreeAutoscaling"] is True
+    assert not [e for e in _walk_env(ray_doc) if e["name"].startswith("RAY_AUTH_")], "RAY_AUTH_* by hand"
+    readme = (CLUSTER / "README.md").read_text()
+    assert "kubectl create secret generic mdf-search-ray-token --from-file=auth_token=" in readme
     for group in spec["workerGroupSpecs"]:
         assert 0 <= group["minReplicas"] <= group["maxReplicas"]
         assert json.loads(yaml.safe_load(group["rayStartParams"]["resources"]))["trial_slot"] == 0
@@ -298,3 +310,135 @@ def test_readme_documents_access_and_teardown() -> None:
     for needle in ("kubectl port-forward", "ssh -L 8265:localhost:8265", "RAY_AUTH_MODE=token",
                    "ray down", "kubectl delete", "scancel", "FILL IN"):  # fmt: skip
         assert needle in text, needle
+
+
+# ---- network exposure, cloud identities and shared storage of the launchers (issue 14) ----
+
+ANY_ADDRESS = re.compile(r"0\.0\.0\.0/0|::/0")
+FIREWALL_TAG = "mdf-search-ray"
+
+
+def _node_configs(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: v["node_config"] for k, v in cfg["available_node_types"].items()}
+
+
+def test_no_recipe_opens_anything_to_any_address() -> None:
+    for path in _files():
+        match = ANY_ADDRESS.search(path.read_text())
+        assert match is None, f"{path}: {match.group(0)} opens a port to every address"
+
+
+def test_aws_nodes_use_the_users_security_group_so_ray_creates_none() -> None:
+    cfg = _load("aws.yaml")
+    assert "security_group" not in cfg["provider"], "a provider.security_group makes Ray create the group"
+    groups = {k: n.get("SecurityGroupIds") for k, n in _node_configs(cfg).items()}
+    assert all(g and all(sg.startswith("sg-") for sg in g) for g in groups.values()), groups
+    assert len({tuple(g) for g in groups.values() if g}) == 1, "one group: the nodes must reach each other"
+    # Ray's own bootstrap step: with SecurityGroupIds on every node type it returns without creating a group.
+    before = copy.deepcopy(cfg)
+    assert aws_config._configure_security_group(cfg) == before
+
+
+def test_aws_without_a_named_group_ray_would_open_ssh_to_any_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hazard the recipe avoids, shown with Ray's own code: a node type without SecurityGroupIds gets a
+    # group Ray creates, and Ray's default rules for it admit SSH from every address.
+    cfg = _load("aws.yaml")
+    worker = next(k for k in cfg["available_node_types"] if k != cfg["head_node_type"])
+    del cfg["available_node_types"][worker]["node_config"]["SecurityGroupIds"]
+    created: list[list[str]] = []
+
+    class _Group:
+        id = "sg-created-by-ray"
+
+    def fake_upsert(config: Any, node_types: list[str]) -> dict[str, _Group]:
+        created.append(list(node_types))
+        return {t: _Group() for t in node_types}
+
+    monkeypatch.setattr(aws_config, "_upsert_security_groups", fake_upsert)
+    aws_config._configure_security_group(cfg)
+    assert created == [[worker]]
+    ssh = aws_config._create_default_ssh_inbound_rules()
+    assert any(ANY_ADDRESS.search(r["CidrIp"]) for rule in ssh for r in rule["IpRanges"])
+
+
+def _rays_gcp_configure_subnet() -> Any:
+    """Ray's own `_configure_subnet` of its GCP provider, taken from the installed source: the module
+    imports Google's client libraries at the top, which this project does not install."""
+    source = (Path(ray.autoscaler.__file__).parent / "_private" / "gcp" / "config.py").read_text()
+    func = next(n for n in ast.parse(source).body
+                if isinstance(n, ast.FunctionDef) and n.name == "_configure_subnet")  # fmt: skip
+
+    def _list_subnets(config: Any, compute: Any) -> Any:
+        raise LookupError("Ray would pick the project's first subnetwork (usually the default network)")
+
+    namespace: dict[str, Any] = {"copy": copy, "_list_subnets": _list_subnets}
+    exec(compile(ast.Module(body=[func], type_ignores=[]), "ray-gcp-config", "exec"), namespace)
+    return namespace["_configure_subnet"]
+
+
+def test_gcp_nodes_use_the_users_subnetwork_and_firewall_tag() -> None:
+    cfg = _load("gcp.yaml")
+    for key, node in _node_configs(cfg).items():
+        interfaces = node.get("networkInterfaces")
+        assert interfaces and "/subnetworks/" in interfaces[0]["subnetwork"], key
+        assert FIREWALL_TAG in node.get("tags", {}).get("items", []), f"{key}: no firewall tag"
+    # Ray's own bootstrap step: with networkInterfaces everywhere it never looks up (or picks) a subnet.
+    configure_subnet = _rays_gcp_configure_subnet()
+    before = copy.deepcopy(cfg)
+    assert configure_subnet(cfg, compute=None) == before
+    del cfg["available_node_types"]["gpu_a100"]["node_config"]["networkInterfaces"]
+    with pytest.raises(LookupError):
+        configure_subnet(cfg, compute=None)
+
+
+def test_readme_firewall_rules_and_security_group_are_named_and_never_open() -> None:
+    text = (CLUSTER / "README.md").read_text()
+    rules = re.findall(r"gcloud compute firewall-rules create (\S+)(.*?)(?:\n\n|\n```)", text, re.S)
+    assert {name for name, _ in rules} >= {"mdf-search-ray-ssh", "mdf-search-ray-internal"}, rules
+    for name, body in rules:
+        assert f"--target-tags={FIREWALL_TAG}" in body, name
+        assert "--source-ranges" in body or f"--source-tags={FIREWALL_TAG}" in body, name
+    assert "aws ec2 create-security-group --group-name mdf-search-ray" in text
+    assert re.search(
+        r"authorize-security-group-ingress[^\n]*--protocol tcp --port 22 --cidr 203\.0\.113", text
+    )
+    assert re.search(r"--protocol -1 --source-group", text), "the group admits its own members"
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_head_and_workers_get_different_cloud_identities(name: str) -> None:
+    cfg = _load(name)
+
+    def identity(node: dict[str, Any]) -> str:
+        return (
+            node["IamInstanceProfile"]["Arn"] if name == "aws.yaml" else node["serviceAccounts"][0]["email"]
+        )
+
+    nodes = _node_configs(cfg)
+    head = identity(nodes.pop(cfg["head_node_type"]))
+    workers = {identity(n) for n in nodes.values()}
+    assert len(workers) == 1 and head not in workers, (head, workers)
+    assert "head" in head and "worker" in next(iter(workers))
+
+
+def test_readme_lists_the_permissions_the_head_and_workers_need() -> None:
+    text = (CLUSTER / "README.md").read_text()
+    for action in ("ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateTags", "ec2:DescribeInstances",
+                   "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeInstanceTypes",
+                   "iam:PassRole", "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                   "roles/compute.instanceAdmin.v1", "roles/iam.serviceAccountUser",
+                   "roles/storage.objectAdmin"):  # fmt: skip
+        assert f"`{action}`" in text, action
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_launcher_mounts_shared_storage_and_points_the_cache_at_it(name: str) -> None:
+    cfg = _load(name)
+    setup = "\n".join(cfg["setup_commands"])
+    fs = "nfs4 -o nfsvers=4.1" if name == "aws.yaml" else "mount -t nfs"
+    assert fs in setup and re.search(r"mountpoint -q /shared \|\| sudo mount .* /shared\)", setup)
+    assert "ln -sfn /shared/models /models" in setup and "ln -sfn /shared/data /data" in setup
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(cfg[key])
+        assert "if mountpoint -q /shared; then export MDF_SEARCH_CACHE=/shared/cache" in start, key
+        assert start.index("MDF_SEARCH_CACHE") < start.index("ray start"), key
