@@ -442,3 +442,9 @@ def test_launcher_mounts_shared_storage_and_points_the_cache_at_it(name: str) ->
         start = " ".join(cfg[key])
         assert "if mountpoint -q /shared; then export MDF_SEARCH_CACHE=/shared/cache" in start, key
         assert start.index("MDF_SEARCH_CACHE") < start.index("ray start"), key
+
+
+def test_sbatch_puts_the_data_cache_where_every_node_reads_it() -> None:
+    text = (CLUSTER / "slurm" / "mdf_sweep.sbatch").read_text()
+    export = text.index("export MDF_SEARCH_CACHE=${MDF_SEARCH_CACHE:-$HOME/.cache/mdf-search}")
+    assert export < text.index('srun --nodes=1 --ntasks=1 -w "$HEAD"'), "set before any node starts Ray"
