@@ -240,13 +240,20 @@ def export(
     dtype: Annotated[str, typer.Option(help="fp32 | bf16")] = "fp32",
 ) -> None:
     """Consolidate a ZeRO checkpoint into one safetensors state dict that loads without DeepSpeed."""
-    from mdf_search.train.checkpoint import export_checkpoint  # torch: only for this command
-
     if dtype not in ("fp32", "bf16"):
         raise fail(f"--dtype must be fp32 or bf16, but got {dtype!r}")
+    if not checkpoint.is_dir():
+        what = "a file" if checkpoint.exists() else "missing"
+        raise fail(
+            f"CHECKPOINT {checkpoint}: {what}; pass a trial's checkpoint_NNNNNN folder (trial.json, mdf/)"
+        )
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out}: a file, not a directory; give a directory to write the export into")
+    from mdf_search.train.checkpoint import CheckpointError, export_checkpoint  # torch: only here
+
     try:
         path = export_checkpoint(checkpoint, out, dtype=dtype)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, CheckpointError) as err:
         raise fail(str(err)) from None
     console.print(
         f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); load with mdf_search.train.checkpoint.load_exported"

@@ -16,8 +16,10 @@ table-driven unit tests without a process group. GPU-only choices sit behind ``o
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -174,3 +176,150 @@ def initialize(model: nn.Module, cfg: TrialConfig, ds_config: dict[str, Any]) ->
         model=model, model_parameters=param_groups(model, cfg.optim), config=ds_config
     )
     return engine, optimizer, scheduler
+
+
+# --- Loading checkpoints without running code from them -------------------------------------------
+# Every checkpoint file is read with torch.load(weights_only=True): tensors, containers and numbers
+# only, plus the few DeepSpeed classes its optimiser states name (below). DeepSpeed's own loaders
+# (TorchCheckpointEngine.load, zero_to_fp32) unpickle with weights_only=False, so a resume routes
+# DeepSpeed's reads through :func:`safe_loads` and an export consolidates the shards itself
+# (:func:`consolidate`), reusing DeepSpeed's merge of the already-loaded partitions.
+DEEPSPEED_GLOBALS = (  # what DeepSpeed 0.19's ZeRO optimiser states name besides tensors
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",  # a scale and a flag
+    "deepspeed.runtime.zero.config.ZeroStageEnum",  # an IntEnum
+    "deepspeed.utils.tensor_fragment.fragment_address",  # ZeRO-1/2: a dataclass of two ints
+)
+
+
+class UnsafeFile(Exception):
+    """A checkpoint file that does not load under ``weights_only=True``; ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str, hostile: bool) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.hostile = path, reason, hostile
+
+
+def _allowed(legacy_numpy: bool) -> list[Any]:
+    import importlib
+
+    allowed: list[Any] = []
+    for qualified in DEEPSPEED_GLOBALS:
+        module, _, name = qualified.rpartition(".")
+        allowed.append(getattr(importlib.import_module(module), name))
+    if legacy_numpy:  # rng/rank{r}.pt written before numpy states were stored as tensors
+        import numpy as np
+
+        reconstruct = np._core.multiarray._reconstruct  # type: ignore[attr-defined]
+        allowed += [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    return allowed
+
+
+def safe_load(
+    path: str | Path, *, map_location: Any = "cpu", mmap: bool = False, legacy_numpy: bool = False
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with the DeepSpeed allow-list; raise :class:`UnsafeFile`
+    naming the file when it needs arbitrary unpickling (``hostile``) or is not a torch file at all."""
+    import pickle
+    import re
+    import warnings
+    import zipfile
+
+    path = Path(path)
+    use_mmap = mmap and zipfile.is_zipfile(path)
+    try:
+        with torch.serialization.safe_globals(_allowed(legacy_numpy)), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on a pickle protocol it did not write
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=use_mmap)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Weights only load failed" not in text:  # not a pickle at all: text, random bytes
+            raise UnsafeFile(path, f"not a torch checkpoint file ({text.splitlines()[0]})", False) from None
+        named = re.search(r"GLOBAL ([\w.]+)", text)
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        what = (
+            f"it names {named.group(1)}" if named else (detail.group(1)[:200] if detail else "a raw pickle")
+        )
+        raise UnsafeFile(path, f"loading it needs arbitrary unpickling ({what})", True) from None
+    except FileNotFoundError:
+        raise UnsafeFile(path, "missing", False) from None
+    except IsADirectoryError:
+        raise UnsafeFile(path, "a directory where a file belongs", False) from None
+    except (EOFError, RuntimeError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0][:200] or type(err).__name__
+        raise UnsafeFile(path, f"empty, truncated or corrupt ({first})", False) from None
+
+
+class _SafeLoads:
+    """A DeepSpeed checkpoint engine whose ``load`` is :func:`safe_load`; everything else delegates."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        return safe_load(path, map_location=map_location)
+
+
+@contextlib.contextmanager
+def safe_loads(engine: Any) -> Iterator[None]:
+    """While active, every file ``engine.load_checkpoint`` reads goes through :func:`safe_load`."""
+    original = engine.checkpoint_engine
+    engine.checkpoint_engine = _SafeLoads(original)
+    try:
+        yield
+    finally:
+        engine.checkpoint_engine = original
+
+
+def _natural(path: Path) -> list[Any]:
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def consolidate(ds_dir: Path) -> dict[str, torch.Tensor]:
+    """The full fp32 state dict of a DeepSpeed checkpoint folder (one tag), every file read by
+    :func:`safe_load`: DeepSpeed's ``zero_to_fp32`` merge on partitions loaded safely. ZeRO-0 (no
+    optimiser shards): the module's own state dict."""
+    from deepspeed.utils import zero_to_fp32 as z  # picks its accelerator when imported
+
+    model_files = sorted(ds_dir.glob("*model_states.pt"), key=_natural)
+    optim_files = sorted(ds_dir.glob("*optim_states.pt"), key=_natural)
+    if not optim_files:
+        return {k: v for k, v in safe_load(model_files[0])["module"].items()}
+    states = []
+    for file in model_files:
+        sd = safe_load(file)
+        states.append(
+            z.zero_model_state(
+                buffers={
+                    k: v.float() if v.is_floating_point() else v
+                    for k, v in sd["module"].items()
+                    if k in sd["buffer_names"]
+                },
+                param_shapes=sd["param_shapes"],
+                shared_params=[[k, v] for k, v in sd["shared_params"].items()],
+                ds_version=sd.get("ds_version"),
+                frozen_param_shapes=sd.get("frozen_param_shapes"),
+                frozen_param_fragments=sd.get("frozen_param_fragments"),
+            )
+        )
+    shards = [safe_load(file, mmap=True)["optimizer_state_dict"] for file in optim_files]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress
+        return _merge(z, shards, states)
+
+
+def _merge(z: Any, shards: list[Any], states: list[Any]) -> dict[str, torch.Tensor]:
+    stage, world = int(shards[0]["zero_stage"]), shards[0]["partition_count"]
+    world = max(world) if isinstance(world, list) else world
+    if stage <= 2:
+        flat = [s["single_partition_of_fp32_groups"] for s in shards]
+        merged = z._get_fp32_state_dict_from_zero2_checkpoint(
+            world, flat, states, False, shards[0].get("param_alignment_paddings")
+        )
+    else:
+        flat = [s["fp32_flat_groups"] for s in shards]
+        merged = z._get_fp32_state_dict_from_zero3_checkpoint(world, flat, states, False)
+    return dict(z.to_torch_tensor(merged))
