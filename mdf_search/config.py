@@ -23,7 +23,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mdf_search.fields import boolean, choice, flat_field, float_range, int_choice, int_range, optional_str
+from mdf_search.fields import (
+    boolean,
+    choice,
+    flat_field,
+    float_range,
+    int_choice,
+    int_range,
+    optional_str,
+    short_repr,
+)
 from mdf_search.model.arch import (
     ARCH_SECTIONS,
     ArchConfig,
@@ -57,6 +66,9 @@ NOT_HASHED = ("seed", "run.checkpoint")
 SYNTHETIC_MIN_IMAGES = 12
 SYNTHETIC_MIN_SIZE = 32
 SYNTHETIC_MAX_SIZE = 4096
+MAX_SEED = 2**31 - 1  # seeds are 32-bit (numpy's and torch's generators take them)
+MAX_WORKERS = 4096
+MAX_EPOCHS = 10_000
 
 
 class ConfigError(ValueError):
@@ -95,7 +107,7 @@ class OptimConfig:
     )
     micro_batch: int = flat_field("optim.micro_batch", 4, int_range(1, 4096), "micro-batch per worker")
     grad_accum: int = flat_field("optim.grad_accum", 1, int_range(1, 4096), "gradient accumulation steps")
-    epochs: int = flat_field("optim.epochs", 3, int_range(1, 10_000), "epochs")
+    epochs: int = flat_field("optim.epochs", 3, int_range(1, MAX_EPOCHS), "epochs")
     zero_stage: int = flat_field("optim.zero_stage", 3, int_range(0, 3), "DeepSpeed ZeRO stage")
     offload_optimizer: bool = flat_field(
         "optim.offload_optimizer", False, boolean, "ZeRO optimizer-state offload to CPU"
@@ -176,13 +188,13 @@ class DataConfig:
     order_salt: int = flat_field(
         "data.order_salt",
         0,
-        int_range(0, 2**31 - 1),
+        int_range(0, MAX_SEED),
         "extra seed of the training-data order only (a negative control: changing it cannot matter)",
     )
     split_seed: int = flat_field(
         "data.split_seed",
         0,
-        int_range(0, 2**31 - 1),
+        int_range(0, MAX_SEED),
         "seed of the split (fixed across trial seeds on purpose)",
     )
     cache_dir: str | None = flat_field(
@@ -195,8 +207,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    seed: int = flat_field("seed", 0, int_range(0, 2**31 - 1), "seed of init, data order and augmentation")
-    workers: int = flat_field("run.workers", 2, int_range(1, 4096), "Ray Train workers (DeepSpeed ranks)")
+    seed: int = flat_field("seed", 0, int_range(0, MAX_SEED), "seed of init, data order and augmentation")
+    workers: int = flat_field(
+        "run.workers", 2, int_range(1, MAX_WORKERS), "Ray Train workers (DeepSpeed ranks)"
+    )
     device: str = flat_field("run.device", "auto", choice(DEVICES), "auto | cpu | cuda")
     checkpoint: str = flat_field(
         "run.checkpoint",
@@ -248,7 +262,8 @@ class TrialConfig:
         values: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         for key, raw in params.items():
             if key not in known:
-                problems.append(f"{key}: unknown key{_suggest(key, list(known))}")
+                name = str(key) if len(str(key)) <= 80 else str(key)[:77] + "..."
+                problems.append(f"{name}: unknown key{_suggest(str(key)[:200], list(known))}")
                 continue
             section, f = known[key]
             try:
@@ -276,7 +291,7 @@ class TrialConfig:
         preset = get_preset(self.model.preset)
         if not self.fusion.levels and self.fusion.injection != "none":
             problems.append(
-                f"fusion.injection: {self.fusion.injection!r} needs fused levels, but fusion.levels is 'none'; "
+                f"fusion.injection: {short_repr(self.fusion.injection)} needs fused levels, but fusion.levels is 'none'; "
                 "set fusion.injection=none for the baseline MLLM, or choose levels such as '1234'"
             )
         if self.fusion.levels and self.fusion.injection == "none":
@@ -328,7 +343,7 @@ class TrialConfig:
             )
         if self.data.test_source and self.data.split != "leave_source_out":
             problems.append(
-                f"data.test_source: {self.data.test_source!r} is only used with data.split=leave_source_out"
+                f"data.test_source: {short_repr(self.data.test_source)} is only used with data.split=leave_source_out"
             )
         if self.data.vision_tiles > preset.max_num_tiles:
             problems.append(

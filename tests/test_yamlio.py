@@ -72,9 +72,11 @@ def test_a_top_level_that_is_not_a_mapping_is_refused(text: str, found: str, tmp
     assert error.problems == [f"the top level must be a mapping of keys to values, but got {found}"]
 
 
-def test_a_missing_file_or_a_directory_is_not_found(tmp_path: Path) -> None:
-    for path in (tmp_path / "absent.yaml", tmp_path):
-        assert _refusal(path).problems == [f"file not found: {path}"]
+def test_a_missing_file_is_not_found_and_a_directory_is_named_as_one(tmp_path: Path) -> None:
+    assert _refusal(tmp_path / "absent.yaml").problems == [f"file not found: {tmp_path / 'absent.yaml'}"]
+    assert _refusal(tmp_path).problems == [
+        f"is a directory, not a file; give a YAML file (e.g. {tmp_path}/spec.yaml)"
+    ]
 
 
 def test_a_duplicate_key_is_refused(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from mdf_search.config import ConfigError, flat_fields
+from mdf_search.fields import short_repr
 from mdf_search.search.spec_schema import (
     SAMPLER_DESIGNS,
     Budget,
@@ -28,7 +29,6 @@ from mdf_search.search.spec_schema import (
     SpecFile,
     StudyStorage,
     pydantic_problems,
-    short_repr,
     suggest_name,
 )
 from mdf_search.yamlio import read_yaml_mapping
@@ -165,6 +165,8 @@ def _on_grid(ratio: float) -> bool:
 # ---------------------------------------------------------------------------------------------------
 def _check_key(key: str, where: str, problems: list[str]) -> bool:
     known = flat_fields()
+    if len(key) > 80:
+        key = key[:77] + "..."  # shown cut: no flat key is that long
     if key in RESERVED:
         problems.append(f"{where}.{key}: is not set here; {RESERVED[key]}")
         return False
@@ -261,11 +263,14 @@ def _check_choices(key: str, spec: CategoricalIn, where: str, problems: list[str
             canon = canonical(key, value)
             if canon in seen:
                 problems.append(
-                    f"{where}.choices[{i}]: duplicate value {value!r} (same as {seen[canon]!r}); remove one"
+                    f"{where}.choices[{i}]: duplicate value {short_repr(value)} (same as "
+                    f"{short_repr(seen[canon])}); remove one"
                 )
             seen.setdefault(canon, value)
     if spec.default is not None and canonical(key, spec.default) not in seen:
-        problems.append(f"{where}.default: {spec.default!r} is not among the choices {spec.choices}")
+        problems.append(
+            f"{where}.default: {short_repr(spec.default)} is not among the choices {short_repr(spec.choices)}"
+        )
 
 
 def _check_range(section: str, key: str, spec: RangeIn, where: str, problems: list[str]) -> None:
@@ -311,7 +316,7 @@ def _check_order(spec_keys: list[tuple[str, Param]], fixed: Mapping[str, Any], p
             elif cond.key not in fixed and cond.key not in earlier:
                 problems.append(
                     f"{where}.when.{cond.key}: names no fixed key and no parameter listed before "
-                    f"{param.key!r}; declare {cond.key!r} under fixed:, or above it"
+                    f"'{param.key}'; declare '{cond.key}' under fixed:, or above it"
                     + (
                         " (scientific conditions may not name nuisance keys)"
                         if where.startswith("sci")
@@ -336,7 +341,8 @@ def _check_assignment(
         allowed = [*choices, *([scientific[key].otherwise] if scientific[key].has_otherwise else [])]
         if canonical(key, value) not in [canonical(key, c) for c in allowed]:
             problems.append(
-                f"{name}.{key}: {value!r} is not among the values {list(choices)}; use one of them"
+                f"{name}.{key}: {short_repr(value)} is not among the values {short_repr(list(choices), 200)}; "
+                "use one of them"
             )
             continue
         out[key] = value

@@ -72,77 +72,126 @@ checks what needs the arms. Every problem reads ``<file>: <key path>: <what is w
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mdf_search.cluster import GPU_MEM_GB
-from mdf_search.config import OptimConfig, RunConfig
+from mdf_search.config import MAX_EPOCHS, MAX_SEED, MAX_WORKERS, OptimConfig, RunConfig
+from mdf_search.fields import short_repr
 
 SAMPLER_DESIGNS = ("tpe", "qmc", "gp")  # designs that sample nuisance values (the others enumerate arms)
+# Bounds beyond any real study: a value past one is a typo or a hostile file, refused by `validate`.
+MAX_EXPERIMENT_NAME = 128  # characters; it names a directory (255 bytes a path component) and files
+MAX_TRIALS = 1_000_000
+MAX_CONCURRENT_TRIALS = 10_000
+MAX_CPUS_PER_WORKER = 1024.0
+MAX_GPUS_PER_WORKER = 16.0  # the most GPUs one node holds
+MAX_GPU_MEM_GB = 1024.0
+MAX_GPU_HOURS = 1e7
+MAX_WALL_TIME_S = 366 * 86400.0
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # nan and inf are refused in every float (a nan bound compares false with everything, so it would
+    # pass every check and mean "no limit")
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def parse_duration(value: Any) -> float | None:
     """``"90s"``, ``"30m"``, ``"2h"``, ``"1d"`` or a number of seconds → seconds (None stays None)."""
-    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
-        if value is not None and value < 0:
-            raise ValueError(f"must be >= 0 seconds, but got {value!r}")
-        return None if value is None else float(value)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*", str(value))
-    if not match or isinstance(value, bool):
-        raise ValueError(f"must be a duration like '90s', '30m', '2h' or seconds, but got {value!r}")
-    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    fix = "write e.g. 2h or 7200, or null for no limit"
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value) if not isinstance(value, int) or abs(value) < 10**20 else math.inf
+    else:
+        match = re.fullmatch(r"\s*(\d{1,12}(?:\.\d{0,12})?)\s*([smhd]?)\s*", str(value)[:100])
+        if not match or isinstance(value, bool):
+            raise ValueError(
+                f"must be a duration like '90s', '30m', '2h' or seconds, but got {short_repr(value)}; {fix}"
+            )
+        seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    if not math.isfinite(seconds):
+        raise ValueError(f"must be a finite number of seconds, but got {short_repr(value)}; {fix}")
+    if seconds < 0:
+        raise ValueError(f"must be >= 0 seconds, but got {short_repr(value)}; {fix}")
+    if seconds > MAX_WALL_TIME_S:
+        raise ValueError(
+            f"must be at most 366 days ({MAX_WALL_TIME_S:.0f} s), but got {short_repr(value)}; {fix}"
+        )
+    return seconds
 
 
 class Budget(_Model):
-    trials: int | None = Field(default=None, ge=1)
-    epochs: int = Field(default=OptimConfig.epochs, ge=1)
+    trials: int | None = Field(default=None, ge=1, le=MAX_TRIALS)
+    epochs: int = Field(default=OptimConfig.epochs, ge=1, le=MAX_EPOCHS)
     max_wall_time: float | None = None  # seconds
-    max_gpu_hours: float | None = Field(default=None, ge=0)
-    trials_per_arm: int | None = Field(default=None, ge=1)
+    max_gpu_hours: float | None = Field(default=None, ge=0, le=MAX_GPU_HOURS)
+    trials_per_arm: int | None = Field(default=None, ge=1, le=MAX_TRIALS)
 
     _duration = field_validator("max_wall_time", mode="before")(parse_duration)
 
 
 class Scheduler(_Model):
     type: Literal["asha", "none"] = "none"
-    grace_period: int = Field(default=1, ge=1)
-    reduction_factor: float = Field(default=2.0, gt=1)
+    grace_period: int = Field(default=1, ge=1, le=MAX_EPOCHS)
+    reduction_factor: float = Field(default=2.0, gt=1, le=1000)
 
 
 def parse_concurrent_trials(value: Any) -> int | str:
-    """``auto`` or an integer >= 1 (``search/runner.resolve_resources`` resolves ``auto``)."""
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+    """``auto`` or an integer in [1, MAX_CONCURRENT_TRIALS] (``search/runner.resolve_resources``
+    resolves ``auto``)."""
+    if value == "auto" or (
+        isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CONCURRENT_TRIALS
+    ):
         return value
     raise ValueError(
-        f"must be an integer >= 1 or 'auto' (as many trials as the cluster's CPUs and GPUs hold), "
-        f"but got {short_repr(value)}"
+        f"must be an integer >= 1 and <= {MAX_CONCURRENT_TRIALS}, or 'auto' (as many trials as the "
+        f"cluster's CPUs and GPUs hold), but got {short_repr(value)}"
     )
 
 
 class Resources(_Model):
-    workers: int = Field(default=RunConfig.workers, ge=1)
+    workers: int = Field(default=RunConfig.workers, ge=1, le=MAX_WORKERS)
     concurrent_trials: int | Literal["auto"] = 1
-    gpus_per_worker: float = Field(default=0.0, ge=0)
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    gpu_mem_gb: float = Field(default=GPU_MEM_GB, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0, le=MAX_GPUS_PER_WORKER)
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=MAX_CPUS_PER_WORKER)
+    gpu_mem_gb: float = Field(default=GPU_MEM_GB, gt=0, le=MAX_GPU_MEM_GB)
 
     _concurrent = field_validator("concurrent_trials", mode="before")(parse_concurrent_trials)
+
+
+def parse_study_storage(value: Any) -> Any:
+    """None, or a SQLAlchemy URL of a database backend SQLAlchemy knows (``sqlite:///...``,
+    ``postgresql+psycopg://user@host/db``); what Optuna's RDBStorage will be given."""
+    if value is None or not isinstance(value, str):
+        return value  # pydantic words a wrong type
+    fix = "write e.g. postgresql+psycopg://user@host/db or sqlite:////abs/path/optuna.db, or null"
+    from sqlalchemy.engine import make_url  # an Optuna dependency; only when a URL is given
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(value).get_dialect()
+    except ArgumentError:
+        raise ValueError(f"{short_repr(value)} is not a database URL; {fix}") from None
+    except NoSuchModuleError:
+        raise ValueError(f"{short_repr(value)}: SQLAlchemy knows no such database backend; {fix}") from None
+    return value
 
 
 class StudyStorage(_Model):
     storage: str | None = None
 
+    _url = field_validator("storage", mode="before")(parse_study_storage)
+
 
 class SpecFile(_Model):
     """The top level of a search-space file; the parameter blocks stay raw mappings here."""
 
-    experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_EXPERIMENT_NAME)
     description: str = ""
     metric: str = Field(min_length=1)
     mode: Literal["max", "min"]
@@ -162,10 +211,13 @@ class SpecFile(_Model):
         """Rules between top-level keys (the parameter blocks are checked in ``space.load_spec``)."""
         problems = []
         if len(set(self.seeds)) != len(self.seeds):
-            problems.append(f"seeds: duplicate seeds in {self.seeds}; list each once")
+            problems.append(f"seeds: duplicate seeds in {short_repr(self.seeds)}; list each once")
         for i, seed in enumerate(self.seeds):
-            if seed < 0:
-                problems.append(f"seeds[{i}]: must be an integer >= 0, but got {seed}")
+            if not 0 <= seed <= MAX_SEED:
+                problems.append(
+                    f"seeds[{i}]: must be an integer >= 0 and <= {MAX_SEED} (a 32-bit seed, as numpy and "
+                    f"torch take it), but got {short_repr(seed)}; choose a smaller seed"
+                )
         if self.design == "ofat" and self.reference is None:
             problems.append(
                 "reference: design ofat varies each factor from a reference configuration; add "
@@ -215,15 +267,10 @@ class RangeIn(_Model):
 # ---------------------------------------------------------------------------------------------------
 def suggest_name(word: str, options: list[str]) -> str:
     """``did you mean 'x'?`` for a close option, else ``choose among a, b, c``."""
+    word = word[:200]  # a hostile key is not compared in full
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     close = close or [o for o in options if o and word.lower().startswith(o.lower())][:1]
     return f"did you mean {close[0]!r}?" if close else f"choose among {', '.join(sorted(options))}"
-
-
-def short_repr(value: Any) -> str:
-    """``repr(value)``, cut to 60 characters."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -272,6 +319,13 @@ def _explain(err: Any, model: type[BaseModel]) -> str:
         }[kind]
         what = "an integer" if isinstance(bound, int) and isinstance(got, int) else "a number"
         return f"must be {what} {op} {bound}, but got {short_repr(got)}"
+    if kind == "finite_number":
+        return f"must be a finite number, but got {short_repr(got)}"
+    if kind == "string_too_long":
+        return (
+            f"must be at most {ctx.get('max_length')} characters (it names a directory), but got "
+            f"{len(got) if isinstance(got, str) else '?'}; choose a shorter name"
+        )
     if kind == "string_pattern_mismatch":
         return f"must be letters, digits, '_', '.', '-' (it names a directory), but got {short_repr(got)}"
     if kind == "too_short":
@@ -288,6 +342,6 @@ def pydantic_problems(err: ValidationError, model: type[BaseModel], prefix: str 
     """One ``<prefix>.<key path>: <what>; <fix>`` line per pydantic error of ``model``."""
     out = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"])
+        path = ".".join(str(p) if len(str(p)) <= 80 else str(p)[:77] + "..." for p in e["loc"])
         out.append(f"{prefix}{'.' if prefix and path else ''}{path}: {_explain(e, model)}")
     return out

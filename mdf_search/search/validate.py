@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mdf_search.config import ConfigError, TrialConfig
+from mdf_search.fields import short_repr
 from mdf_search.model.presets import get_preset, require_weights
 from mdf_search.report.power import Power, design_power
 from mdf_search.search.designs import arms, baseline_arms, num_trials, trial_params, trials_per_arm
@@ -98,11 +99,13 @@ def check_design(spec: SearchSpec) -> tuple[list[str], list[str], str]:
         matched = baseline_arms(spec, arm_list)
         if len(matched) != 1:
             what = (
-                "matches no arm" if not matched else f"matches {len(matched)} arms {[a.id for a in matched]}"
+                "matches no arm"
+                if not matched
+                else f"matches {len(matched)} arms {short_repr([a.id for a in matched], 300)}"
             )
             problems.append(
-                f"{src}: baseline: {dict(spec.baseline)} {what}; name exactly one of the arms: {ids}"
-                + ("; add the other scientific keys" if matched else "")
+                f"{src}: baseline: {short_repr(dict(spec.baseline), 200)} {what}; name exactly one of the "
+                f"arms: {short_repr(ids, 400)}" + ("; add the other scientific keys" if matched else "")
             )
 
     total = num_trials(spec)
