@@ -354,3 +354,38 @@ class ResumableOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result=result, error=error)
         except optuna.exceptions.UpdateFinishedTrialError:
             log.info("trial %s was already finished in the Optuna study (resumed sweep)", trial_id)
+
+
+ROOT_ATTR = "experiment_root"  # the Optuna study's user attribute naming the experiment it belongs to
+
+
+def claim_study(storage: Any, name: str, root: str, direction: str) -> None:
+    """Create the study ``name`` in ``storage`` for the experiment at ``root``, or load it when it is
+    this experiment's own (a sweep restarted before Tune saved its state); a study of another experiment
+    is refused with the fix."""
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
+        direction="minimize" if direction == "min" else "maximize",
+    )
+    owner = study.user_attrs.get(ROOT_ATTR)
+    if owner is None and not study.trials:
+        study.set_user_attr(ROOT_ATTR, root)
+    elif owner != root:
+        where = _without_password(str(getattr(storage, "url", storage)))
+        raise FileExistsError(
+            f"{where}: the Optuna study {name!r} already exists (experiment {owner or 'unknown'}, "
+            f"{len(study.trials)} trials); continue it with `mdf-search resume {owner or '<experiment dir>'}`, "
+            f"or give this experiment another name"
+        )
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password masked, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: nothing to mask
+        return url

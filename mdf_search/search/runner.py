@@ -11,6 +11,11 @@
   retried.
 - ``resume`` (or ``sweep`` on an existing experiment) restores the Tuner: finished trials are not rerun,
   unfinished ones resume from their checkpoints, and the Optuna study keeps its history.
+- An Optuna study belongs to one experiment directory (its ``experiment_root`` user attribute): a new
+  experiment whose study name already exists in a shared storage (PostgreSQL) for another directory is
+  refused before Tune starts, so two studies never mix their histories.
+- Ctrl-C: Tune stops the trials, saves its state and returns; :attr:`SweepOutcome.unfinished` counts the
+  trials left to ``resume``.
 - The spec's ``metric``/``mode`` travel to every trial as a :class:`Selection`: inside a trial they pick
   the epoch whose metrics (test included) the trial reports, as they pick trials and arms outside it.
 - Tune's config of a trial holds its flat params and its arm only; what every trial shares besides them
@@ -159,6 +164,9 @@ def trial_data(cfg: TrialConfig, settings: TrialSettings) -> TrialData:
     return prepared if prepared is not None else prepare_trial_data(cfg)
 
 
+TrialFunction = Callable[[dict[str, Any], TrialSettings], None]
+
+
 def trial_driver(config: dict[str, Any], settings: TrialSettings) -> None:
     """One Tune trial: refuse what cannot fit, find its data, then run Ray Train and report to Tune.
 
@@ -229,9 +237,10 @@ def prepare_study(
 @dataclass
 class SweepOutcome:
     experiment_root: str
-    trials: int
+    trials: int  # trials that finished in this session
     errors: list[tuple[str, str]]
     stopped_reason: str
+    unfinished: int = 0  # trials Tune left unfinished (Ctrl-C, the time budget): ``resume`` runs them
 
 
 def _study_storage(spec: Any, root: str) -> Any:
@@ -262,10 +271,16 @@ def _tuner(
     restore: bool,
     settings: TrialSettings,
     concurrent_trials: int,
+    trial: TrialFunction = trial_driver,
 ) -> tuple[Any, Any, Any]:
     from ray import tune
 
-    from mdf_search.search.callbacks import PerArmASHA, ResultsWriter, ResumableOptunaSearch, SweepGuard
+    from mdf_search.search.callbacks import (
+        PerArmASHA,
+        ResultsWriter,
+        ResumableOptunaSearch,
+        SweepGuard,
+    )
     from mdf_search.search.samplers import make_sampler  # optuna
 
     writer = ResultsWriter(
@@ -282,7 +297,7 @@ def _tuner(
         gpus_per_trial=settings.gpus_per_worker * spec.resources.workers * concurrent_trials,
     )
     # A restored Tuner takes the trainable again: this session's settings, from the same recorded spec.
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, settings=settings), {TRIAL_SLOT: 1})
+    trainable = tune.with_resources(tune.with_parameters(trial, settings=settings), {TRIAL_SLOT: 1})
     run_config = tune.RunConfig(
         name=spec.experiment,
         storage_path=storage_path,
@@ -300,12 +315,13 @@ def _tuner(
         restored.callbacks = [writer]
         restored.stop = guard
         return tuner, writer, guard
+    study_storage = _study_storage(spec, root)
     searcher = ResumableOptunaSearch(
         space=define_by_run(spec),
         metric=spec.metric,
         mode=spec.mode,
         sampler=make_sampler(spec),
-        storage=_study_storage(spec, root),
+        storage=study_storage,
         study_name=study_name(spec),
     )
     scheduler = None
@@ -340,10 +356,13 @@ def run_sweep(
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     faults: Faults | None = None,
     resume: bool | None = None,
+    trial: TrialFunction = trial_driver,
 ) -> SweepOutcome:
     """Run (or resume) the study described by ``spec`` (a loaded ``SearchSpec``); returns when it ends.
 
-    ``faults``: test hooks every trial gets (default none)."""
+    ``faults``: test hooks every trial gets (default none). ``trial``: what runs one Tune trial, given
+    its Tune config and the :class:`TrialSettings` (default :func:`trial_driver`, a Ray Train run; the
+    chaos tests pass function-only trials that report as the epoch loop does)."""
     from ray import tune
 
     selection = Selection(spec.metric, spec.mode)  # refuses a test metric before anything starts
@@ -357,6 +376,10 @@ def run_sweep(
         )
     if restore and not can_restore:
         raise FileNotFoundError(f"{root}: no Tune experiment to resume; start it with `mdf-search sweep`")
+    if not restore and spec.study.storage and spec.study.storage != default_storage_url(root):
+        from mdf_search.search.callbacks import claim_study  # a storage other experiments may share
+
+        claim_study(_study_storage(spec, root), study_name(spec), root, spec.mode)
     _record_spec(spec, root)
     configs = design_configs(spec)
     resources = cluster_resources(spec, configs)
@@ -372,10 +395,11 @@ def run_sweep(
         param_counts=counts,
     )
     tuner, writer, guard = _tuner(
-        spec, root, storage_path, on_event, restore, settings, resources.concurrent_trials
+        spec, root, storage_path, on_event, restore, settings, resources.concurrent_trials, trial
     )
-    tuner.fit()
-    return SweepOutcome(root, writer.finished, writer.errors, guard.reason)
+    grid = tuner.fit()
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    return SweepOutcome(root, writer.finished, writer.errors, guard.reason, unfinished)
 
 
 def cluster_resources(spec: Any, configs: list[TrialConfig]) -> TrialResources:

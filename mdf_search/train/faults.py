@@ -8,7 +8,8 @@ Where each hook fires in the epoch loop (``train/loop.py``):
 
 - ``nan_at_step``: :meth:`Faults.diverge` on every training batch's loss, before the finiteness check;
 - ``save_logits``: after the last epoch's report (the loop saves one validation batch and its logits);
-- ``kill_*``: :meth:`Faults.kill_after_report` after every epoch's report.
+- ``kill_after_*``: :meth:`Faults.kill_after_report` after every epoch's report;
+- ``kill_at_step`` and ``oom_at_step``: :meth:`Faults.at_step` before every training batch (mid-epoch).
 
 This module imports nothing heavy: the sweep driver builds a :class:`Faults` without torch or Ray.
 """
@@ -50,7 +51,17 @@ class Faults:
     """A JSON-lines file of recorded reports (an ``EpochLog``): the kill waits until it holds
     ``kill_after_epoch`` lines, so the epoch's report is on record before the rank dies."""
 
+    kill_at_step: int | None = None
+    """Before this training batch (counted from 0 across epochs), rank 1 (rank 0 when alone) kills
+    itself with SIGKILL, mid-epoch, unless ``kill_marker`` exists (it is written just before the kill)."""
+
+    oom_at_step: int | None = None
+    """Before this training batch, every rank raises ``torch.cuda.OutOfMemoryError``: an injected,
+    deterministic OOM, which ends the trial as ``oom`` (never retried)."""
+
     def __post_init__(self) -> None:
+        if self.kill_at_step is not None and self.kill_marker is None:
+            raise ValueError("kill_at_step needs kill_marker (the kill fires once, until it exists)")
         if self.kill_after_epoch is not None and (self.kill_marker is None or self.kill_wait_for is None):
             raise ValueError(
                 f"kill_after_epoch needs kill_marker and kill_wait_for, but got "
@@ -90,6 +101,21 @@ class Faults:
         _wait_for_lines(Path(self.kill_wait_for), self.kill_after_epoch)
         marker.write_text("killed")
         os.kill(os.getpid(), signal.SIGKILL)
+
+    def at_step(self, step: int, *, rank: int, world: int) -> None:
+        """Before training batch ``step`` (counted across epochs): the injected OOM on every rank, or the
+        mid-epoch SIGKILL of the rank to kill while the marker does not exist (a no-op otherwise)."""
+        if self.oom_at_step is not None and step == self.oom_at_step:
+            import torch
+
+            raise torch.cuda.OutOfMemoryError(f"injected OOM at training batch {step} (Faults.oom_at_step)")
+        if self.kill_at_step is None or step != self.kill_at_step or rank != 1 % world:
+            return
+        assert self.kill_marker is not None  # __post_init__
+        marker = Path(self.kill_marker)
+        if not marker.exists():
+            marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _wait_for_lines(path: Path, lines: int, timeout_s: float = 60.0) -> None:

@@ -30,8 +30,8 @@ Statuses reported in ``status``: ``running`` (every epoch), ``completed`` (last 
 (a non-finite loss on any rank: all ranks stop together, nothing is retried) and ``oom`` (CUDA out of
 memory, reported with the configuration that caused it).
 
-Fault hooks (``train/faults.py``) fire at three points: on each training loss, after the last report,
-after every report. They are inert unless a test sets them.
+Fault hooks (``train/faults.py``) fire at four points: before each training batch, on each training
+loss, after the last report, after every report. They are inert unless a test sets them.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _run_trial(config: dict[str, Any], clock: PhaseClock) -> None:
         try:
             with run.clock.phase("train_s"):
                 train = _train_epoch(run)
-        except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - needs a GPU
+        except torch.cuda.OutOfMemoryError as err:  # a GPU's, or Faults.oom_at_step's
             message = f"CUDA OOM at epoch {epoch + 1} with {run.cfg.to_flat()}: {err}"
             _end(Status.OOM, epoch + 1, message, base, clock=run.clock)
             return
@@ -208,6 +208,7 @@ def _train_epoch(run: Run) -> dict[str, float] | None:
         run.clock.step_started()
         start = time.perf_counter()
         first_step_unix = first_step_unix or time.time()
+        run.faults.at_step(run.epoch * total + step, rank=run.rank, world=run.world)
         batch = to_device(batch, run.device, run.dtype)
         out = engine(batch)
         loss = run.faults.diverge(_loss(run, out, batch), step=run.epoch * total + step)
