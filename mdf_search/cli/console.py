@@ -1,16 +1,21 @@
-"""Where the command line writes: the stdout and stderr consoles and the one error printer.
+"""Where the command line writes: the stdout and stderr consoles, the one error printer, and the line
+printer for data.
 
 Every rich ``Console`` of the package is made here; library code returns data or raises, and the
 commands in ``mdf_search.cli`` print what it returned. An error is one paragraph on stderr that starts
 with ``error:`` and ends the command with exit status 2 (a bad input or option) or 1 (the run itself
-failed).
+failed). Data shown on the terminal (names, paths, messages: anything read from a file or an argument)
+goes through ``escape.terminal``: rich markup in it is printed as written and control characters are
+shown, never run, so ``[/]``, ``[link=…]`` or an ANSI escape in a name cannot crash, hide or clear the
+output.
 """
 
 from __future__ import annotations
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from mdf_search.escape import terminal
 
 console = Console()
 err_console = Console(stderr=True)
@@ -18,14 +23,22 @@ PIPED_WIDTH = 200  # a wide table sent to a pipe or file does not fold its ids i
 
 
 def print_error(message: str) -> None:
-    """``error: <message>`` on stderr; the message is printed as written (no markup, no line folding)."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """``error: <message>`` on stderr; the message is data: printed as written (no markup, control
+    characters shown, no line folding)."""
+    err_console.print(f"[bold red]error:[/] {terminal(message)}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print the error and return the exit that ends the command: ``raise fail(...)``."""
     print_error(message)
     return typer.Exit(code)
+
+
+def say(template: str, *values: object, out: Console | None = None) -> None:
+    """Print ``template`` (the command's own words, rich markup allowed) with each ``{}`` filled by a
+    value made inert by ``escape.terminal``: ``say("report: {} and {}", md_path, html_path)``."""
+    text = template.format(*(terminal(value) for value in values))
+    (out or console).print(text, highlight=False, soft_wrap=True)
 
 
 def wide_console() -> Console:

@@ -11,18 +11,18 @@ import itertools
 import json
 import math
 import os
-import shlex
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from mdf_search import escape
 from mdf_search.data.schema import DISEASE_TYPES
 from mdf_search.metrics import type_breakdown
 from mdf_search.report import figures as fg
 from mdf_search.report import tables as tb
 from mdf_search.report.compare import Comparison, seed_values
-from mdf_search.report.document import Section, TableBlock
+from mdf_search.report.document import Section, TableBlock, d
 from mdf_search.report.experiment import HEADLINE, Experiment
 from mdf_search.report.stats import relative_change, summarize, t_interval
 from mdf_search.results.schema import Status
@@ -46,37 +46,44 @@ def provenance_section(exp: Experiment, count: int, out: Path | None = None) -> 
     )
     try:
         version_text = ", ".join(f"{k} {v}" for k, v in json.loads(versions).items() if v) or "—"
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, AttributeError):  # not JSON, or JSON that is not an object
         version_text = str(versions)
     hours = {
         c: float(trials[c].fill_null(0).sum()) for c in ("gpu_hours", "cpu_hours") if c in trials.columns
     }
     rows = [
-        ["experiment", exp.name],
-        ["description", spec.description if spec else "—"],
-        ["design", spec.design if spec else "—"],
-        ["metric", f"{exp.metric} ({exp.mode})"],
-        ["seeds", ", ".join(map(str, spec.seeds)) if spec and spec.seeds else first("seed")],
+        ["experiment", d(exp.name)],
+        ["description", d(spec.description) if spec else "—"],
+        ["design", d(spec.design) if spec else "—"],
+        ["metric", f"{d(exp.metric)} ({d(exp.mode)})"],
+        ["seeds", d(", ".join(map(str, spec.seeds)) if spec and spec.seeds else first("seed"))],
         ["budget", _budget(exp)],
-        ["trials recorded", f"{trials.height} ({', '.join(f'{k} {v}' for k, v in _counts(trials).items())})"],
+        [
+            "trials recorded",
+            f"{trials.height} ({', '.join(f'{d(k)} {v}' for k, v in _counts(trials).items())})",
+        ],
         ["compute used", ", ".join(f"{v:.3f} {k.replace('_', '-')}" for k, v in hours.items()) or "—"],
-        ["git SHA", str(prov.get("git_sha") or first("git_sha"))],
-        ["library versions", version_text],
-        ["hosts", first("host")],
-        ["world size", first("world_size")],
-        ["split hash", first("split_hash")],
+        ["git SHA", d(prov.get("git_sha") or first("git_sha"))],
+        ["library versions", d(version_text)],
+        ["hosts", d(first("host"))],
+        ["world size", d(first("world_size"))],
+        ["split hash", d(first("split_hash"))],
         ["report number", f"{count} (counted in reports.log)"],
     ]
     sec.blocks.append(TableBlock("provenance", ["field", "value"], rows))
-    q = shlex.quote
     sec.text(
-        f"Reproduce, from the experiment directory ({exp.name}/, the one holding spec.yaml and trials/): "
+        f"Reproduce, from the experiment directory ({d(exp.name)}/, the one holding spec.yaml and trials/): "
         "rerun from scratch into a fresh storage root, resume this one after a crash, rewrite this report:"
     )
     sec.text(
-        f"mdf-search sweep spec.yaml --storage {q('../rerun')} --fresh\n"
-        "mdf-search resume .\n"
-        f"mdf-search report . --out {q(_relative(out, exp.root))}",
+        "\n".join(
+            escape.shell(words)
+            for words in (
+                ["mdf-search", "sweep", "spec.yaml", "--storage", "../rerun", "--fresh"],
+                ["mdf-search", "resume", "."],
+                ["mdf-search", "report", ".", "--out", _relative(out, exp.root)],
+            )
+        ),
         "code",
     )
     return sec
@@ -116,13 +123,13 @@ def design_section(exp: Experiment) -> Section:
         pl.len().alias("n"), (pl.col("status") == Status.COMPLETED).sum().alias("ok")
     )
     n_by = {r["arm"]: (r["n"], r["ok"]) for r in counts.iter_rows(named=True)}
-    headers = ["arm", *exp.factors, "trials", Status.COMPLETED]
+    headers = ["arm", *map(d, exp.factors), "trials", Status.COMPLETED.value]
     rows = []
     for arm in arms:
-        cells = [("★ " if arm == base else "") + arm]
+        cells = [("★ " if arm == base else "") + d(arm)]
         for f in exp.factors:
             value = params.get(arm, {}).get(f)
-            cells.append("— (off)" if value in (None, "none") else str(value))
+            cells.append("— (off)" if value in (None, "none") else d(value))
         n, ok = n_by.get(arm, (0, 0))
         rows.append([*cells, str(n), str(ok)])
     sec.blocks.append(
@@ -138,7 +145,7 @@ def main_section(exp: Experiment, cmp: Comparison) -> Section:
     base, stats = cmp.base, cmp.stats
     metrics = [m for m in HEADLINE if m in exp.trials.columns]
     if not stats:
-        sec.note(f"no completed trial has {exp.metric} yet; the tables appear once trials complete.")
+        sec.note(f"no completed trial has {d(exp.metric)} yet; the tables appear once trials complete.")
         return sec
     if cmp.floor:
         sec.note(cmp.floor)
@@ -148,13 +155,13 @@ def main_section(exp: Experiment, cmp: Comparison) -> Section:
     rows = []
     per_metric = {m: seed_values(exp, m) for m in metrics}
     for arm in cmp.ranked:
-        row = [("★ " if arm == base else "") + arm, str(len(stats[arm].seeds))]
+        row = [("★ " if arm == base else "") + d(arm), str(len(stats[arm].seeds))]
         for m in metrics:
             s = summarize(list(per_metric[m].get(arm, {}).values()))
             row += [tb.mean_sd(s), tb.ci(s.t_lo, s.t_hi)]
         rows.append(row)
     order = (
-        f"ranked by {exp.metric}"
+        f"ranked by {d(exp.metric)}"
         if not cmp.floor
         else "design order, not ranked (the study measured nothing)"
     )
@@ -165,7 +172,7 @@ def main_section(exp: Experiment, cmp: Comparison) -> Section:
     n_text = str(n[0]) if len(n) == 1 else f"{n[0]}-{n[-1]}"
     sec.text(
         f"Mean ± sd over seeds with the 95 % Student-t CI over n seeds (n = {n_text}; none with one seed). "
-        f"For each (arm, seed) one trial is selected, the best by {exp.metric} ({exp.mode}) on validation; "
+        f"For each (arm, seed) one trial is selected, the best by {d(exp.metric)} ({d(exp.mode)}) on validation; "
         "every column, test metrics included, comes from that trial. The paired comparisons with the "
         "baseline follow in the next section."
     )
@@ -197,7 +204,7 @@ def paper_table(exp: Experiment, cmp: Comparison) -> Section:
         for m in metrics:
             v, b = means[m].get(arm, math.nan), means[m].get(base, math.nan)
             cells.append(f"{tb.num(v)} ({tb.signed(relative_change(v, b), percent=True)})")
-        rows.append([f"MDF: {arm}", *cells])
+        rows.append([f"MDF: {d(arm)}", *cells])
     sec.blocks.append(
         TableBlock(
             "paper",
@@ -242,7 +249,7 @@ def factor_section(exp: Experiment, sink: fg.FigureSink) -> Section:
             sec.blocks.append(fg.interaction_figure(sink, a, b, exp.metric, a_levels, series))
         else:
             sec.note(
-                f"{a} × {b}: only one combination level exists (conditional factor); no interaction plot."
+                f"{d(a)} × {d(b)}: only one combination level exists (conditional factor); no interaction plot."
             )
     return sec
 
@@ -278,11 +285,11 @@ def per_class_section(exp: Experiment, cmp: Comparison, sink: fg.FigureSink) -> 
         *[f"{k} {('baseline' if a == base else 'best')}" for k in ("recall", "f1") for a in shown],
     ]
     rows = [
-        [c, *[tb.num(means[a].get(f"{k}/{c}")) for k in ("recall", "f1") for a in shown]] for c in classes
+        [d(c), *[tb.num(means[a].get(f"{k}/{c}")) for k in ("recall", "f1") for a in shown]] for c in classes
     ]
     caption = "validation, mean over seeds of the validation-selected trials"
     sec.blocks.append(
-        TableBlock("per_class", headers, rows, caption + (f"; best arm = {best}" if best else ""))
+        TableBlock("per_class", headers, rows, caption + (f"; best arm = {d(best)}" if best else ""))
     )
     sec.blocks.append(fg.per_class_figure(sink, classes, means, labels))
     matrices = {}
@@ -312,7 +319,7 @@ def _type_breakdown(
 ) -> None:
     if {"acquired", "inherited"} <= set(classes):
         sec.text(
-            "The task is the disease *type*: the acquired and inherited rows above are the type breakdown."
+            "The task is the disease type: the acquired and inherited rows above are the type breakdown."
         )
         return
     if not matrices or not all(c in DISEASE_TYPES for c in classes):
@@ -327,7 +334,7 @@ def _type_breakdown(
             if f"{kind}/macro_recall" in out:
                 rows.append(
                     [
-                        labels[arm],
+                        d(labels[arm]),
                         kind,
                         tb.num(out[f"{kind}/macro_recall"]),
                         tb.num(out[f"{kind}/macro_f1"]),

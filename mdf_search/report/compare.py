@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from mdf_search.report import tables as tb
-from mdf_search.report.document import Section, TableBlock
+from mdf_search.report.document import Section, TableBlock, d
 from mdf_search.report.experiment import Experiment
 from mdf_search.report.images import ImageComparison, head_predictions, image_comparisons
 from mdf_search.report.power import ALPHA, Power, design_power
@@ -144,7 +144,7 @@ def floor(exp: Experiment, stats: dict[str, ArmStats]) -> tuple[str | None, list
     values = [v for st in stats.values() for v in st.seeds.values()]
     if len(stats) >= 2 and len(values) >= 2 and max(values) - min(values) <= 1e-12:
         return (
-            f"every (arm, seed) has the same {exp.metric} = {values[0]:.4f}: the study measured nothing "
+            f"every (arm, seed) has the same {d(exp.metric)} = {values[0]:.4f}: the study measured nothing "
             "(a tie, typically at the majority-class floor), and its arms are not ranked",
             at_floor,
         )
@@ -162,7 +162,7 @@ def compare(exp: Experiment, n_boot: int | None = None) -> Comparison:
         images, notes = image_comparisons(exp, base if base in stats else None, order, **kwargs)
     except Exception as err:  # one unreadable predictions part must not cost the whole report
         log.exception("comparison over test images failed")
-        images, notes = {}, [f"the comparison over test images failed: {type(err).__name__}: {err}"]
+        images, notes = {}, [f"the comparison over test images failed: {type(err).__name__}: {d(err)}"]
     tested = [s for a, s in stats.items() if a != base and s.pairs]
     power = design_power(max((s.pairs for s in tested), default=0), len(tested))
     return Comparison(stats, base, ranked, why, at_floor, images, notes, power)
@@ -193,16 +193,16 @@ def comparison_section(exp: Experiment, cmp: Comparison) -> Section:
     for arm in tested:
         st = cmp.stats[arm]
         rows.append(
-            [arm, str(st.pairs), tb.signed(st.diff), tb.ci(st.diff_lo, st.diff_hi), tb.pvalue(st.p_t),
+            [d(arm), str(st.pairs), tb.signed(st.diff), tb.ci(st.diff_lo, st.diff_hi), tb.pvalue(st.p_t),
              tb.pvalue(st.p_t_holm), tb.pvalue(st.p_sign), tb.pvalue(st.p_sign_holm), tb.num(st.effect, 2)]
         )  # fmt: skip
     sec.blocks.append(
         TableBlock(
             "compare_seeds",
-            ["arm", "shared seeds", f"Δ {exp.metric}", "Δ 95 % Student-t CI", "p (paired t)",
+            ["arm", "shared seeds", f"Δ {d(exp.metric)}", "Δ 95 % Student-t CI", "p (paired t)",
              "p (paired t, Holm)", "p (sign-flip)", "p (sign-flip, Holm)", "d_z"],
             rows,
-            f"over seeds: per-seed {exp.metric} of the validation-selected trial, arm − baseline on shared seeds",
+            f"over seeds: per-seed {d(exp.metric)} of the validation-selected trial, arm − baseline on shared seeds",
         )
     )  # fmt: skip
     sec.text(
@@ -216,13 +216,13 @@ def comparison_section(exp: Experiment, cmp: Comparison) -> Section:
     )
     _image_table(sec, cmp, tested)
     claims = [
-        [arm, tb.signed(cmp.stats[arm].diff), _supported(cmp.stats[arm], cmp.images.get(arm))]
+        [d(arm), tb.signed(cmp.stats[arm].diff), _supported(cmp.stats[arm], cmp.images.get(arm))]
         for arm in tested
     ]
     sec.blocks.append(
         TableBlock(
             "claims",
-            ["arm", f"Δ {exp.metric} (seeds)", f"supported at α={ALPHA:g} by"],
+            ["arm", f"Δ {d(exp.metric)} (seeds)", f"supported at α={ALPHA:g} by"],
             claims,
             "which test supports each difference (Holm-adjusted within each test)",
         )
@@ -242,7 +242,7 @@ def _image_table(sec: Section, cmp: Comparison, tested: list[str]) -> None:
             continue
         a, f = c.accuracy, c.macro_f1
         rows.append(
-            [arm, str(c.seeds), str(c.cases), str(c.pairs), str(c.arm_only), str(c.base_only),
+            [d(arm), str(c.seeds), str(c.cases), str(c.pairs), str(c.arm_only), str(c.base_only),
              tb.signed(a.diff), tb.ci(a.lo, a.hi), tb.pvalue(a.p), tb.pvalue(c.accuracy_p_holm),
              tb.signed(f.diff), tb.ci(f.lo, f.hi), tb.pvalue(f.p), tb.pvalue(c.macro_f1_p_holm)]
         )  # fmt: skip

@@ -1,8 +1,15 @@
 """The report as data (sections of text, tables and figures), rendered to Markdown and to one HTML file.
 
 Sections build blocks; the renderers never compute anything, so report.md and report.html say the same
-thing. HTML goes through jinja2 with autoescape on, so arm ids and error messages cannot inject markup;
-figures are inlined as base64 PNG (no external URL anywhere).
+thing. Figures are inlined in the HTML as base64 PNG (no external URL anywhere).
+
+**Data in text.** Every piece of data a section puts into a text, table cell or caption (an arm id, a
+parameter name or value, the description, a metric name, a path, an error message) is wrapped with
+:func:`d`, which marks it with two private-use characters. Each renderer makes the marked spans inert
+for its output: report.md escapes them with ``escape.markdown`` (no raw HTML, no link, no image, no
+table-breaking ``|``), the CSV tables pass every text cell through ``escape.csv_cell``, and the HTML
+(jinja2, autoescape on) drops the marks and entity-escapes everything. The report's own words around
+them stay as written.
 """
 
 from __future__ import annotations
@@ -10,10 +17,28 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import jinja2
+
+from mdf_search import escape
+
+OPEN, CLOSE = "\ue000", "\ue001"  # marks around data (Unicode private use: never in the report's own text)
+_SPAN = re.compile(f"{OPEN}(.*?){CLOSE}", re.DOTALL)
+
+
+def d(value: object) -> str:
+    """``value`` as data: marked, so each renderer escapes it for its output (see the module doc)."""
+    text = str(value).replace(OPEN, "").replace(CLOSE, "")
+    return f"{OPEN}{text}{CLOSE}"
+
+
+def plain(text: str) -> str:
+    """The text with the data marks removed (for HTML, CSV, logs and error messages)."""
+    return text.replace(OPEN, "").replace(CLOSE, "")
 
 
 @dataclass
@@ -64,34 +89,58 @@ class Report:
     sections: list[Section] = field(default_factory=list)
 
 
-def _md_cell(value: str) -> str:
-    return value.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+def _own(text: str) -> str:
+    """The report's own words on one markdown line (no raw HTML, no table-breaking ``|``)."""
+    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _md(text: str) -> str:
+    """A text for report.md: its own words as written, every data span through ``escape.markdown``."""
+    out, end = [], 0
+    for match in _SPAN.finditer(text):
+        out += [_own(text[end : match.start()]), escape.markdown(match.group(1))]
+        end = match.end()
+    out.append(_own(text[end:]))
+    return plain("".join(out))  # an unpaired mark (never written by d) is dropped
+
+
+def _code(text: str) -> list[str]:
+    """A fenced block that no backtick run inside it can close; control characters shown, not run."""
+    body = escape.visible(plain(text))
+    runs = [len(m) for m in re.findall(r"`+", body)]
+    fence = "`" * max(3, max(runs, default=0) + 1)
+    return [f"{fence}bash", body, fence, ""]
+
+
+def _link(name: str) -> str:
+    return quote(name, safe="")
 
 
 def to_markdown(report: Report) -> str:
-    out = [f"# {report.title}", "", report.subtitle, "", "## Contents", ""]
+    out = [f"# {_md(report.title)}", "", _md(report.subtitle), "", "## Contents", ""]
     out += [f"{i}. [{s.title}](#{s.anchor})" for i, s in enumerate(report.sections, 1)]
     for i, section in enumerate(report.sections, 1):
         out += ["", f'<a id="{section.anchor}"></a>', "", f"## {i}. {section.title}", ""]
         for block in section.blocks:
             if isinstance(block, Text):
                 if block.kind == "code":
-                    out += ["```bash", block.text, "```", ""]
+                    out += _code(block.text)
                 elif block.kind == "note":
-                    out += [f"> **Note.** {_md_cell(block.text)}", ""]
+                    out += [f"> **Note.** {_md(block.text)}", ""]
                 elif block.kind == "warning":
-                    out += [f"- ⚠️ {_md_cell(block.text)}"]
+                    out += [f"- ⚠️ {_md(block.text)}"]
                 else:
-                    out += [block.text, ""]
+                    out += [_md(block.text), ""]
             elif isinstance(block, TableBlock):
                 if block.caption:
-                    out += [f"*{block.caption}* ([csv](tables/{block.name}.csv))", ""]
-                out += ["| " + " | ".join(_md_cell(h) for h in block.headers) + " |"]
+                    out += [f"*{_md(block.caption)}* ([csv](tables/{_link(block.name)}.csv))", ""]
+                out += ["| " + " | ".join(_md(h) for h in block.headers) + " |"]
                 out += ["| " + " | ".join("---" for _ in block.headers) + " |"]
-                out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+                out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in block.rows]
                 out += [""]
             else:
-                out += [f"![{block.caption}](figures/{block.name}.png)", "", f"*{block.caption}*", ""]
+                caption = _md(block.caption)
+                out += [f"![{caption}](figures/{_link(block.name)}.png)", "", f"*{caption}*", ""]
         if section.blocks and isinstance(section.blocks[-1], Text) and section.blocks[-1].kind == "warning":
             out.append("")
     return "\n".join(out).rstrip() + "\n"
@@ -131,9 +180,23 @@ figure img{max-width:100%;border:1px solid #eee}figcaption{color:#57606a;font-si
 """
 
 
+def _finalize(value: object) -> object:
+    return plain(value) if isinstance(value, str) else value
+
+
 def to_html(report: Report) -> str:
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, finalize=_finalize)
     return env.from_string(_HTML).render(report=report)
+
+
+def csv_text(cell: str) -> str:
+    """A table cell for CSV: a number as written, any other text through ``escape.csv_cell``."""
+    text = plain(cell)
+    try:
+        float(text)
+    except ValueError:
+        return str(escape.csv_cell(text))
+    return text
 
 
 def write_tables(report: Report, directory: Path) -> None:
@@ -143,6 +206,6 @@ def write_tables(report: Report, directory: Path) -> None:
             if isinstance(block, TableBlock):
                 buf = io.StringIO()
                 writer = csv.writer(buf)
-                writer.writerow(block.headers)
-                writer.writerows(block.rows)
-                (directory / f"{block.name}.csv").write_text(buf.getvalue())
+                writer.writerow([csv_text(h) for h in block.headers])
+                writer.writerows([csv_text(c) for c in row] for row in block.rows)
+                (directory / f"{block.name}.csv").write_text(buf.getvalue(), encoding="utf-8")

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from mdf_search.report.document import Section
+from mdf_search.escape import csv_cell
+from mdf_search.report.document import Section, d
 from mdf_search.report.experiment import Experiment
 from mdf_search.results.schema import Status
 
@@ -70,12 +71,13 @@ def export_section(exp: Experiment, out: Path) -> Section:
         *[f"item_{i}" for i in range(max_items)],
         "ordered",
     ]
-    with (directory / "configspace.csv").open("w", newline="") as f:
+    with (directory / "configspace.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         for s in space:
             items = s.get("items", [])
-            w.writerow(
+            _row(
+                w,
                 [
                     s["name"],
                     s["type"],
@@ -87,13 +89,14 @@ def export_section(exp: Experiment, out: Path) -> Section:
                     *items,
                     *[""] * (max_items - len(items)),
                     s.get("ordered", ""),
-                ]
+                ],
             )
     (directory / "configspace.json").write_text(json.dumps({"hyperparameters": space}, indent=1, default=str))
     objective = f"{exp.metric}:normal [0.0; 1.0] ({'maximize' if exp.descending else 'minimize'})"
-    with (directory / "trials.csv").open("w", newline="") as f:
+    with (directory / "trials.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(
+        _row(
+            w,
             [
                 "config_id",
                 *[n for n in names if n != "seed"],
@@ -104,7 +107,7 @@ def export_section(exp: Experiment, out: Path) -> Section:
                 "budget",
                 "seed",
                 "additional",
-            ]
+            ],
         )
         configs: dict[tuple[str, ...], int] = {}
         clock = 0.0
@@ -114,19 +117,23 @@ def export_section(exp: Experiment, out: Path) -> Section:
             )
             cid = configs.setdefault(values, len(configs))
             wall = float(r.get("wall_s") or 0.0)
+            wall = wall if np.isfinite(wall) else 0.0
             metric = r.get(exp.metric)
-            w.writerow(
+            _row(
+                w,
                 [
                     cid,
                     *values,
-                    "" if metric is None or (isinstance(metric, float) and np.isnan(metric)) else metric,
+                    ""
+                    if metric is None or (isinstance(metric, float) and not np.isfinite(metric))
+                    else metric,
                     DEEPCAVE_STATUS.get(str(r["status"]), "crashed"),
                     clock,
                     clock + wall,
                     r.get("epochs") or 0,
                     r.get("seed", -1),
                     json.dumps({"trial_id": r["trial_id"], "arm": r["arm"]}),
-                ]
+                ],
             )
             clock += wall
     sec.text(
@@ -136,12 +143,17 @@ def export_section(exp: Experiment, out: Path) -> Section:
     if db.is_file():
         sec.text("optuna-dashboard sqlite:///optuna.db", "code")
         sec.text(
-            f"The Optuna study is `{exp.name}` in optuna.db of the experiment directory (run the command "
+            f"The Optuna study is {d(exp.name)} in optuna.db of the experiment directory (run the command "
             "above from it)."
         )
     else:
         storage = exp.spec.storage if exp.spec else None
         sec.note(
-            f"no optuna.db in the experiment directory{f'; the study lives at {storage}' if storage else ''}."
+            f"no optuna.db in the experiment directory{f'; the study lives at {d(storage)}' if storage else ''}."
         )
     return sec
+
+
+def _row(writer: Any, cells: list[Any]) -> None:
+    """One CSV row; every text cell through ``escape.csv_cell`` (no formula runs in a spreadsheet)."""
+    writer.writerow([csv_cell(c) for c in cells])

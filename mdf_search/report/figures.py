@@ -1,7 +1,11 @@
-"""Matplotlib (Agg) figures of the report; each is saved as PNG and SVG and returned as a block."""
+"""Matplotlib (Agg) figures of the report; each is saved as PNG and SVG and returned as a block.
+
+Labels are data (arm ids, parameter names and values): mathtext is off, so a ``$`` in a name is a
+dollar sign, never a formula that fails to parse; captions mark their data with ``document.d``."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -16,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from mdf_search.report.document import FigureBlock
+from mdf_search.report.document import FigureBlock, d
 
 log = logging.getLogger(__name__)
 BASE, BEST, OTHER = "#8c959f", "#cf222e", "#0969da"
@@ -31,6 +35,7 @@ plt.rcParams.update(
         "font.size": 9,
         "axes.titlesize": 10,
         "svg.fonttype": "none",
+        "text.parse_math": False,
     }
 )
 
@@ -112,7 +117,7 @@ def factor_figure(
     if finite:
         span = max(finite) - min(finite) or 0.05
         ax2.set_ylim(max(min(finite) - 0.5 * span, 0.0), max(finite) + 0.15 * span)
-    return sink.save(fig, f"factor_{_slug(factor)}", f"{factor}: main effect and isolation ({metric})")
+    return sink.save(fig, f"factor_{_slug(factor)}", f"{d(factor)}: main effect and isolation ({d(metric)})")
 
 
 def interaction_figure(
@@ -144,7 +149,9 @@ def interaction_figure(
     ax.set_ylabel(metric)
     ax.set_title(f"interaction {a} × {b} (mean, 95 % t-CI)")
     ax.legend(fontsize=8, frameon=False)
-    return sink.save(fig, f"interaction_{_slug(a)}__{_slug(b)}", f"interaction of {a} and {b} ({metric})")
+    return sink.save(
+        fig, f"interaction_{_slug(a)}__{_slug(b)}", f"interaction of {d(a)} and {d(b)} ({d(metric)})"
+    )
 
 
 def per_class_figure(
@@ -244,7 +251,7 @@ def pareto_figure(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return sink.save(fig, name, f"{metric} vs {xlabel} (dashed: Pareto front)")
+    return sink.save(fig, name, f"{d(metric)} vs {xlabel} (dashed: Pareto front)")
 
 
 def curves_figure(
@@ -299,5 +306,10 @@ def importance_figure(sink: FigureSink, table: Mapping[str, Mapping[str, float]]
     return sink.save(fig, "importance", "parameter importance (Optuna evaluators)")
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+def _slug(text: str, width: int = 60) -> str:
+    """A file-name part from a parameter name: ASCII letters and digits, ``_`` for the rest, and a short
+    hash when that loses anything (so two names never share a figure, and no name is too long)."""
+    slug = "".join(c if c.isascii() and c.isalnum() else "_" for c in text).strip("_")
+    if slug == text.replace(".", "_") and len(slug) <= width:
+        return slug
+    return f"{slug[:width]}_{hashlib.sha256(text.encode()).hexdigest()[:8]}".lstrip("_")

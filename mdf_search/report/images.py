@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from mdf_search.report.document import d
 from mdf_search.report.experiment import Experiment, metric_task
 from mdf_search.report.stats import holm
 
@@ -144,7 +145,7 @@ def head_predictions(exp: Experiment, split: str) -> tuple[pl.DataFrame, str | N
     if missing:
         return (
             pl.DataFrame(),
-            f"the predictions table lacks {missing}: the comparison over test images is skipped",
+            f"the predictions table lacks {d(missing)}: the comparison over test images is skipped",
         )
     frame = preds.filter(pl.col("split") == split)
     if "task" in frame.columns:
@@ -154,7 +155,7 @@ def head_predictions(exp: Experiment, split: str) -> tuple[pl.DataFrame, str | N
             frame = frame.filter(pl.col("task") == task)
         elif len(heads) > 1:
             return pl.DataFrame(), (
-                f"the predictions hold the heads {heads} and the study metric {exp.metric} names none: "
+                f"the predictions hold the heads {d(heads)} and the study metric {d(exp.metric)} names none: "
                 "the comparison over test images is skipped"
             )
     case = pl.col("case_id") if "case_id" in frame.columns else pl.lit(None, dtype=pl.String)
@@ -202,7 +203,7 @@ def image_comparisons(
         mine = test.filter(pl.col("arm") == arm).select("seed", "sample_id", pl.col("pred").alias("pred_arm"))
         paired = reference.join(mine.unique(["seed", "sample_id"], keep="first"), on=["seed", "sample_id"])
         if paired.is_empty():
-            notes.append(f"{arm}: no test images paired with the baseline's on a shared seed")
+            notes.append(f"{d(arm)}: no test images paired with the baseline's on a shared seed")
             continue
         acc, f1 = paired_case_bootstrap(
             paired["seed"].to_numpy(),

@@ -19,7 +19,7 @@ import polars as pl
 
 from mdf_search.report import figures as fg
 from mdf_search.report import tables as tb
-from mdf_search.report.document import Section, TableBlock
+from mdf_search.report.document import Section, TableBlock, d
 from mdf_search.report.experiment import Experiment
 from mdf_search.results.schema import Status
 
@@ -102,7 +102,7 @@ def importance_section(exp: Experiment, sink: fg.FigureSink) -> Section:
             get_param_importances,
         )
     except ImportError as err:
-        sec.note(f"optuna.importance is unavailable ({err}).")
+        sec.note(f"optuna.importance is unavailable ({d(err)}).")
         return sec
     study = _study_from_db(exp)
     source = ""
@@ -112,7 +112,7 @@ def importance_section(exp: Experiment, sink: fg.FigureSink) -> Section:
         ]
         names = {n for t in finished for n in t.params}
         if names - {"arm", "seed"} and len(finished) >= 2:
-            source = f"the Optuna study `{exp.name}` ({len(finished)} finished trials)"
+            source = f"the Optuna study {d(exp.name)} ({len(finished)} finished trials)"
         else:
             study = None
     if study is None:
@@ -153,14 +153,14 @@ def importance_section(exp: Experiment, sink: fg.FigureSink) -> Section:
                 values = get_param_importances(study, evaluator=evaluator, normalize=True)
             results[name] = {k: float(v) for k, v in values.items() if math.isfinite(v)}
         except Exception as err:  # too few trials, a single-valued parameter, sklearn missing
-            sec.note(f"{name} failed: {type(err).__name__}: {err}")
+            sec.note(f"{name} failed: {type(err).__name__}: {d(err)}")
     sec.text(f"Computed on {source}.")
     if results:
         params_all = sorted(
             {p for v in results.values() for p in v},
             key=lambda p: (-max(v.get(p, 0.0) for v in results.values()), p),  # ties: by name
         )
-        rows = [[p, *[tb.num(results[e].get(p), 3) for e in results]] for p in params_all]
+        rows = [[d(p), *[tb.num(results[e].get(p), 3) for e in results]] for p in params_all]
         sec.blocks.append(
             TableBlock(
                 "importance", ["parameter", *results], rows, "normalised importances (sum to 1 per evaluator)"

@@ -10,7 +10,7 @@ import polars as pl
 from mdf_search.report import figures as fg
 from mdf_search.report import tables as tb
 from mdf_search.report.compare import Comparison
-from mdf_search.report.document import Section, TableBlock
+from mdf_search.report.document import Section, TableBlock, d
 from mdf_search.report.experiment import Experiment
 from mdf_search.report.leaderboard import phase_frame
 from mdf_search.results.schema import FAILED, PHASE_COLUMNS, Status
@@ -33,6 +33,7 @@ def path_section(exp: Experiment, cmp: Comparison, sink: fg.FigureSink) -> Secti
     params = {a: {k: str(v) for k, v in p.items()} for a, p in exp.arm_params().items() if a in stats}
     target, current = ranked[0], base
     steps = [(base, "baseline", stats[base].mean)]
+    marked = ["baseline"]  # each step's change with its data marked, for the table (the figure gets it plain)
     while current != target:
         todo = {k for k, v in params[target].items() if params[current].get(k) != v}
         best_step: tuple[int, float, str] | None = None
@@ -53,21 +54,19 @@ def path_section(exp: Experiment, cmp: Comparison, sink: fg.FigureSink) -> Secti
         if best_step is None:
             break
         arm = best_step[2]
-        change = ", ".join(
-            f"{k}: {params[current].get(k)} → {params[arm][k]}"
-            for k in params[arm]
-            if params[arm][k] != params[current].get(k)
-        )
+        moved = [k for k in params[arm] if params[arm][k] != params[current].get(k)]
+        change = ", ".join(f"{k}: {params[current].get(k)} → {params[arm][k]}" for k in moved)
+        marked.append(", ".join(f"{d(k)}: {d(params[current].get(k))} → {d(params[arm][k])}" for k in moved))
         steps.append((arm, change, stats[arm].mean))
         current = arm
     rows = [
-        [str(i), change, arm, tb.num(v), tb.signed(v - steps[0][2])]
-        for i, (arm, change, v) in enumerate(steps)
+        [str(i), marked[i], d(arm), tb.num(v), tb.signed(v - steps[0][2])]
+        for i, (arm, _, v) in enumerate(steps)
     ]
     sec.blocks.append(
         TableBlock(
             "ablation_path",
-            ["step", "change", "arm", exp.metric, "Δ vs baseline"],
+            ["step", "change", "arm", d(exp.metric), "Δ vs baseline"],
             rows,
             "greedy path over existing arms (mean over seeds)",
         )
@@ -82,7 +81,7 @@ def path_section(exp: Experiment, cmp: Comparison, sink: fg.FigureSink) -> Secti
             )
         )
     if current != target:
-        sec.note(f"the path stops at {current}: no existing arm changes only factors towards {target}.")
+        sec.note(f"the path stops at {d(current)}: no existing arm changes only factors towards {d(target)}.")
     return sec
 
 
@@ -98,7 +97,7 @@ def phase_blocks(exp: Experiment, sec: Section) -> None:
                 "Frozen features came from the feature cache (@eval: evaluation batches only, training "
                 "augments): "
                 + "; ".join(
-                    f"{r['arm']}: {r['features_reused']} ({r['len']} trials)"
+                    f"{d(r['arm'])}: {d(r['features_reused'])} ({r['len']} trials)"
                     for r in counts.iter_rows(named=True)
                 )
                 + "."
@@ -109,7 +108,7 @@ def phase_blocks(exp: Experiment, sec: Section) -> None:
     frame = phase_frame(trials, "arm").filter(pl.col("trials") > 0)
     columns = ["wall_s", *PHASE_COLUMNS, "startup_s"]
     rows = [
-        [str(r["arm"]), str(r["trials"]), *(tb.num(r[c], 1) for c in columns), tb.num(r["train_share"], 2)]
+        [d(r["arm"]), str(r["trials"]), *(tb.num(r[c], 1) for c in columns), tb.num(r["train_share"], 2)]
         for r in frame.iter_rows(named=True)
     ]
     sec.blocks.append(
@@ -160,8 +159,8 @@ def pareto_section(exp: Experiment, sink: fg.FigureSink) -> Section:
         sec.blocks.append(fg.pareto_figure(sink, name, label, exp.metric, x2, y2, a2, front, log_x=log))
         rows = [
             [
-                ok["trial_id"][keep[i]],
-                a2[i],
+                d(ok["trial_id"][keep[i]]),
+                d(a2[i]),
                 tb.num(x2[i], 4) if x2[i] < 1e3 else f"{x2[i]:.3g}",
                 tb.num(y2[i]),
             ]
@@ -169,7 +168,10 @@ def pareto_section(exp: Experiment, sink: fg.FigureSink) -> Section:
         ]
         sec.blocks.append(
             TableBlock(
-                name, ["trial", "arm", label, exp.metric], rows, f"Pareto front: {exp.metric} vs {label}"
+                name,
+                ["trial", "arm", label, d(exp.metric)],
+                rows,
+                f"Pareto front: {d(exp.metric)} vs {label}",
             )
         )
     return sec
@@ -191,17 +193,20 @@ def curves_section(exp: Experiment, sink: fg.FigureSink, top: int = 5) -> Sectio
             loss = part.get_column(name).to_list() if name else [math.nan] * part.height
             curves[f"{row['trial_id']} {row['arm']}"] = (
                 part["epoch"].to_list(),
-                part[exp.metric].to_list(),
+                [math.nan if v is None else v for v in part[exp.metric].to_list()],
                 [math.nan if v is None else v for v in loss],
             )
         sec.blocks.append(fg.curves_figure(sink, exp.metric, curves))
     statuses = [*(s for s in Status if s != Status.RUNNING), Status.RUNNING]  # the finished ones first
     counts = exp.trials.group_by("arm").agg([(pl.col("status") == s).sum().alias(s) for s in statuses])
     order = {a: i for i, a in enumerate(exp.arms())}
-    rows = sorted(
-        ([str(r["arm"]), *[str(r[s]) for s in statuses]] for r in counts.iter_rows(named=True)),
-        key=lambda r: order.get(r[0], 1 << 30),
-    )
+    rows = [
+        [d(row[0]), *row[1:]]
+        for row in sorted(
+            ([str(r["arm"]), *[str(r[s]) for s in statuses]] for r in counts.iter_rows(named=True)),
+            key=lambda r: order.get(r[0], 1 << 30),
+        )
+    ]
     sec.blocks.append(
         TableBlock(
             "status_by_arm",
@@ -219,7 +224,7 @@ def warnings_section(exp: Experiment, cmp: Comparison, reports: int) -> Section:
     if cmp.floor_arms and not cmp.floor:
         found.append(
             f"{len(cmp.floor_arms)} arm(s) predict a single class on validation in every selected trial "
-            f"(the majority-class floor): {', '.join(cmp.floor_arms[:4])}{' …' if len(cmp.floor_arms) > 4 else ''}."
+            f"(the majority-class floor): {', '.join(map(d, cmp.floor_arms[:4]))}{' …' if len(cmp.floor_arms) > 4 else ''}."
         )
     found.extend(edge_warnings(exp, cmp))
     found.extend(power_warnings(cmp))
@@ -255,7 +260,7 @@ def power_warnings(cmp: Comparison) -> list[str]:
     one = sorted(a for a, s in cmp.stats.items() if len(s.seeds) < 2)
     if one:
         out.append(
-            f"{len(one)} arm(s) with fewer than 2 completed seeds ({', '.join(one[:4])}{' …' if len(one) > 4 else ''}): "
+            f"{len(one)} arm(s) with fewer than 2 completed seeds ({', '.join(map(d, one[:4]))}{' …' if len(one) > 4 else ''}): "
             "no Student-t CI and no seed-level test for them."
         )
     p = cmp.power
@@ -266,7 +271,7 @@ def power_warnings(cmp: Comparison) -> list[str]:
     if fewer:
         out.append(
             f"{len(fewer)} arm(s) share fewer than {p.n_seeds} seeds with the baseline (trials that did not "
-            f"complete): {', '.join(fewer[:4])}{' …' if len(fewer) > 4 else ''}; their seed-level tests are weaker still."
+            f"complete): {', '.join(map(d, fewer[:4]))}{' …' if len(fewer) > 4 else ''}; their seed-level tests are weaker still."
         )
     return out
 
@@ -279,17 +284,23 @@ def edge_warnings(exp: Experiment, cmp: Comparison) -> list[str]:
     best = ok.row(0, named=True)
     for key, param in exp.spec.nuisance.items():
         value = best.get(key)
-        if not param.is_range or value is None or param.high <= param.low:
+        if (
+            not param.is_range
+            or not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or param.high <= param.low
+        ):
             continue
         lo, hi, v = (
             (math.log(param.low), math.log(param.high), math.log(value))
-            if param.log and value > 0
+            if param.log and value > 0 and param.low > 0
             else (param.low, param.high, value)
         )
         pos = (v - lo) / (hi - lo)
         if pos <= 0.05 or pos >= 0.95:
             out.append(
-                f"best trial's {key}={value:.4g} is at the {'low' if pos <= 0.05 else 'high'} edge of [{param.low:g}, {param.high:g}]: widen the range."
+                f"best trial's {d(key)}={value:.4g} is at the {'low' if pos <= 0.05 else 'high'} edge of [{param.low:g}, {param.high:g}]: widen the range."
             )
     ranked = [] if cmp.floor else cmp.ranked
     params = exp.arm_params()
@@ -304,7 +315,7 @@ def edge_warnings(exp: Experiment, cmp: Comparison) -> list[str]:
             numbers = [float(c) for c in choices if isinstance(c, int | float)]
             if isinstance(value, int | float) and value in (min(numbers), max(numbers)):
                 out.append(
-                    f"best arm's {key}={value} is an end of the ordered values {choices}: the optimum may lie beyond."
+                    f"best arm's {d(key)}={d(value)} is an end of the ordered values {d(choices)}: the optimum may lie beyond."
                 )
     return out
 
@@ -326,29 +337,39 @@ def gap_warnings(exp: Experiment) -> list[str]:
             loss = next((merged[c] for c in TRAIN_LOSS if isinstance(merged.get(c), float)), None)
             loss_text = f", train/loss {loss:.3f}" if loss is not None else ""
             out.append(
-                f"large train/val gap in the best trial ({best['trial_id']}){epoch}: train/{key}={train:.3f} "
+                f"large train/val gap in the best trial ({d(best['trial_id'])}){epoch}: train/{key}={train:.3f} "
                 f"vs val/{key}={val:.3f}{loss_text} (overfitting?)."
             )
     return out
 
 
-def failures_section(exp: Experiment) -> Section:
+def failures_section(exp: Experiment, invalid: pl.DataFrame | None = None) -> Section:
+    """Every trial that did not complete, and those that did with a non-finite study metric
+    (``invalid``: from ``report.finite``, with its ``value``)."""
     sec = Section("Failure appendix", anchor="failures")
-    bad = exp.trials.filter(pl.col("status") != Status.COMPLETED).sort("trial_id")
+    values: dict[str, str] = {}
+    if invalid is not None and invalid.height:
+        values = {str(t): str(v) for t, v in invalid.select("trial_id", "value").iter_rows()}
+    bad = exp.trials.filter(
+        (pl.col("status") != Status.COMPLETED) | pl.col("trial_id").cast(pl.String).is_in(list(values))
+    ).sort("trial_id")
     if bad.is_empty():
         sec.text("every trial completed.")
         return sec
     rows = []
     for r in bad.iter_rows(named=True):
         message = str(r.get("message") or "")
+        if str(r["trial_id"]) in values:
+            value = values[str(r["trial_id"])]
+            message = f"{exp.metric} = {value}: not a valid result" + (f"; {message}" if message else "")
         rows.append(
             [
-                str(r["trial_id"]),
+                d(r["trial_id"]),
                 str(r.get("attempt")),
-                str(r.get("arm")),
-                str(r["status"]),
+                d(r.get("arm")),
+                d(r["status"]),
                 str(r.get("epochs")),
-                message[:300],
+                d(message[:300]),
             ]
         )
     sec.blocks.append(
@@ -356,7 +377,7 @@ def failures_section(exp: Experiment) -> Section:
             "failures",
             ["trial", "attempt", "arm", "status", "epochs", "message"],
             rows,
-            "every trial that did not complete",
+            "every trial that did not complete, or completed without a finite study metric",
         )
     )
     return sec
