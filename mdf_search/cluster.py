@@ -6,12 +6,19 @@
 - ``--address`` / ``RAY_ADDRESS`` (``ray job submit`` sets it): connect; never pass ``num_cpus`` then.
 
 Ray 2.60 local clusters use token auth by default: a client outside the job needs ``RAY_AUTH_MODE=token``.
+
+:func:`ray_address` checks the address before Ray is imported: ``auto``, ``local``, ``HOST:PORT`` (the
+cluster's GCS, e.g. ``10.0.0.5:6379``) or ``ray://HOST:PORT`` (Ray Client); a malformed one, a job
+server's ``http://`` address, or a loopback port nothing listens on is an :class:`AddressError` that names
+where the address came from (``--address`` or ``RAY_ADDRESS``) and the fix.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +47,91 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+PROBE_TIMEOUT_S = 2.0  # a loopback port is probed this long before Ray would wait on it
+
+
+class AddressError(ValueError):
+    """A Ray address that cannot be right; the message names its source and the fix."""
+
+
+def split_host_port(hostport: str) -> tuple[str, str]:
+    """``HOST:PORT`` or ``[V6]:PORT`` as (host, port text); the port is ``""`` when there is none."""
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else rest
+    if hostport.count(":") > 1:  # a bare IPv6 address: no port
+        return hostport, ""
+    host, _, port = hostport.partition(":")
+    return host, port
+
+
+def check_port(port: str, where: str, example: str) -> int:
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise AddressError(
+            f"{where}: the port {port!r} is not a number from 1 to 65535; write e.g. {example}"
+        )
+    return int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refused(host: str, port: int) -> bool:
+    """Nothing listens on this loopback port (answered at once; other hosts are not probed)."""
+    if not is_loopback(host):
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def ray_address(address: str | None = None, *, probe: bool = True) -> str | None:
+    """The Ray address to join, from ``address`` (``--address``) or else ``RAY_ADDRESS``; None: start an
+    embedded Ray. Raise :class:`AddressError` for one that cannot be right, before Ray starts."""
+    where = "--address"
+    if not address and os.environ.get("RAY_ADDRESS"):
+        address, where = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    if not address:
+        return None
+    where = f"{where} {address!r}"
+    fix = "give the cluster's GCS address HOST:6379 (`ray status` on the head shows it) or ray://HOST:10001"
+    if address != address.strip() or any(c.isspace() for c in address) or not address.isprintable():
+        raise AddressError(f"{where}: contains spaces or control characters; {fix}")
+    if address in ("auto", "local"):
+        return address
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme in ("http", "https"):
+        raise AddressError(
+            f"{where}: a job server (dashboard) address, not a Ray cluster's; submit the study there with "
+            f"`mdf-search submit SPACE --address {address}`, or {fix}"
+        )
+    if sep and scheme != "ray":
+        raise AddressError(f"{where}: unknown scheme {scheme + '://'!r}; {fix}")
+    host, port_text = split_host_port(rest if sep else address)
+    example = f"{'ray://' if sep else ''}{host or 'HOST'}:{10001 if sep else 6379}"
+    if not host or "/" in host or "@" in host:
+        raise AddressError(f"{where}: no host name; {fix}")
+    if not port_text:
+        raise AddressError(f"{where}: no port; write e.g. {example}")
+    port = check_port(port_text, where, example)
+    if probe and refused(host, port):
+        raise AddressError(
+            f"{where}: nothing listens on {host}:{port}; start Ray there (`ray start --head --port {port}`), "
+            f"or unset {'RAY_ADDRESS' if where.startswith('RAY') else '--address'} to run on an embedded Ray"
+        )
+    return address
+
+
 @dataclass(frozen=True)
 class ClusterInfo:
     address: str
@@ -63,7 +155,7 @@ def connect(
     resolves to); None: half the CPUs."""
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = ray_address(address, probe=not ray.is_initialized())
     embedded = address is None
     if not ray.is_initialized():
         # Worker output (every report, DeepSpeed's warnings) would drown the leaderboard; it stays in Ray's

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from mdf_search.cluster import AddressError, check_port, refused, split_host_port
 from mdf_search.search.space import SpecError, load_spec
 from mdf_search.search.validate import validate_spec
 
@@ -48,6 +49,14 @@ AUTH_HELP = (
     "~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH=FILE, or RAY_AUTH_TOKEN). On a cluster you launched, the "
     "token is the ~/.ray/auth_token copied to its nodes (cluster/aws.yaml, gcp.yaml); on KubeRay: "
     "kubectl get secret NAME -o jsonpath='{.data.auth_token}' | base64 -d."
+)
+
+
+_UNREACHABLE = (
+    "Is the cluster up and its job server reachable from here? It listens on the head's loopback: open a "
+    "tunnel first (ssh -L 8265:localhost:8265 HEAD, `ray dashboard CLUSTER.yaml`, or kubectl port-forward "
+    "svc/NAME-head-svc 8265:8265) and pass --address http://127.0.0.1:8265. If it answers but refuses you: "
+    + AUTH_HELP
 )
 
 
@@ -170,19 +179,50 @@ def _reaching(address: str) -> Iterator[None]:
     except AuthenticationError as err:
         raise SubmitError(f"{address} refused the request: {str(err).splitlines()[0]}\n{AUTH_HELP}") from None
     except ConnectionError as err:
-        raise SubmitError(
-            f"{err} Is the cluster up and its job server reachable from here? It listens on the head's "
-            "loopback: open a tunnel first (ssh -L 8265:localhost:8265 HEAD, `ray dashboard CLUSTER.yaml`, "
-            "or kubectl port-forward svc/NAME-head-svc 8265:8265) and pass --address http://127.0.0.1:8265. "
-            f"If it answers but refuses you: {AUTH_HELP}"
-        ) from None
+        raise SubmitError(f"{err} {_UNREACHABLE}") from None
     except (RuntimeError, ValueError) as err:  # bad address, version check, upload rejected
         raise SubmitError(f"could not submit to {address}: {err}") from None
 
 
+JOB_ADDRESS_FIX = (
+    "write the job server's address as http://HOST:8265 (through a tunnel: http://127.0.0.1:8265)"
+)
+
+
+def check_job_address(address: str) -> tuple[str, int | None]:
+    """(host, port) of a job server address ``http://HOST:PORT`` or ``https://HOST[:PORT]``; raise
+    ``SubmitError`` naming ``--address`` and the fix for anything else. Ray itself would read an unknown
+    scheme as a Python module to import, and an ``http://`` address without a port as port 80."""
+    where = f"--address {address!r}"
+    if not address or any(c.isspace() for c in address) or not address.isprintable():
+        raise SubmitError(f"{where}: empty, or contains spaces or control characters; {JOB_ADDRESS_FIX}")
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        raise SubmitError(f"{where}: no scheme; {JOB_ADDRESS_FIX.replace('HOST:8265', f'{address}', 1)}")
+    if scheme not in ("http", "https"):
+        what = "a Ray Client address" if scheme == "ray" else f"unknown scheme {scheme + '://'!r}"
+        raise SubmitError(f"{where}: {what}; submit talks to the job server over HTTP: {JOB_ADDRESS_FIX}")
+    hostport = rest.split("/", 1)[0]
+    host, port_text = split_host_port(hostport)
+    if not host or "@" in hostport:
+        raise SubmitError(f"{where}: no host name; {JOB_ADDRESS_FIX}")
+    if not port_text:
+        if scheme == "http":
+            raise SubmitError(f"{where}: no port (HTTP would mean port 80); write e.g. http://{host}:8265")
+        return host, None
+    try:
+        return host, check_port(port_text, where, f"{scheme}://{host}:8265")
+    except AddressError as err:
+        raise SubmitError(str(err)) from None
+
+
 def job_client(address: str) -> Any:
     """A ``JobSubmissionClient`` for the job server at ``address`` (e.g. http://127.0.0.1:8265 through a
-    tunnel); raise ``SubmitError`` when it cannot be reached or refuses the request."""
+    tunnel); raise ``SubmitError`` when it is malformed, cannot be reached or refuses the request. A
+    loopback port nothing listens on is refused at once, before Ray is asked."""
+    host, port = check_job_address(address)
+    if port is not None and refused(host, port):
+        raise SubmitError(f"--address {address!r}: nothing listens on {host}:{port}. {_UNREACHABLE}")
     from ray.job_submission import JobSubmissionClient  # Ray: only when a job is submitted
 
     with _reaching(address):

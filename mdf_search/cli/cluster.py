@@ -18,6 +18,7 @@ import typer
 from mdf_search.cli.console import err_console, print_error
 from mdf_search.submit import (
     SubmitError,
+    check_job_address,
     follow_logs,
     job_client,
     prepare_job,
@@ -47,6 +48,11 @@ def submit_command(
 ) -> int:
     """Submit ``mdf-search sweep SPACE [--storage STORAGE] [EXTRA...]`` to the Ray cluster at ``address``
     (the job server, e.g. http://127.0.0.1:8265 through a tunnel), stream its logs, return the exit code."""
+    try:
+        check_job_address(address)
+    except SubmitError as err:
+        print_error(str(err))
+        return 2
     note = storage_note(storage)
     if note:
         _say(f"note: {note}")

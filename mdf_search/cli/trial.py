@@ -6,6 +6,7 @@ asks the library for a summary, a run, an export or a memory plan, and prints it
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from mdf_search.cli.console import console, fail
 from mdf_search.cli.options import AddressOption, SetOption, parse_sets, storage_path
-from mdf_search.cluster import connect
+from mdf_search.cluster import AddressError, connect, ray_address
 from mdf_search.config import ConfigError, TrialConfig
 from mdf_search.data.schema import DataError
 from mdf_search.results.schema import Status
@@ -29,6 +30,9 @@ from mdf_search.train.selection import Selection
 from mdf_search.yamlio import read_trial_yaml
 
 app = typer.Typer()
+MAX_GPUS = 65536  # plan: more GPUs than any cluster holds is a typo
+MAX_NODES = 8192
+MAX_GPU_MEM_GB = 4096.0  # GiB per GPU: far above any GPU made (an H200 has 141)
 
 
 def _human(n: int) -> str:
@@ -133,6 +137,15 @@ def train(
     from mdf_search.train.trainer import EpochLog, make_trainer
 
     cfg = _trial_config(config, sets)
+    if name is not None and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
+        raise fail(f"--name {name!r}: a run name is one folder name (no / or ..); write e.g. --name debug-1")
+    local = Path(storage).expanduser() if "://" not in storage else None
+    if local is not None and local.exists() and not local.is_dir():
+        raise fail(f"--storage {storage}: a file, not a directory; give a directory (or an s3:// URI)")
+    try:
+        address = ray_address(address)  # checked before any data is prepared or Ray starts
+    except AddressError as err:
+        raise fail(str(err)) from None
     name = name or f"train-{cfg.config_hash()[:8]}-s{cfg.run.seed}"
     root = storage_path(storage)
     console.print(
@@ -271,6 +284,7 @@ def plan(
     sets: SetOption = None,
 ) -> None:
     """Per-GPU memory estimate (model states per ZeRO stage + activations): does the trial fit?"""
+    _check_shape(gpus, nodes, gpu_mem)
     cfg = _trial_config(config, sets)
     result = plan_trial(cfg, gpus=gpus, gpu_mem_gb=gpu_mem, nodes=nodes)
     table = Table(
@@ -307,3 +321,24 @@ def plan(
         console.print(f"[green]fits[/] on {gpus} x {gpu_mem:g} GiB")
     else:
         raise fail(f"does not fit: {result.reason}", code=1)
+
+
+def _check_shape(gpus: int, nodes: int, gpu_mem: float) -> None:
+    """``plan``'s --gpus, --nodes and --gpu-mem: whole GPUs spread evenly over nodes, a finite memory."""
+    if not 1 <= gpus <= MAX_GPUS:
+        raise fail(f"--gpus {gpus}: must be a whole number of GPUs from 1 to {MAX_GPUS}; write e.g. --gpus 8")
+    if not 1 <= nodes <= min(gpus, MAX_NODES):
+        raise fail(
+            f"--nodes {nodes}: must be from 1 to --gpus ({gpus}), each node holding at least one GPU; "
+            "write e.g. --gpus 16 --nodes 2"
+        )
+    if gpus % nodes:
+        raise fail(
+            f"--gpus {gpus} --nodes {nodes}: the GPUs must split evenly over the nodes; write e.g. "
+            f"--gpus {nodes * math.ceil(gpus / nodes)} --nodes {nodes}"
+        )
+    if not math.isfinite(gpu_mem) or not 0 < gpu_mem <= MAX_GPU_MEM_GB:
+        raise fail(
+            f"--gpu-mem {gpu_mem}: must be a finite number of GiB per GPU above 0 and at most "
+            f"{MAX_GPU_MEM_GB:g}; write e.g. --gpu-mem 80"
+        )
