@@ -7,6 +7,7 @@ when it ends it prints the leaderboard and writes the ablation report. ``mdf-sea
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -16,9 +17,11 @@ from mdf_search.cli.console import console, fail
 from mdf_search.cli.options import AddressOption, storage_path
 from mdf_search.cli.results import leaderboard_command, report_command
 from mdf_search.cluster import connect
+from mdf_search.config import ConfigError
 from mdf_search.search.runner import experiment_root, run_sweep
 from mdf_search.search.space import SearchSpec, SpecError, load_spec
 from mdf_search.search.validate import validate_files, validate_spec
+from mdf_search.yamlio import read_yaml_mapping
 
 app = typer.Typer()
 
@@ -58,6 +61,128 @@ def validate(
     raise typer.Exit(code)
 
 
+# Schemes of the object stores and file systems Tune's storage (pyarrow) takes.
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")
+TUNE_STATE = "experiment_state-*.json"  # Tune's experiment checkpoint: what `resume` restores
+
+
+def _writable_dir(path: Path, option: str) -> None:
+    """Exit 2 unless ``path`` is a directory, or could be made one, that this process can write."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise fail(
+            f"{option} {path}: {probe} is not a directory; choose a directory (it is created if missing)"
+        )
+    try:  # the one reliable test (read-only mounts, /proc, ACLs): make and remove an empty directory
+        Path(tempfile.mkdtemp(prefix=".mdf-search-probe-", dir=probe)).rmdir()
+    except OSError as err:
+        raise fail(
+            f"{option} {path}: cannot write under {probe} ({err.strerror or err}); choose a writable directory"
+        ) from None
+
+
+def _storage(storage: str) -> str:
+    """``--storage`` checked and made absolute (Ray requires it); a URI only by its scheme."""
+    if not storage.strip():
+        raise fail("--storage: is empty; give a results directory (default runs) or an s3:// or gs:// URI")
+    if "://" in storage:
+        scheme = storage.split("://", 1)[0].lower()
+        if scheme not in STORAGE_SCHEMES:
+            raise fail(
+                f"--storage {storage}: unknown scheme {scheme!r}; give a local directory or a URI starting "
+                f"with one of {', '.join(s + '://' for s in STORAGE_SCHEMES)} (e.g. s3://bucket/runs)"
+            )
+        return storage
+    _writable_dir(Path(storage).expanduser(), "--storage")
+    return storage_path(storage)
+
+
+def _started(root: str) -> bool:
+    """Whether Tune has recorded an experiment at ``root`` (what ``Tuner.can_restore`` tests)."""
+    if "://" in root:
+        from ray import tune  # pyarrow's file systems; starts no cluster
+
+        return bool(tune.Tuner.can_restore(root))
+    return any(Path(root).glob(TUNE_STATE))
+
+
+def _differences(recorded: Path, space: Path) -> list[str]:
+    """Top-level keys whose values differ between the recorded spec and ``space``."""
+    try:
+        old, new = read_yaml_mapping(recorded), read_yaml_mapping(space)
+    except ConfigError as err:
+        raise fail(str(err)) from None
+    return [key for key in (*old, *(k for k in new if k not in old)) if old.get(key) != new.get(key)]
+
+
+def _check_sweep(spec: SearchSpec, storage: str, fresh: bool, report: bool, report_dir: str | None) -> str:
+    """Everything ``sweep`` can check without a cluster; the experiment root on success (exit 2 else)."""
+    if report_dir is not None and not report:
+        raise fail("--report-dir: is given with --no-report, which writes no report; drop one of them")
+    storage = _storage(storage)
+    root = experiment_root(storage, spec.experiment)
+    if "://" not in root:
+        directory = Path(root)
+        if directory.exists() and not directory.is_dir():
+            raise fail(
+                f"{root}: is not a directory, so experiment {spec.experiment!r} cannot be written there; "
+                "move the file away, rename `experiment:`, or choose another --storage"
+            )
+        recorded = directory / "spec.yaml"
+        if fresh and (recorded.exists() or _started(root)):
+            raise fail(
+                f"{root}: the experiment exists (--fresh refuses to continue it); continue it with "
+                f"`mdf-search resume {root}`, or rename `experiment:` in {spec.path}, or choose another --storage"
+            )
+        if recorded.is_file() and (changed := _differences(recorded, Path(spec.path))):
+            raise fail(
+                f"{recorded}: experiment {spec.experiment!r} was started from a spec that differs from "
+                f"{spec.path} in {', '.join(changed[:8])}; continue it as it was with `mdf-search resume "
+                f"{root}`, or rename `experiment:` to start a new study"
+            )
+    elif fresh and _started(root):
+        raise fail(
+            f"{root}: the experiment exists (--fresh refuses to continue it); continue it with "
+            f"`mdf-search resume {root}`, or rename `experiment:`"
+        )
+    if report and "://" not in root:
+        _writable_dir(Path(report_dir or f"reports/{spec.experiment}"), "--report-dir")
+    return root
+
+
+def _check_resume(experiment: Path) -> tuple[SearchSpec, str]:
+    """Everything ``resume`` can check without a cluster: the spec, and the storage it lives in."""
+    if not experiment.exists():
+        raise fail(
+            f"{experiment}: no such directory; give an experiment directory (e.g. runs/smoke), or start "
+            "the study with `mdf-search sweep SPACE.yaml`"
+        )
+    if not experiment.is_dir():
+        raise fail(f"{experiment}: is not a directory; give an experiment directory, e.g. runs/smoke")
+    spec_file = experiment / "spec.yaml"
+    if not spec_file.is_file():
+        raise fail(
+            f"{experiment}: no spec.yaml; is this an experiment directory written by `mdf-search sweep`?"
+        )
+    spec = _load_spec(spec_file)
+    if spec.experiment != experiment.resolve().name:
+        raise fail(
+            f"{spec_file}: names experiment {spec.experiment!r}, but the directory is "
+            f"{experiment.resolve().name!r}; Tune restores an experiment under its own name: rename the "
+            f"directory back to {spec.experiment!r}"
+        )
+    storage = str(experiment.resolve().parent)
+    if not _started(str(experiment.resolve())):
+        raise fail(
+            f"{experiment}: nothing to resume (no Tune state {TUNE_STATE}: the sweep stopped before its "
+            f"first trial); start it again with `mdf-search sweep {spec_file}`"
+        )
+    _writable_dir(experiment, "resume")
+    return spec, storage
+
+
 def _run_study(
     spec: SearchSpec,
     storage: str,
@@ -66,13 +191,14 @@ def _run_study(
     report: bool,
     report_dir: str | None = None,
 ) -> None:
+    """Run the study; every check that needs no cluster has passed (``_check_sweep``/``_check_resume``)."""
     from mdf_search.report.live import LiveLeaderboard  # polars and scipy.stats: not for `validate`
 
     connect(address, trial_slots=spec.resources.concurrent_trials)
-    root = experiment_root(storage_path(storage), spec.experiment)
+    root = experiment_root(storage, spec.experiment)
     try:
         with LiveLeaderboard(root, spec, console=console) as view:
-            outcome = run_sweep(spec, storage=storage_path(storage), on_event=view.on_event, resume=resume)
+            outcome = run_sweep(spec, storage=storage, on_event=view.on_event, resume=resume)
     except (FileNotFoundError, FileExistsError) as err:
         raise fail(str(err)) from None
     console.print(f"results: {outcome.experiment_root} ({outcome.trials} trials finished this session)")
@@ -102,8 +228,13 @@ def sweep(
         ),
     ] = None,
 ) -> None:
-    """Run a study with a live leaderboard, then print the leaderboard and write the ablation report."""
+    """Run a study with a live leaderboard, then print the leaderboard and write the ablation report.
+
+    An existing experiment of the same name is continued when its recorded spec is the same; every check
+    that needs no cluster (the spec, --storage, an existing experiment) runs before Ray starts."""
     spec = _load_spec(space)
+    root = _check_sweep(spec, storage, fresh, report, report_dir)
+    storage = root.rsplit("/", 1)[0]
     _run_study(spec, storage, address, resume=False if fresh else None, report=report, report_dir=report_dir)
 
 
@@ -113,10 +244,5 @@ def resume(
     address: Annotated[str | None, typer.Option(help="Ray address")] = None,
 ) -> None:
     """Continue a sweep after a crash or Ctrl-C: finished trials are kept, unfinished ones resume."""
-    spec_file = experiment / "spec.yaml"
-    if not spec_file.is_file():
-        raise fail(
-            f"{experiment}: no spec.yaml; is this an experiment directory written by `mdf-search sweep`?"
-        )
-    spec = _load_spec(spec_file)
-    _run_study(spec, str(experiment.resolve().parent), address, resume=True, report=True)
+    spec, storage = _check_resume(experiment)
+    _run_study(spec, storage, address, resume=True, report=True)
