@@ -185,8 +185,8 @@ def load(engine: Any, directory: Path, *, rank: int) -> TrialState:
     verify(directory)
     expected = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in engine.module.named_parameters()}
     buffers = {n for n, _ in engine.module.named_buffers()}
-    where = "the model this trial builds; the run's storage holds another trial's checkpoint: start it fresh"
-    _compare_shapes(directory / TAG, expected, buffers, where)
+    fix = "the run's storage holds another trial's checkpoint: start this trial fresh (sweep --fresh)"
+    _compare_shapes(directory / TAG, expected, buffers, "the model this trial builds", fix)
     with safe_loads(engine):
         try:
             load_path, _ = engine.load_checkpoint(str(directory), tag=TAG)
@@ -307,7 +307,7 @@ def _checkpoint_shapes(ds_dir: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _compare_shapes(
-    ds_dir: Path, expected: dict[str, tuple[int, ...]], buffers: set[str], against: str
+    ds_dir: Path, expected: dict[str, tuple[int, ...]], buffers: set[str], against: str, fix: str
 ) -> None:
     found = _checkpoint_shapes(ds_dir)
     wrong = [
@@ -320,7 +320,7 @@ def _compare_shapes(
     if wrong:
         raise CheckpointError(
             f"{ds_dir}: holds a model of other shapes than {against} ({len(wrong)} parameter(s), e.g. "
-            f"{'; '.join(wrong[:2])})"
+            f"{'; '.join(wrong[:2])}); {fix}"
         )
 
 
@@ -353,7 +353,7 @@ def export_checkpoint(directory: str | Path, out: str | Path, *, dtype: str = "f
     src, dst = Path(directory), Path(out)
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no such checkpoint folder; pass a trial's checkpoint_NNNNNN folder")
-    if (src / STATE_FILE).is_file() and not has_model(src):
+    if (src / STATE_FILE).is_file() and not has_model(src) and _kind(src) != Kind.MODEL:
         raise FileNotFoundError(no_weights_message(src))
     if not (src / STATE_FILE).is_file() or not has_model(src):
         raise FileNotFoundError(
@@ -365,16 +365,17 @@ def export_checkpoint(directory: str | Path, out: str | Path, *, dtype: str = "f
         )
     state = verify(src)
     expected, buffers = expected_shapes(state)
+    fix = "another trial's shards? export the trial's own checkpoint folder"
+    _compare_shapes(src / TAG, expected, buffers, f"its {STATE_FILE} config", fix)
     try:
         tensors_fp32 = consolidate(src / TAG)
     except UnsafeFile as err:
         raise CheckpointError(_unsafe_message(err)) from None
-    _compare_shapes(
-        src / TAG,
-        expected,
-        buffers,
-        f"its {STATE_FILE} config (another trial's shards?): export the trial's own checkpoint folder",
-    )
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{src / TAG}: the shards do not fit together ({type(err).__name__}: {str(err)[:160]}); "
+            "the checkpoint is incomplete or altered: use another checkpoint of the trial or retrain it"
+        ) from None
     target = torch.bfloat16 if dtype == "bf16" else torch.float32
     tensors = {
         k: v.to(target).contiguous() if v.is_floating_point() else v.contiguous()
@@ -389,6 +390,13 @@ def export_checkpoint(directory: str | Path, out: str | Path, *, dtype: str = "f
         PreTrainedTokenizerFast.from_pretrained(src / "tokenizer").save_pretrained(dst / "tokenizer")
     log.info("exported %d tensors to %s", len(tensors), dst)
     return dst / "model.safetensors"
+
+
+def _kind(directory: Path) -> str | None:
+    try:
+        return str(json.loads((directory / STATE_FILE).read_bytes()).get("kind"))
+    except (ValueError, AttributeError, OSError):
+        return None
 
 
 def _layout_hint(src: Path) -> str:
