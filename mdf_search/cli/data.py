@@ -23,6 +23,7 @@ from mdf_search.data.cache import build_cache
 from mdf_search.data.schema import DataError, Skipped, read_manifest
 from mdf_search.data.sources import prepare as prepare_manifest
 from mdf_search.data.splits import SPLIT_NAMES, make_split, write_split
+from mdf_search.escape import terminal
 
 app = typer.Typer(help="Prepare, generate, split and cache fundus data.", no_args_is_help=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,6 +38,10 @@ def _fail_cleanly(fn: F) -> F:
             return fn(*args, **kwargs)
         except (DataError, ValueError) as err:
             raise fail(str(err)) from None
+        except OSError as err:  # the file system refused something the checks did not foresee
+            raise fail(
+                f"{err.filename or 'a file'}: {err.strerror or err}; check the path and its permissions"
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -66,7 +71,7 @@ def _print_skipped(skipped: list[Skipped]) -> None:
     table.add_column("file", overflow="fold")
     table.add_column("reason", overflow="fold")
     for s in skipped:
-        table.add_row(s.path, s.reason)
+        table.add_row(terminal(s.path), terminal(s.reason))
     console.print(table)
 
 
@@ -84,6 +89,7 @@ def prepare(
     diagnosis: Annotated[
         list[str] | None, typer.Option(help="extra StoneRounds diagnosis 'NAME=label'")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out (atomically)")] = False,
 ) -> None:
     """Combine sources into one manifest with one label vocabulary, and summarise it."""
     extra: dict[str, str] = {}
@@ -102,17 +108,19 @@ def prepare(
         manifests=manifest or [],
         skip_bad=skip_bad,
         extra_diagnoses=extra,
+        force=force,
     )
     # Labels as rows, sources as columns: labels can be many, sources are few, so it fits 80 columns.
     sources = sorted({s for s, _ in result.counts})
-    table = Table(title=f"{result.path}: {result.rows} images", title_justify="left")
+    table = Table(title=f"{terminal(result.path)}: {result.rows} images", title_justify="left")
     table.add_column("label", no_wrap=True)
     for source in sources:
-        table.add_column(source, justify="right", no_wrap=True)
+        table.add_column(terminal(source), justify="right", no_wrap=True)
     table.add_column("total", justify="right")
     for label in result.label_space.diseases:
         counts = [result.counts.get((source, label), 0) for source in sources]
-        table.add_row(f"{label} ({result.label_space.type_of(label)})", *map(str, counts), str(sum(counts)))
+        kind = result.label_space.type_of(label)
+        table.add_row(terminal(f"{label} ({kind})"), *map(str, counts), str(sum(counts)))
     totals = [sum(result.counts.get((s, lb), 0) for lb in result.label_space.diseases) for s in sources]
     table.add_section()
     table.add_row("images", *map(str, totals), str(result.rows))
@@ -145,13 +153,17 @@ def synth(
     with_manifest: Annotated[
         bool, typer.Option("--manifest/--no-manifest", help="also write manifest.parquet")
     ] = True,
+    force: Annotated[bool, typer.Option("--force", help="replace a study already under --out")] = False,
 ) -> None:
     """Generate a synthetic fundus study in the real datasets' layouts (with a planted positive control)."""
-    from mdf_search.data.synthetic import build_manifest, generate  # scipy.ndimage: only for drawing
+    from mdf_search.data.synthetic import check_study_out, write_study  # scipy.ndimage: only for drawing
 
+    check_study_out(out, force=force)
     with _progress("drawing fundus images") as update:
-        generate(
+        path = write_study(
             out,
+            force=force,
+            manifest=with_manifest,
             images=images,
             size=size,
             seed=seed,
@@ -159,10 +171,9 @@ def synth(
             control_size=control_size,
             progress=update,
         )
-    console.print(f"wrote {images} images ({size} px, severity {severity:g}, seed {seed}) to {out}")
-    if with_manifest:
-        path = build_manifest(out)
-        console.print(f"manifest: {path}")
+    console.print(f"wrote {images} images ({size} px, severity {severity:g}, seed {seed}) to {terminal(out)}")
+    if path is not None:
+        console.print(f"manifest: {terminal(path)}")
 
 
 @app.command()

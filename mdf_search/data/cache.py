@@ -37,6 +37,7 @@ from numpy.lib.format import open_memmap
 from PIL import Image
 
 from mdf_search.atomic import commit_dir, temp_sibling, write_text
+from mdf_search.data.readers import MAX_IMAGE_SIDE, open_image, path_problem
 from mdf_search.data.schema import DataError, LabelSpace, manifest_hash, read_manifest
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 PREPROCESS_VERSION = 1  # bump when preprocess_image changes: old caches then stop matching the key
 BLACK_LEVEL = 12  # a pixel whose brightest channel is at or below this is background (JPEG noise included)
 Progress = Callable[[int, int], None]
+_AGAIN = "restore it, or prepare the manifest again with `mdf-search data prepare` (it checks every image)"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -83,19 +85,23 @@ def preprocess_image(
     becomes a faint value instead of vanishing: it is soft coverage in 0..255, not a binary mask.
     """
     try:
-        with Image.open(image_path) as im:
+        with open_image(Path(image_path)) as im:
             rgb_im = im.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{image_path}: image file not found") from None
+    except DataError as err:
+        raise DataError(f"{err}; {_AGAIN}") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{image_path}: unreadable or corrupt image ({type(err).__name__}: {err})") from None
+        raise DataError(
+            f"{image_path}: unreadable or corrupt image ({type(err).__name__}: {err}); {_AGAIN}"
+        ) from None
     box = fov_box(np.asarray(rgb_im))
     rgb = np.asarray(_crop_resize(rgb_im, box, size), dtype=np.uint8)
     vessel = np.zeros((size, size), np.uint8)
     if mask_path:
         try:
-            with Image.open(mask_path) as m:
+            with open_image(Path(mask_path)) as m:
                 mask_im = m.convert("L")
+        except DataError as err:
+            raise DataError(f"vessel mask {err}; {_AGAIN}") from None
         except (OSError, SyntaxError, ValueError) as err:
             raise DataError(f"{mask_path}: unreadable vessel mask ({type(err).__name__}: {err})") from None
         if mask_im.size != rgb_im.size:
@@ -133,6 +139,27 @@ def _fill(
     return boxes
 
 
+def check_rows(manifest_path: str | Path, table: pa.Table) -> None:
+    """Before decoding anything: every image is there and within the size limit, all problems at once
+    (a manifest written by hand, by an older version, or whose images changed since ``prepare``)."""
+    problems = []
+    columns = [table.column(c).to_pylist() for c in ("image_path", "width", "height", "vessel_mask_path")]
+    for i, (image, width, height, mask) in enumerate(zip(*columns, strict=True), start=1):
+        if max(width, height) > MAX_IMAGE_SIDE:
+            problems.append(
+                f"{manifest_path}: row {i} ({image}) is {width}x{height} px; images must be at most "
+                f"{MAX_IMAGE_SIDE} px a side"
+            )
+        for path, what in ((image, "image"), (mask, "vessel mask")):
+            problem = path_problem(Path(path)) if path else None
+            if problem:
+                problems.append(f"{path}: {what} {problem} (row {i} of {manifest_path})")
+    if problems:
+        raise DataError(
+            problems[:20] + [f"... and {len(problems) - 20} more"] * (len(problems) > 20), hint=_AGAIN
+        )
+
+
 def build_cache(
     manifest_path: str | Path,
     root: str | Path,
@@ -150,10 +177,13 @@ def build_cache(
     """
     table, space = read_manifest(manifest_path)
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: is a file; --root takes the cache folder (made if missing)")
     final = root / cache_key(table, size)
     if (final / "meta.json").is_file():
         log.debug("cache hit %s", final)
         return final
+    check_rows(manifest_path, table)
     root.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(final)
     tmp.mkdir()

@@ -15,10 +15,15 @@ Table sources (StoneRounds, generic manifests) are in :mod:`mdf_search.data.tabl
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
+import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from struct import error as struct_error
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -36,6 +41,12 @@ FIVES_LETTERS = {"A": "amd", "D": "dr", "G": "glaucoma", "N": "normal"}
 FIVES_MASK_DIRS = ("Ground truth", "Groud truth")  # the second spelling is in one FIVES release
 HRF_CODES = {"h": "normal", "g": "glaucoma", "dr": "dr"}
 SKIP_HINT = "fix the files, or pass --skip-bad (skip_bad=True) to leave them out and list them"
+# The largest image side accepted, checked from the header at `prepare` (and again by the cache). Every
+# real fundus source is well below it (FIVES 2048², HRF 3504x2336, DSLR-based cameras about 5200x3500);
+# the cache decodes a whole image in memory (3 bytes a pixel, per worker), and Pillow itself refuses
+# pictures above about 179 Mpx as decompression bombs (13400² would already be one).
+MAX_IMAGE_SIDE = 8192
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 @dataclass
@@ -64,20 +75,117 @@ class Problems:
         return ReadResult(rows, list(self.items))
 
 
+def path_problem(path: Path, kind: str = "file") -> str | None:
+    """Why ``path`` cannot be read as a regular ``kind`` ("file" or "folder"), or None when it can.
+
+    Tells apart what ``is_file()`` folds into one False: missing, a broken symbolic link, a symbolic
+    link loop, the other kind, a FIFO or device (which would block a reader), no read permission.
+    """
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself); remove or repoint it"
+        if os.path.islink(path):
+            return (
+                f"broken symbolic link to {os.readlink(path)!r} (the target is missing); remove or repoint it"
+            )
+        if err.errno == errno.EACCES:
+            return f"permission denied; make it readable (chmod a+r {path.parent})"
+        return f"{kind} not found" if err.errno == errno.ENOENT else f"cannot read it ({err.strerror})"
+    want_dir = kind == "folder"
+    if stat.S_ISDIR(info.st_mode) != want_dir:
+        return "is a directory, not an image file" if not want_dir else "is a file, not a folder"
+    if not want_dir and not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a FIFO, socket or device); point at the image file itself"
+    if not os.access(path, os.R_OK | (os.X_OK if want_dir else 0)):
+        return f"permission denied; make it readable (chmod a+r{'x' if want_dir else ''} {path})"
+    if not want_dir and info.st_size == 0:
+        return "empty file (0 bytes); copy the image again"
+    return None
+
+
+def _not_an_image(path: Path) -> str:
+    """What a file that Pillow cannot identify is, when it is something common."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    text = head.lstrip().lower()
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the image; fetch the images with `git lfs pull`"
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml")):
+        return "not an image but an HTML/XML page (a failed download?); download the file again"
+    return "not an image, or a corrupt one (Pillow cannot identify its format); copy the picture again"
+
+
+def check_side(path: Path | str, width: int, height: int) -> None:
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise DataError(
+            f"{path}: image is {width}x{height} px; images must be at most {MAX_IMAGE_SIDE} px a side "
+            "(downscale it, e.g. to 4096 px)"
+        )
+
+
+def open_image(path: Path) -> Image.Image:
+    """``Image.open`` after the file checks, with Pillow's decompression-bomb limit as a DataError; the
+    caller closes it. Only the header is read; sides above :data:`MAX_IMAGE_SIDE` are refused."""
+    problem = path_problem(path)
+    if problem:
+        raise DataError(f"{path}: {problem if problem != 'file not found' else 'image file not found'}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the side check below is lower
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on odd headers (corrupt EXIF)
+            im = Image.open(path)
+    except Image.DecompressionBombError as err:
+        pixels = _BOMB_PIXELS.search(str(err))
+        raise DataError(
+            f"{path}: header claims {pixels.group(1) if pixels else 'too many'} pixels, beyond Pillow's "
+            f"decompression bomb limit; images must be at most {MAX_IMAGE_SIDE} px a side"
+        ) from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: {_not_an_image(path)}") from None
+    except OSError as err:
+        raise DataError(f"{path}: unreadable image ({err.strerror or err})") from None
+    try:
+        check_side(path, *im.size)
+    except DataError:
+        im.close()
+        raise
+    return im
+
+
 def probe_image(path: Path) -> tuple[int, int]:
-    """Width and height from the header, after PIL's structural check (chunk CRCs for PNG).
+    """Width and height from the header, after PIL's structural check (chunk CRCs for PNG, a 1/8-scale
+    decode for JPEG, which reads the whole entropy-coded stream and so finds a truncated file).
 
     Raises DataError naming the file. A full decode happens only when the cache is built.
     """
+    im = open_image(path)
     try:
-        with Image.open(path) as im:
+        with im:
             size = im.size
-            im.verify()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: unreadable or corrupt image ({type(err).__name__}: {err})") from None
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                im.load()
+            else:
+                im.verify()
+    except (OSError, SyntaxError, ValueError, struct_error) as err:
+        detail = "truncated" if "truncated" in str(err).lower() else "corrupt"
+        raise DataError(
+            f"{path}: unreadable or {detail} image ({type(err).__name__}: {err}); copy the file again"
+        ) from None
     return int(size[0]), int(size[1])
+
+
+def probe_mask(mask: Path, image: Path, size: tuple[int, int]) -> str | None:
+    """Why a vessel mask cannot serve its image (unreadable, or another size), or None."""
+    try:
+        width, height = probe_image(mask)
+    except DataError as err:
+        return f"vessel mask {err}"
+    if (width, height) != size:
+        return f"vessel mask {mask} is {width}x{height} px but its image is {size[0]}x{size[1]} px"
+    return None
 
 
 def make_row(image: Path, source: str, case_id: str, label: str, **extra: Any) -> dict[str, Any]:
@@ -100,34 +208,61 @@ def make_row(image: Path, source: str, case_id: str, label: str, **extra: Any) -
     return row
 
 
-def add_probed(row: dict[str, Any], rows: list[dict[str, Any]], problems: Problems) -> None:
+def add_probed(row: dict[str, Any], rows: list[dict[str, Any]], problems: Problems, where: str = "") -> None:
+    """Read the row's image (and vessel mask) headers; keep the row, or list why not. ``where`` prefixes
+    the reason (``"row 3 of g.csv: "``)."""
+    image = Path(row["image_path"])
     try:
-        row["width"], row["height"] = probe_image(Path(row["image_path"]))
+        row["width"], row["height"] = probe_image(image)
     except DataError as err:
-        problems.add(row["image_path"], str(err).split(": ", 1)[-1])
+        problems.add(image, where + str(err).split(": ", 1)[-1])
         return
+    if row["vessel_mask_path"]:
+        problem = probe_mask(Path(row["vessel_mask_path"]), image, (row["width"], row["height"]))
+        if problem:
+            problems.add(image, where + problem)
+            return
     rows.append(row)
 
 
-def require_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
+def require_dir(path: Path, what: str, option: str = "") -> Path:
+    problem = path_problem(path, "folder")
+    if problem == "folder not found":
         raise DataError(f"{path}: {what} directory not found")
+    if problem:
+        raise DataError(f"{path}: {problem}" + (f"; {option} takes the {what} folder" if option else ""))
     return path
 
 
-def images_in(folder: Path) -> list[Path]:
-    """Image files in a folder, sorted; stray files (Thumbs.db, .xlsx, .DS_Store) are ignored."""
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except PermissionError:
+        raise DataError(f"{folder}: permission denied; make it readable (chmod a+rx {folder})") from None
+
+
+def images_in(folder: Path, problems: Problems) -> list[Path]:
+    """Image files in a folder, sorted; stray files (Thumbs.db, .xlsx, .DS_Store) are ignored.
+
+    What looks like an image but cannot be read as one (a directory named ``x.png``, a broken symbolic
+    link, a link loop, a FIFO) goes to ``problems``, as does any broken or looping link: nothing under a
+    dataset tree is dropped without being listed.
+    """
     found = []
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+    for p in _entries(folder):
+        looks_like_image = p.suffix.lower() in IMAGE_SUFFIXES
+        problem = path_problem(p) if looks_like_image or p.is_symlink() else None
+        if problem and (looks_like_image or "symbolic link" in problem):
+            problems.add(p, problem)
+        elif looks_like_image:
             found.append(p)
-        elif p.is_file():
-            log.debug("ignoring non-image file %s", p)
+        else:
+            log.debug("ignoring non-image entry %s", p)
     return found
 
 
 def by_lower_name(folder: Path) -> dict[str, Path]:
-    return {p.name.lower(): p for p in folder.iterdir()} if folder.is_dir() else {}
+    return {p.name.lower(): p for p in _entries(folder)} if folder.is_dir() else {}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,9 +272,7 @@ def _fives_root(root: Path) -> Path:
     """Accept the dataset folder itself or a folder with exactly one subfolder holding train/ and test/."""
     if (root / "train").is_dir() or (root / "test").is_dir():
         return root
-    nested = [
-        p for p in sorted(root.iterdir()) if p.is_dir() and ((p / "train").is_dir() or (p / "test").is_dir())
-    ]
+    nested = [p for p in _entries(root) if p.is_dir() and ((p / "train").is_dir() or (p / "test").is_dir())]
     if len(nested) == 1:
         return nested[0]
     raise DataError(
@@ -149,7 +282,7 @@ def _fives_root(root: Path) -> Path:
 
 def read_fives(root: str | Path, *, skip_bad: bool = False) -> ReadResult:
     """FIVES: every image is its own case (``fives/{split}/{n}``); the authors' split is kept."""
-    root = _fives_root(require_dir(Path(root), "FIVES"))
+    root = _fives_root(require_dir(Path(root), "FIVES", "--fives"))
     problems = Problems(skip_bad)
     rows: list[dict[str, Any]] = []
     for split in ("train", "test"):
@@ -158,7 +291,7 @@ def read_fives(root: str | Path, *, skip_bad: bool = False) -> ReadResult:
         originals = require_dir(root / split / "Original", f"FIVES {split}/Original")
         mask_dir = next((root / split / d for d in FIVES_MASK_DIRS if (root / split / d).is_dir()), None)
         masks = by_lower_name(mask_dir) if mask_dir else {}
-        for image in images_in(originals):
+        for image in images_in(originals, problems):
             match = re.fullmatch(r"(\d+)_([A-Za-z])", image.stem)
             if not match:
                 problems.add(image, "file name is not {n}_{A|D|G|N}")
@@ -192,13 +325,13 @@ def read_hrf(root: str | Path, *, skip_bad: bool = False) -> ReadResult:
     The case id is ``hrf/NN_x`` (one per image): HRF numbers each diagnostic group separately, so
     ``01_h`` and ``01_dr`` are different people; grouping by NN alone would merge three diagnoses.
     """
-    root = require_dir(Path(root), "HRF")
+    root = require_dir(Path(root), "HRF", "--hrf")
     images_dir = require_dir(root / "images", "HRF images/")
     vessels = by_lower_name(root / "manual1")
     fovs = by_lower_name(root / "mask")
     problems = Problems(skip_bad)
     rows: list[dict[str, Any]] = []
-    for image in images_in(images_dir):
+    for image in images_in(images_dir, problems):
         match = re.fullmatch(r"(\d+)_([A-Za-z]+)", image.stem)
         code = match.group(2).lower() if match else ""
         if not match or code not in HRF_CODES:

@@ -70,6 +70,10 @@ MANIFEST_SCHEMA = pa.schema(
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(MANIFEST_SCHEMA.names)
 _META_LABELS = b"mdf_search.label_space"
 _META_HASH = b"mdf_search.manifest_hash"
+_PREPARE_HINT = (
+    "write the manifest with `mdf-search data prepare` (a CSV with image_path, case_id, label goes in "
+    "through `data prepare --manifest FILE.csv --out manifest.parquet`)"
+)
 
 
 class DataError(ValueError):
@@ -185,20 +189,32 @@ def write_manifest(table: pa.Table, path: str | Path) -> Path:
 def read_manifest(path: str | Path) -> tuple[pa.Table, LabelSpace]:
     """Read a manifest written by :func:`write_manifest` (or any Parquet with the manifest columns)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"{path}: is a directory; --manifest takes the manifest Parquet file, e.g. {path / 'manifest.parquet'}"
+        )
     if not path.is_file():
         raise DataError(f"{path}: manifest file not found")
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as err:
-        raise DataError(f"{path}: not a readable Parquet manifest ({err})") from None
+        raise DataError(f"{path}: not a readable Parquet manifest ({err})", hint=_PREPARE_HINT) from None
     missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
     if missing:
-        raise DataError(
-            f"{path}: missing manifest column(s) {missing}",
-            hint="write it with `mdf-search data prepare` (a CSV with image_path, case_id, label also works "
-            "through --manifest)",
-        )
+        raise DataError(f"{path}: missing manifest column(s) {missing}", hint=_PREPARE_HINT)
     meta = table.schema.metadata or {}
-    table = table.select(list(MANIFEST_COLUMNS)).cast(MANIFEST_SCHEMA)
+    table = table.select(list(MANIFEST_COLUMNS))
+    nulls = [f.name for f in MANIFEST_SCHEMA if not f.nullable and table.column(f.name).null_count]
+    if nulls:
+        counts = ", ".join(
+            f"column {c!r} is empty (null) in {table.column(c).null_count} row(s)" for c in nulls
+        )
+        raise DataError(f"{path}: {counts}", hint=_PREPARE_HINT)
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no rows (an empty manifest)", hint=_PREPARE_HINT)
+    try:
+        table = table.cast(MANIFEST_SCHEMA)
+    except (pa.ArrowException, ValueError) as err:
+        raise DataError(f"{path}: manifest columns of the wrong type ({err})", hint=_PREPARE_HINT) from None
     space = LabelSpace.from_json(meta[_META_LABELS]) if _META_LABELS in meta else LabelSpace.from_table(table)
     return table, space

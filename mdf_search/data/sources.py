@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mdf_search.data.readers import SKIP_HINT, Problems, ReadResult, read_fives, read_hrf
+from mdf_search.data.readers import Problems, ReadResult, read_fives, read_hrf
 from mdf_search.data.schema import (
     DataError,
     LabelSpace,
@@ -75,6 +75,30 @@ def check_consistency(
     return result.rows, result.skipped
 
 
+_PATH_KEYS = ("image_path", "vessel_mask_path", "fov_mask_path")
+
+
+def check_out(out: Path, *, force: bool, inputs: Sequence[Path] = ()) -> None:
+    """Refuse, before reading anything, an ``out`` that cannot or must not be written."""
+    if out.is_dir():
+        raise DataError(
+            f"{out}: is a directory; --out takes the manifest file, e.g. {out / 'manifest.parquet'}"
+        )
+    for parent in out.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise DataError(f"{out}: {parent} is not a folder; choose another --out")
+            break
+    resolved = out.resolve()
+    for source in inputs:
+        if source.resolve() == resolved:
+            raise DataError(f"{out}: is one of the inputs ({source}); choose another --out")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise DataError(
+            f"{out}: already exists; pass --force to replace it (force=True), or choose another --out"
+        )
+
+
 def prepare(
     out: str | Path,
     *,
@@ -84,13 +108,18 @@ def prepare(
     manifests: Sequence[str | Path] = (),
     skip_bad: bool = False,
     extra_diagnoses: Mapping[str, str] | None = None,
+    force: bool = False,
 ) -> PrepareResult:
     """Read every given source, check them together, and write one manifest atomically.
 
-    All sources are read before anything fails, so the error lists the problems of every source.
+    All sources are read before anything fails, so the error lists the problems of every source. An
+    existing ``out`` is replaced (atomically) only with ``force``; ``out`` is never one of the inputs.
     """
+    out = Path(out)
+    check_out(out, force=force, inputs=[Path(p) for p in (stonerounds, *manifests) if p is not None])
     results: list[ReadResult] = []
     errors: list[str] = []
+    hints: list[str] = []
     readers: list[tuple[Any, Any]] = [
         (fives, lambda p: read_fives(p, skip_bad=skip_bad)),
         (hrf, lambda p: read_hrf(p, skip_bad=skip_bad)),
@@ -108,13 +137,17 @@ def prepare(
             results.append(reader(src))
         except DataError as err:
             errors.extend(err.problems)
+            hints.extend(h for h in [err.hint or ""] if h and h not in hints)
     if errors:
-        raise DataError(errors, hint=SKIP_HINT)
+        raise DataError(errors, hint="\n".join(hints) or None)
     rows = [row for r in results for row in r.rows]
     rows, conflicts = check_consistency(rows, skip_bad=skip_bad)
     skipped = [s for r in results for s in r.skipped] + conflicts
     if not rows:
         raise DataError(f"{out}: no usable images left to write ({len(skipped)} skipped)")
+    written_from = {Path(r[k]) for r in rows for k in _PATH_KEYS if r[k]}
+    if out.resolve() in written_from:
+        raise DataError(f"{out}: is one of the input images or masks; choose another --out")
     table = manifest_table(rows)
     path = write_manifest(table, out)
     space = LabelSpace.from_table(table)

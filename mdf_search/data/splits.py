@@ -206,8 +206,8 @@ def make_split(
         raise ValueError(f"scheme must be one of {list(SCHEMES)}, but got {scheme!r}")
     if not (0 < val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         raise ValueError(
-            f"need 0 < val_frac, 0 <= test_frac and val_frac + test_frac < 1, "
-            f"but got (val_frac={val_frac}, test_frac={test_frac})"
+            f"need 0 < val_frac (--val-frac), 0 <= test_frac (--test-frac) and their sum below 1 (the rest "
+            f"is train), but got (val_frac={val_frac}, test_frac={test_frac}); e.g. --val-frac 0.2 --test-frac 0.2"
         )
     if scheme == "kfold" and not 0 <= fold < folds:
         raise ValueError(f"`0 <= fold < folds` must hold, but got (fold={fold}, folds={folds})")
@@ -279,6 +279,8 @@ def make_split(
 
 def write_split(split: Split, directory: str | Path) -> Path:
     """Write ``split-{hash}.parquet`` atomically (same hash, same content: rewriting is harmless)."""
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise DataError(f"{directory}: is a file; --out takes the folder for split-<hash>.parquet")
     path = Path(directory) / f"split-{split.hash}.parquet"
     meta = {
         b"mdf_search.split": json.dumps({"scheme": split.scheme, "hash": split.hash, **split.params}).encode()

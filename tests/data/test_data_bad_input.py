@@ -99,8 +99,8 @@ def test_unknown_diagnosis(study_copy: Path, tmp_path: Path) -> None:
 def test_image_referenced_twice_with_two_labels(tmp_path: Path, synth_study: Path) -> None:
     image = next((synth_study / "FIVES/train/Original").glob("*_N.png"))
     csv = tmp_path / "g.csv"
-    csv.write_text(f"image_path,case_id,label\n{image},a,normal\n{image},b,dr\n{image},a,normal\n")
-    with pytest.raises(DataError, match=r"referenced 3 times with different labels \['dr', 'normal'\]"):
+    csv.write_text(f"image_path,case_id,label\n{image},a,normal\n{image},b,dr\n")
+    with pytest.raises(DataError, match=r"referenced 2 times with different labels \['dr', 'normal'\]"):
         prepare(tmp_path / "out.parquet", manifests=[csv])
     _assert_nothing_written(tmp_path)
     with pytest.raises(DataError, match="no usable images"):
@@ -124,14 +124,14 @@ def test_bad_generic_split_and_type(tmp_path: Path, synth_study: Path) -> None:
     csv.write_text(f"image_path,case_id,label,authors_split\n{a},p1,weird,train\n{b},p2,dr,holdout\n")
     with pytest.raises(DataError) as info:
         prepare(tmp_path / "out.parquet", manifests=[csv])
-    assert "label 'weird' needs a disease_type" in str(info.value)
+    assert "row 1 of g.csv: label 'weird' is not a known disease; give it a disease_type" in str(info.value)
     assert "authors_split must be train, test or empty, got 'holdout'" in str(info.value)
 
 
 def test_missing_image_referenced_by_manifest(tmp_path: Path) -> None:
     csv = tmp_path / "g.csv"
     csv.write_text("image_path,case_id,label\nimgs/none.png,p1,normal\n")
-    with pytest.raises(DataError, match=r"imgs/none\.png: image file not found"):
+    with pytest.raises(DataError, match=r"imgs/none\.png: row 1 of g\.csv: image file not found"):
         prepare(tmp_path / "out.parquet", manifests=[csv])
 
 
@@ -140,6 +140,8 @@ def test_failed_prepare_keeps_previous_manifest(study_copy: Path, tmp_path: Path
     prepare(out, fives=study_copy / "FIVES")
     before = out.read_bytes()
     _first_fives(study_copy).write_bytes(b"broken")
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="already exists; pass --force"):
         prepare(out, fives=study_copy / "FIVES")
+    with pytest.raises(DataError, match="not an image"):
+        prepare(out, fives=study_copy / "FIVES", force=True)
     assert out.read_bytes() == before

@@ -99,10 +99,12 @@ def test_corrupt_image_found_at_build_leaves_nothing(study_copy: Path, tmp_path:
 
 def test_mask_size_mismatch(study_copy: Path, tmp_path: Path) -> None:
     mask = next((study_copy / "HRF/manual1").glob("*.tif"))
-    Image.new("L", (10, 10)).save(mask)
     prepare(tmp_path / "m.parquet", hrf=study_copy / "HRF")
+    Image.new("L", (10, 10)).save(mask)  # changed after prepare, which checks mask sizes itself
     with pytest.raises(DataError, match=rf"{mask.name}: vessel mask is 10x10 but its image"):
         build_cache(tmp_path / "m.parquet", tmp_path / "cache", 32)
+    with pytest.raises(DataError, match=rf"vessel mask \S*{mask.name} is 10x10 px but its image is 144x96"):
+        prepare(tmp_path / "m2.parquet", hrf=study_copy / "HRF")
 
 
 def test_race_loser_discards_its_copy(tmp_path: Path) -> None:
