@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from mdf_search.config import ConfigError
-from mdf_search.yamlio import read_trial_yaml, read_yaml_mapping
+from mdf_search.yamlio import MAX_ALIASES, MAX_BYTES, MAX_DEPTH, read_trial_yaml, read_yaml_mapping
 
 
 def _file(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
@@ -105,3 +107,97 @@ def test_nested_values_in_a_trial_file_are_refused_each_by_key(tmp_path: Path) -
 def test_a_trial_file_reports_yaml_errors_as_a_mapping_read_does(tmp_path: Path) -> None:
     error = _refusal(_file(tmp_path, "- a\n", "trial.yaml"), read_trial_yaml)
     assert error.problems == ["the top level must be a mapping of keys to values, but got list"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Limits and encodings (issue 13, findings 3 and 5).
+# ---------------------------------------------------------------------------------------------------
+def _bomb(levels: int) -> str:
+    names = "abcdefghijk"[:levels]
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]" for p, n in itertools.pairwise(names)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [9, 10])
+def test_an_alias_bomb_is_measured_not_expanded(levels: int, tmp_path: Path) -> None:
+    path = _file(tmp_path, _bomb(levels))
+    assert path.stat().st_size < 600
+    started = time.perf_counter()
+    error = _refusal(path)
+    assert time.perf_counter() - started < 0.5
+    assert error.problems == [
+        "line 1, column 1: aliases (*name) expand this file to more than 100000 values, over the limit of "
+        "100000 (an alias bomb?); write the values out instead of nesting anchors (&name)"
+    ]
+
+
+def test_anchors_within_the_limits_read_as_usual(tmp_path: Path) -> None:
+    text = "base: &b {epochs: 2, trials: 4}\nbudget: *b\nseeds: &s [0, 1]\nagain: *s\n"
+    data = read_yaml_mapping(_file(tmp_path, text))
+    assert data["budget"] == {"epochs": 2, "trials": 4} and data["again"] == [0, 1]
+
+
+def test_too_many_alias_uses_too_deep_and_a_self_alias_are_refused(tmp_path: Path) -> None:
+    many = _refusal(_file(tmp_path, "x: &x 1\ny: [" + ", ".join(["*x"] * (MAX_ALIASES + 1)) + "]\n"))
+    assert f"more than {MAX_ALIASES} alias uses" in many.problems[0]
+    deep = _refusal(_file(tmp_path, "a: " + "[" * 3000 + "]" * 3000 + "\n", "deep.yaml"))
+    assert f"nested more than {MAX_DEPTH} levels deep" in deep.problems[0]
+    loop = _refusal(_file(tmp_path, "seeds: &s [0, *s]\n", "loop.yaml"))
+    assert loop.problems[0].startswith("seeds (line 1): an alias (*name) refers to the anchor")
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_bytes(b"a: 1\n" + b"#" * (MAX_BYTES + 10))
+    assert _refusal(path).problems == [
+        "is 1.0 MiB; a YAML file here is at most 1 MiB (the limit); is this the right file?"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("a: café\n".encode("latin-1"), "is not UTF-8 text: byte 0xe9 at line 1, column 7"),
+        ("a: 1\n".encode("utf-16"), "is UTF-16 text (byte-order mark)"),
+        ("a: 1\nb: 2\n".encode("utf-16-be"), "is UTF-16 text (no byte-order mark)"),
+        ("a: 1\n".encode("utf-32"), "is UTF-32 text (byte-order mark)"),
+        (b"\x7fELF\x02\x01\x01\x00\x00\x00", "is a binary file (a NUL byte at offset 7)"),
+    ],
+    ids=["latin-1", "utf-16", "utf-16-be-no-bom", "utf-32", "elf"],
+)
+def test_an_encoding_other_than_utf8_is_named_with_the_fix(
+    content: bytes, words: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    (problem,) = _refusal(path).problems
+    assert problem.startswith(words) and ("UTF-8" in problem or "YAML text" in problem)
+
+
+def test_a_utf8_byte_order_mark_is_harmless(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes("\ufeffa: é\n".encode())
+    assert read_yaml_mapping(path) == {"a": "é"}
+
+
+def test_a_huge_integer_is_refused_by_its_key_path(tmp_path: Path) -> None:
+    error = _refusal(_file(tmp_path, f"budget:\n  epochs: 3\nseeds: [0, {'9' * 5001}]\n"))
+    assert error.problems == [
+        "seeds[1] (line 3): an integer of 5001 digits: no setting takes more than 64; write a smaller number"
+    ]
+
+
+def test_a_control_character_is_refused_with_its_line(tmp_path: Path) -> None:
+    (problem,) = _refusal(_file(tmp_path, 'a: 1\nb: "x\x1by"\n')).problems
+    assert problem.startswith("unacceptable character #x001b at line 2, column 6")
+
+
+def test_a_duplicate_key_on_one_line_is_refused(tmp_path: Path) -> None:
+    error = _refusal(_file(tmp_path, "budget: {epochs: 1, epochs: 2}\n"))
+    assert error.problems == ["line 1, column 21: duplicate key 'epochs' (first at line 1); keep one of them"]
+
+
+def test_an_error_shows_a_bounded_value(tmp_path: Path) -> None:
+    error = _refusal(_file(tmp_path, f"{'k' * 100_000}: 1\n{'k' * 100_000}: 2\n"))
+    assert len(error.problems[0]) < 200
