@@ -156,7 +156,7 @@ def synth(
     force: Annotated[bool, typer.Option("--force", help="replace a study already under --out")] = False,
 ) -> None:
     """Generate a synthetic fundus study in the real datasets' layouts (with a planted positive control)."""
-    from mdf_search.data.synthetic import check_study_out, write_study  # scipy.ndimage: only for drawing
+    from mdf_search.data.study import check_study_out, write_study  # scipy.ndimage: only for drawing
 
     check_study_out(out, force=force)
     with _progress("drawing fundus images") as update:

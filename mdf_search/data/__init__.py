@@ -2,7 +2,8 @@
 
 Modules: ``schema`` (manifest schema, LabelSpace, DataError), ``sources`` (FIVES, HRF, StoneRounds,
 generic readers and ``prepare``), ``synthetic`` + ``render`` (synthetic fundus study), ``splits``,
-``cache``, ``batches`` (torch Dataset and collate; imports torch), ``cli`` (``mdf-search data``).
+``cache``, ``batches`` (torch Dataset and collate; imports torch), ``study`` (``data synth`` into a
+user's folder).
 Only the torch-free basics are re-exported here so that importing the package stays cheap.
 """
 

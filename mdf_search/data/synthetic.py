@@ -58,12 +58,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -73,7 +71,7 @@ from PIL import Image
 from mdf_search.atomic import commit_dir, temp_sibling
 from mdf_search.config import SYNTHETIC_MIN_IMAGES, SYNTHETIC_MIN_SIZE, DataConfig
 from mdf_search.data.render import control_frequency, min_size_for_control, render_fundus
-from mdf_search.data.schema import DataError, read_manifest, write_manifest
+from mdf_search.data.schema import read_manifest, write_manifest
 from mdf_search.data.sources import prepare
 
 log = logging.getLogger(__name__)
@@ -360,58 +358,6 @@ def build_manifest(root: str | Path, out: str | Path | None = None) -> Path:
     return result.path
 
 
-STUDY_ENTRIES = ("FIVES", "HRF", "StoneRounds", "manifest.parquet")  # what a study folder holds
-
-
-def check_study_out(out: Path, *, force: bool) -> None:
-    """Refuse an ``out`` that is a file, or that already holds a study unless ``force``."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: is a file; --out takes the folder to write FIVES/, HRF/, StoneRounds/ into")
-    held = [name for name in STUDY_ENTRIES if (out / name).exists() or (out / name).is_symlink()]
-    if held and not force:
-        raise DataError(
-            f"{out}: already holds a study ({', '.join(held)}); pass --force to replace it, "
-            "or choose another --out"
-        )
-
-
-def write_study(
-    out: str | Path, *, force: bool = False, manifest: bool = True, **options: Any
-) -> Path | None:
-    """:func:`generate` (``options``) into a temp folder beside ``out``, then swap each study entry in.
-
-    Drawing over an old study would mix its pictures with the new ones (other labels under the same
-    names); only the study's own entries (:data:`STUDY_ENTRIES`) are replaced, and each in one rename,
-    so other files under ``out`` stay. Returns the manifest's path when ``manifest``.
-    """
-    out = Path(out)
-    check_study_out(out, force=force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out)
-    old: list[Path] = []
-    try:
-        generate(tmp, **options)
-        if manifest:
-            build_manifest(tmp, tmp / "manifest.parquet")
-            table, _ = read_manifest(tmp / "manifest.parquet")
-            write_manifest(_rebase(table, tmp, out), tmp / "manifest.parquet")
-        out.mkdir(exist_ok=True)
-        for name in STUDY_ENTRIES:
-            if (out / name).exists() or (out / name).is_symlink():
-                old.append(temp_sibling(out / name, "old"))
-                os.replace(out / name, old[-1])
-            if (tmp / name).exists():
-                os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for path in old:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-    return out / "manifest.parquet" if manifest else None
-
-
 def ensure_synthetic(
     cache_root: str | Path,
     images: int = DataConfig.synthetic_images,
@@ -448,7 +394,7 @@ def ensure_synthetic(
         # Read from the temp tree, but record the paths the files will have after the rename.
         build_manifest(tmp, tmp / "manifest.parquet")
         table, _ = read_manifest(tmp / "manifest.parquet")
-        table = _rebase(table, tmp, final)
+        table = rebase_paths(table, tmp, final)
         write_manifest(table, tmp / "manifest.parquet")
         commit_dir(tmp, final)
     finally:
@@ -456,7 +402,7 @@ def ensure_synthetic(
     return manifest
 
 
-def _rebase(table: pa.Table, old: Path, new: Path) -> pa.Table:
+def rebase_paths(table: pa.Table, old: Path, new: Path) -> pa.Table:
     """Rewrite the temp directory's prefix of every path column to the final directory's."""
     old_prefix, new_prefix = str(old.resolve()), str(new.resolve())
     for name in ("image_path", "vessel_mask_path", "fov_mask_path"):
