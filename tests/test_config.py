@@ -176,3 +176,21 @@ def test_layer_map_strategies_on_the_11b_layers(spec: str, levels: tuple[int, ..
 
 def test_more_levels_than_layers_share_layers() -> None:
     assert resolve_layer_map("shallow_early", (1, 2, 3, 4), (1, 3)) == {1: (1,), 2: (1,), 3: (3,), 4: (3,)}
+
+
+def test_infinite_nan_and_out_of_range_integers_are_problems_not_crashes() -> None:
+    with pytest.raises(ConfigError) as caught:
+        TrialConfig.from_flat(
+            {
+                "optim.micro_batch": float("inf"),
+                "optim.grad_accum": float("nan"),
+                "seed": 2**31,
+                "data.fold": "9" * 5000,
+            }
+        )
+    problems = "\n".join(caught.value.problems)
+    assert "optim.micro_batch: must be an integer in [1, 4096], but got inf" in problems
+    assert "optim.grad_accum: must be an integer in [1, 4096], but got nan" in problems
+    assert "seed: must be an integer in [0, 2147483647], but got 2147483648" in problems
+    assert "data.fold: must be an integer in [0, 99], but got '9999" in problems
+    assert all(len(p) < 200 for p in caught.value.problems)  # the values are shown cut

@@ -318,6 +318,12 @@ CASES: list[Case] = [
         r"scheduler\.grace_period",
         "budget.epochs",
     ),
+    spec_case(
+        "nuisance-range-nan",
+        variant(("nuisance:\n", "nuisance:\n  optim.lr: {low: .nan, high: 1.0e-3}\n")),
+        r"nuisance\.optim\.lr\.low",
+        "finite",
+    ),
     # The file itself.
     spec_case("empty-file", "", "experiment", "required"),
     spec_case("top-level-a-list", "- experiment: bad\n", "top level", "mapping"),

@@ -6,6 +6,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+import typer
+
+import mdf_search.cli.study
 from tests.cli.helpers import invoke, plain
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,3 +64,74 @@ def test_resume_needs_an_experiment_directory(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     err = plain(result.stderr)
     assert err.startswith(f"error: {tmp_path / 'spec.yaml'}: 1 problem(s): - ") and "budget.trials" in err
+
+
+def _started_experiment(tmp_path: Path) -> Path:
+    root = tmp_path / "runs" / "smoke"
+    root.mkdir(parents=True)
+    shutil.copy(SMOKE, root / "spec.yaml")
+    (root / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    return root
+
+
+def _no_ray(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record (instead of starting) the Ray that a command would connect to."""
+    calls: list[str] = []
+
+    def connect(*_: object, **__: object) -> None:
+        calls.append("connect")
+        raise typer.Exit(99)
+
+    monkeypatch.setattr(mdf_search.cli.study, "connect", connect)
+    return calls
+
+
+def test_sweep_fresh_on_an_existing_experiment_refuses_before_ray_and_before_any_leaderboard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _no_ray(monkeypatch)
+    root = _started_experiment(tmp_path)
+    result = invoke("sweep", str(SMOKE), "--storage", str(tmp_path / "runs"), "--fresh")
+    assert result.exit_code == 2 and calls == [] and result.stdout == ""
+    assert plain(result.stderr).startswith(f"error: {root}: the experiment exists (--fresh refuses")
+    assert f"mdf-search resume {root}" in plain(result.stderr)
+
+
+def test_sweep_continues_an_existing_experiment_of_the_same_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _no_ray(monkeypatch)
+    _started_experiment(tmp_path)
+    result = invoke("sweep", str(SMOKE), "--storage", str(tmp_path / "runs"), "--report-dir", str(tmp_path))
+    assert result.exit_code == 99 and calls == ["connect"], result.output  # every check passed
+
+
+def test_sweep_refuses_a_storage_it_cannot_write_before_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _no_ray(monkeypatch)
+    (tmp_path / "runs").write_text("a file\n")
+    result = invoke("sweep", str(SMOKE), "--storage", str(tmp_path / "runs"))
+    assert result.exit_code == 2 and calls == []
+    assert "is not a directory" in plain(result.stderr)
+
+
+def test_resume_refuses_what_it_cannot_resume_before_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _no_ray(monkeypatch)
+    root = _started_experiment(tmp_path)
+    (root / "experiment_state-2026-01-01_00-00-00.json").unlink()
+    result = invoke("resume", str(root))
+    assert result.exit_code == 2 and calls == []
+    assert "nothing to resume" in plain(result.stderr) and "mdf-search sweep" in plain(result.stderr)
+    missing = invoke("resume", str(tmp_path / "runs" / "absent"))
+    assert missing.exit_code == 2 and "no such directory" in plain(missing.stderr) and calls == []
+    renamed = tmp_path / "runs" / "copy"
+    shutil.copytree(_started_experiment(tmp_path / "b"), renamed)
+    result = invoke("resume", str(renamed))
+    assert result.exit_code == 2 and "names experiment 'smoke', but the directory is 'copy'" in plain(
+        result.stderr
+    )
+    ok = invoke("resume", str(tmp_path / "b" / "runs" / "smoke"))
+    assert ok.exit_code == 99 and calls == ["connect"], ok.output
