@@ -149,8 +149,8 @@ def parse_concurrent_trials(value: Any) -> int | str:
     ):
         return value
     raise ValueError(
-        f"must be an integer >= 1 and <= {MAX_CONCURRENT_TRIALS}, or 'auto' (as many trials as the "
-        f"cluster's CPUs and GPUs hold), but got {short_repr(value)}"
+        f"must be an integer >= 1 or 'auto' (as many trials as the cluster's CPUs and GPUs hold), and at "
+        f"most {MAX_CONCURRENT_TRIALS}, but got {short_repr(value)}"
     )
 
 
