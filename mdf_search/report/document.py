@@ -8,7 +8,7 @@ parameter name or value, the description, a metric name, a path, an error messag
 :func:`d`, which marks it with two private-use characters. Each renderer makes the marked spans inert
 for its output: report.md escapes them with ``escape.markdown`` (no raw HTML, no link, no image, no
 table-breaking ``|``), the CSV tables pass every text cell through ``escape.csv_cell``, and the HTML
-(jinja2, autoescape on) drops the marks and entity-escapes everything. The report's own words around
+(jinja2, autoescape on) drops the marks, shows control characters and entity-escapes everything. The report's own words around
 them stay as written.
 """
 
@@ -181,7 +181,8 @@ figure img{max-width:100%;border:1px solid #eee}figcaption{color:#57606a;font-si
 
 
 def _finalize(value: object) -> object:
-    return plain(value) if isinstance(value, str) else value
+    """Each value the HTML shows: data marks dropped, control characters shown (jinja escapes the rest)."""
+    return escape.visible(plain(value)) if isinstance(value, str) else value
 
 
 def to_html(report: Report) -> str:
