@@ -104,7 +104,12 @@ def _started(root: str) -> bool:
     if "://" in root:
         from ray import tune  # pyarrow's file systems; starts no cluster
 
-        return bool(tune.Tuner.can_restore(root))
+        try:
+            return bool(tune.Tuner.can_restore(root))
+        except Exception as err:  # credentials or network: the runner asks again once Ray is up
+            raise fail(
+                f"--storage {root}: cannot be listed ({err}); check the URI and its credentials"
+            ) from None
     return any(Path(root).glob(TUNE_STATE))
 
 
