@@ -201,7 +201,7 @@ CASES: list[Case] = [
         "concurrent-trials-absurd",
         variant(("concurrent_trials: 1", "concurrent_trials: 1000000000")),
         r"resources\.concurrent_trials",
-        "<=",
+        "at most 10000",
     ),
     spec_case("workers-absurd", variant(("workers: 1,", "workers: 100000,")), r"resources\.workers", "<="),
     spec_case(

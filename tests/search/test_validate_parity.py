@@ -7,6 +7,8 @@ sampler asks for, through ``TrialConfig.from_flat``. Its checks are the consumer
 the file system, ``TrialConfig``), not validate's.
 
 - Every shipped space, and the catalogue's base spec: ``validate`` says ok, and the sweep path accepts.
+- Every bad file of the catalogue (``tests/badinput/test_spec_yaml.py``) that ``validate`` refuses,
+  ``sweep`` refuses too, with the same words, before Ray starts.
 - Each finding of issue 13 (a seed past 2^31-1, a nan or infinite wall time, a name no directory can
   have, infinite resources, a storage that is no database, a test metric): injected into a loaded spec
   past the schema, the sweep path rejects it or would run it wrongly; written as a file, ``validate``
@@ -23,6 +25,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+import mdf_search.cli.study
 from mdf_search.config import ConfigError, TrialConfig
 from mdf_search.search.designs import arms, default_storage_url, define_by_run, study_name
 from mdf_search.search.runner import design_configs, experiment_root, resolve_resources
@@ -30,7 +33,8 @@ from mdf_search.search.samplers import make_sampler
 from mdf_search.search.space import SearchSpec, load_spec
 from mdf_search.search.validate import validate_files
 from mdf_search.train.selection import Selection
-from tests.badinput.test_spec_yaml import BASE, variant
+from tests.badinput.harness import Case, check, ids
+from tests.badinput.test_spec_yaml import BASE, CASES, variant
 
 SPACES = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
 
@@ -184,3 +188,19 @@ def test_a_duplicate_experiment_key_is_refused_by_the_reader_both_share(tmp_path
     assert code == 2 and "duplicate key 'experiment'" in "\n".join(lines)
     with pytest.raises(ValueError, match="duplicate key 'experiment'"):
         load_spec(path)  # the sweep's own reading of the file
+
+
+SINGLE = [c for c in CASES if c.args[0] == "validate" and len(c.args) == 2]
+
+
+@pytest.mark.parametrize("case", SINGLE, ids=ids(SINGLE))
+def test_every_spec_validate_refuses_the_sweep_refuses_before_ray(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalogue's bad files, given to ``sweep``: the same words, exit 2, before Ray, nothing written."""
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("the sweep went on to start Ray")
+
+    monkeypatch.setattr(mdf_search.cli.study, "connect", refuse)
+    check(dataclasses.replace(case, args=("sweep", case.args[1], "--storage", "runs")), tmp_path, monkeypatch)
