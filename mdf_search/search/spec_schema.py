@@ -59,6 +59,12 @@ number, or ``auto``: as many trials as the cluster's CPUs and GPUs hold, and on 
 grid/ofat), ``trials_per_arm`` (tpe/qmc/gp; default ``trials // arms``), ``max_wall_time`` (``"90s"``,
 ``"30m"``, ``"2h"`` or seconds; null = none), ``max_gpu_hours`` (0/null = no cap).
 
+**Bounds.** Every number is finite (``.nan`` and ``.inf`` are refused: a nan bound would pass every
+check and mean no limit); seeds lie in [0, 2^31-1]; the experiment name is at most 128 characters of
+``[A-Za-z0-9_.-]`` (it names a directory and files); resources and budgets have upper bounds past any
+real study (``MAX_*`` below); ``study.storage`` must parse as a SQLAlchemy URL of a known backend. The
+file itself is read within ``yamlio``'s limits (size, nesting, aliases).
+
 The defaults that are also trial settings (``budget.epochs``, ``resources.workers``, the default seed)
 are read from the ``TrialConfig`` dataclasses and ``resources.gpu_mem_gb`` from ``cluster.GPU_MEM_GB``,
 so each has one home.
