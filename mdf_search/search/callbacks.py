@@ -336,7 +336,40 @@ class ResumableOptunaSearch(OptunaSearch):
     The persistent study then already holds the trial as finished while Tune restores it as unfinished
     and reruns it (its Train run re-reports the final result); Optuna refuses to update a finished trial.
     The study keeps the value it was told, and the sweep goes on.
+
+    It also adopts the study's orphans: a driver killed after Optuna's ``ask`` but before Tune's next
+    snapshot leaves RUNNING trials in the study that the restored Tune never heard of. Asking anew
+    would leave them RUNNING forever, and the grid sampler, counting their grid points as taken, would
+    hand a taken point out twice and skip theirs. A new Tune trial takes over the oldest orphan
+    instead (its params are already set), so each planned trial runs once and the study's trial
+    numbers stay continuous.
     """
+
+    _orphans: list[Any] | None = None  # RUNNING study trials no Tune trial owns; None: not listed yet
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._orphans = None  # the snapshot's list is stale: list them again against its trials
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if callable(self._space) and trial_id not in self._ot_trials:
+            orphan = self._adopt_orphan()
+            if orphan is not None:
+                self._ot_trials[trial_id] = orphan
+                log.info("trial %s takes over the study's orphaned trial %d", trial_id, orphan.number)
+        return super().suggest(trial_id)
+
+    def _adopt_orphan(self) -> optuna.Trial | None:
+        study = self._ot_study
+        assert study is not None  # set up with the define-by-run space
+        if self._orphans is None:
+            known = {t.number for t in self._ot_trials.values()}
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            self._orphans = sorted((t for t in running if t.number not in known), key=lambda t: t.number)
+        if not self._orphans:
+            return None
+        frozen = self._orphans.pop(0)
+        return optuna.Trial(study, frozen._trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         try:

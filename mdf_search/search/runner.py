@@ -383,7 +383,11 @@ def run_sweep(
     _record_spec(spec, root)
     configs = design_configs(spec)
     resources = cluster_resources(spec, configs)
-    data, counts = prepare_study(configs, plan_memory=resources.gpus_per_worker > 0)
+    data, counts = (
+        prepare_study(configs, plan_memory=resources.gpus_per_worker > 0)
+        if trial is trial_driver
+        else ({}, {})  # a function trial uses none of the study's data
+    )
     settings = TrialSettings(
         experiment_root=root,
         selection=selection,

@@ -143,6 +143,43 @@ def test_the_optuna_study_is_told_the_value_of_the_selected_epoch(tmp_path: Path
     assert [t.value for t in study.trials] == [0.7]
 
 
+def _grid_space(trial: optuna.Trial) -> dict[str, Any]:
+    return {"p": trial.suggest_categorical("p", [0, 1, 2, 3])}
+
+
+def test_a_restored_searcher_adopts_the_trials_a_killed_driver_left_running(tmp_path: Path) -> None:
+    """A driver killed between Optuna's ask and Tune's snapshot: the restored searcher (from the older
+    snapshot) hands the orphaned grid points to its new trials, each point once, numbers continuous."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def searcher() -> ResumableOptunaSearch:
+        grid = optuna.samplers.GridSampler({"p": [0, 1, 2, 3]}, seed=0)
+        return ResumableOptunaSearch(
+            space=_grid_space,
+            metric="m",
+            mode="min",
+            sampler=grid,
+            storage=optuna.storages.RDBStorage(storage),
+            study_name="g",
+        )
+
+    first = searcher()
+    first.suggest("t1")
+    first.on_trial_complete("t1", result={"m": 1.0})
+    first.save(str(tmp_path / "snapshot.pkl"))  # Tune's last snapshot
+    orphans = [first.suggest("t2"), first.suggest("t3")]  # asked, then the driver dies
+    restored = searcher()
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    got = [restored.suggest(f"n{i}") for i in range(3)]
+    for i in range(3):
+        restored.on_trial_complete(f"n{i}", result={"m": float(i)})
+    study = optuna.load_study(study_name="g", storage=storage)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]  # no trial asked anew for an orphan
+    assert got[:2] == orphans  # the orphans' own grid points, oldest first
+    assert sorted(t.params["p"] for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
 def test_a_checkpoint_table_keeps_its_float32_probabilities(tmp_path: Path) -> None:
     table = predictions.load(_checkpoint(tmp_path / "c", 2))
     assert table is not None and table.schema.field("prob/healthy").type == pa.float32()
