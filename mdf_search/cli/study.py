@@ -212,7 +212,9 @@ def _run_study(
     )
     if report and "://" not in outcome.experiment_root:
         out = report_dir or f"reports/{spec.experiment}"
-        report_command(outcome.experiment_root, out)  # prints where the report went
+        code = report_command(outcome.experiment_root, out)  # prints where the report went
+        if code:
+            raise typer.Exit(code)  # the report printed its error; the results are kept
     if outcome.stopped_reason:
         raise fail(f"sweep stopped: {outcome.stopped_reason}", code=1)
 
