@@ -2,6 +2,12 @@
 
 ``leaderboard_command`` and ``report_command`` return the exit status, so a sweep can print the
 leaderboard and write the report when it ends without leaving the process.
+
+A results part that cannot be read (0-byte, truncated, not Parquet, wrong types) does not stop either
+command: the store moves it to ``<table>/quarantine/`` (a rename, never a deletion), and the command
+shows what is readable and warns, naming the file and the rows set aside: on stderr (``warning: ...``)
+and, for the table and the report, beside the results too. A reader that may not write the experiment
+folder leaves the part where it is, skips it and warns the same way; so does every later read.
 """
 
 from __future__ import annotations
@@ -14,10 +20,17 @@ from typing import Annotated
 import typer
 from rich.live import Live
 
-from mdf_search.cli.console import console, print_error, wide_console
+from mdf_search.cli.console import console, err_console, print_error, wide_console
+from mdf_search.escape import terminal, visible
 
 app = typer.Typer()
 POLL_S = 2.0  # --watch: seconds between two reads of the results
+MAX_TOP = 1 << 31  # a larger --top shows every row just the same
+
+
+def print_warning(message: str) -> None:
+    """``warning: <message>`` on stderr, the message shown as text (it names files from the data)."""
+    err_console.print(f"[yellow]warning:[/] {terminal(message)}", highlight=False, soft_wrap=True)
 
 
 def leaderboard_command(
@@ -43,18 +56,28 @@ def leaderboard_command(
         print_error(f"--top must be >= 1, but got {top}")
         return 2
 
+    top = min(top, MAX_TOP)
+    warnings: list[str] = []
+
     def build() -> Board:
-        return leaderboard_frame(load_experiment(experiment_dir), top, by, where, group_by)
+        exp = load_experiment(experiment_dir)
+        warnings[:] = exp.warnings
+        return leaderboard_frame(exp, top, by, where, group_by)
 
     try:
         board = build()
     except (ExperimentError, WhereError) as error:
-        print_error(str(error))
+        print_error(visible(error))
         return 2
     if not watch:
         if fmt == "table":
-            out.print(rich_table(board))
-        else:
+            out.print(rich_table(board))  # its caption holds the warnings
+        else:  # the data alone on stdout; the caption's notes and warnings on stderr
+            for note in board.notes:
+                if note not in warnings:
+                    err_console.print(f"note: {terminal(note)}", highlight=False, soft_wrap=True)
+            for message in warnings:
+                print_warning(message)
             sys.stdout.write(render_text(board, fmt))
         return 0
     try:
@@ -64,7 +87,7 @@ def leaderboard_command(
                 try:
                     board = build()
                 except (ExperimentError, WhereError) as error:
-                    board.notes = [f"refresh failed: {error}"]
+                    board.notes = [f"refresh failed: {error}"]  # shown as text by rich_table
                 live.update(rich_table(board), refresh=True)
     except KeyboardInterrupt:
         return 0
@@ -75,14 +98,24 @@ def report_command(experiment_dir: str, out: str) -> int:
     # matplotlib, polars and scipy: loaded when a report is written, not by `mdf-search --help`
     from mdf_search.report.ablation import write_report
     from mdf_search.report.experiment import ExperimentError
+    from mdf_search.results.store import TABLES, ResultsError, ResultsStore
 
+    tables = (*TABLES, "predictions")
+    store = ResultsStore(experiment_dir) if "://" in experiment_dir or Path(experiment_dir).is_dir() else None
     try:
+        if store is not None:
+            store.check(tables)  # unreadable parts set aside (and named) before the report reads them
         target = write_report(experiment_dir, out)
-    except ExperimentError as error:
-        print_error(str(error))
+    except (ExperimentError, ResultsError) as error:
+        print_error(visible(error))
         return 2
+    if store is not None:
+        for message in store.warnings(tables):  # this check's, and those set aside by the report's reads
+            print_warning(message)
     console.print(
-        f"report: {target / 'report.md'} and {target / 'report.html'}", highlight=False, soft_wrap=True
+        f"report: {terminal(target / 'report.md')} and {terminal(target / 'report.html')}",
+        highlight=False,
+        soft_wrap=True,
     )
     return 0
 

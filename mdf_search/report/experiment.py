@@ -23,9 +23,16 @@ from typing import Any
 import polars as pl
 
 from mdf_search.metrics import DEFAULT_METRIC, DEFAULT_MODE
-from mdf_search.report.design import RecordedSpec, load_spec_record, same_value
+from mdf_search.report.design import (
+    ARMS_FILE,
+    DesignError,
+    RecordedSpec,
+    load_spec_record,
+    read_record,
+    same_value,
+)
 from mdf_search.results.schema import FINISHED_OK, Status
-from mdf_search.results.store import ResultsStore
+from mdf_search.results.store import ResultsError, ResultsStore
 
 HEADLINE = ("val/accuracy", "val/macro_f1", "val/macro_recall", "val/auroc")
 TASK_HEADS = ("disease", "type")  # metric namespaces of task=dual (metrics.metrics_for_tasks)
@@ -43,7 +50,8 @@ class Experiment:
     epochs: pl.DataFrame
     metric: str
     mode: str
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # shown with the results (warnings included)
+    warnings: list[str] = field(default_factory=list)  # rows not shown: parts set aside (ResultsStore)
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -87,11 +95,7 @@ class Experiment:
         """Trials that finished with a value of the study metric (completed or stopped early)."""
         if self.metric not in self.trials.columns:
             return self.trials.head(0)
-        return self.trials.filter(
-            pl.col("status").is_in(FINISHED_OK)
-            & pl.col(self.metric).is_not_null()
-            & pl.col(self.metric).is_not_nan()
-        )
+        return self.trials.filter(pl.col("status").is_in(FINISHED_OK) & finite(self.metric))
 
     def selected(self, statuses: tuple[str, ...] = (Status.COMPLETED,)) -> pl.DataFrame:
         """One trial row per (arm, seed): among its trials with a status in ``statuses`` and a value of
@@ -105,9 +109,8 @@ class Experiment:
                 out = frame.head(0).with_columns(pl.lit(0, dtype=pl.Int64).alias("seed"))
             else:
                 seed = pl.col("seed") if "seed" in frame.columns else pl.lit(0, dtype=pl.Int64)
-                value = pl.col(self.metric)
                 out = (
-                    frame.filter(pl.col("status").is_in(statuses) & value.is_not_null() & value.is_not_nan())
+                    frame.filter(pl.col("status").is_in(statuses) & finite(self.metric))
                     .with_columns(seed.cast(pl.Int64).alias("seed"))
                     .sort([self.metric, "trial_id"], descending=[self.descending, False])
                     .unique(["arm", "seed"], keep="first", maintain_order=True)
@@ -129,14 +132,18 @@ class Experiment:
             return pl.DataFrame(
                 schema={"arm": pl.String, "seed": pl.Int64, "trial_id": pl.String, "value": pl.Float64}
             )
-        return chosen.select(
-            "arm", "seed", "trial_id", pl.col(metric).cast(pl.Float64).fill_nan(None).alias("value")
-        ).filter(pl.col("value").is_not_null())
+        return chosen.filter(finite(metric)).select(
+            "arm", "seed", "trial_id", pl.col(metric).cast(pl.Float64).alias("value")
+        )
 
     def predictions(self) -> pl.DataFrame:
         """The per-sample predictions table (empty when the experiment predates it); read once."""
         if "predictions" not in self._cache:
-            self._cache["predictions"] = read_predictions(self.root)
+            store = ResultsStore(self.root)
+            self._cache["predictions"] = store.predictions()
+            found = store.warnings(("predictions",))
+            self.warnings += found
+            self.notes += found
         frame = self._cache["predictions"]
         assert isinstance(frame, pl.DataFrame)
         return frame
@@ -157,7 +164,7 @@ class Experiment:
             if hit.height:
                 return hit.row(0, named=True)
         if self.metric in part.columns:
-            usable = part.filter(pl.col(self.metric).is_not_null() & pl.col(self.metric).is_not_nan())
+            usable = part.filter(finite(self.metric))
             if usable.height:
                 ranked = usable.sort([self.metric, "epoch"], descending=[self.descending, False])
                 return ranked.row(0, named=True)
@@ -206,23 +213,106 @@ def metric_task(metric: str) -> str | None:
     return parts[1] if len(parts) > 2 and parts[1] in TASK_HEADS else None
 
 
+def finite(column: str) -> pl.Expr:
+    """True where ``column`` holds a finite number: null, NaN, inf and -inf are no valid result."""
+    return pl.col(column).cast(pl.Float64, strict=False).is_finite().fill_null(False)
+
+
+def non_finite_note(frame: pl.DataFrame, column: str) -> str | None:
+    """A note naming the trials whose ``column`` is inf, -inf or NaN (ranked last, never selected)."""
+    if column not in frame.columns or not frame.schema[column].is_numeric():
+        return None
+    value = pl.col(column).cast(pl.Float64)
+    bad = frame.filter(value.is_not_null() & ~value.is_finite())
+    if bad.is_empty():
+        return None
+    ids = ", ".join(str(t) for t in bad["trial_id"].head(5).to_list()) if "trial_id" in bad.columns else ""
+    more = f" and {bad.height - 5} more" if bad.height > 5 else ""
+    trials = f"{bad.height} trial{'s' if bad.height != 1 else ''}"
+    return (
+        f"{trials} with a non-finite {column} (inf, -inf or nan: {ids}{more}): not a valid result, "
+        "ranked last and never selected"
+    )
+
+
+_SPECS: dict[str, tuple[Any, ...]] = {}  # experiment root -> (file stamps, arms, spec, notes)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def recorded_spec(root: Path, trials: pl.DataFrame) -> tuple[RecordedSpec | None, list[str]]:
+    """``design.load_spec_record``, read again only when arms.json or spec.yaml changes (modification
+    time, size, inode): ``leaderboard --watch`` reloads the results every 2 s, never an unchanged spec.
+    A spec reconstructed from spec.yaml depends on the arms in the trials table too, so new arms
+    rebuild it. A file that does not load at all (a folder, nesting too deep, ...) becomes a note
+    naming it."""
+    stamp = (_stamp(root / ARMS_FILE), _stamp(root / "spec.yaml"))
+    arms = tuple(sorted(str(a) for a in trials["arm"].unique().to_list())) if "arm" in trials.columns else ()
+    hit = _SPECS.get(str(root))
+    if hit is not None and hit[0] == stamp and hit[1] in (None, arms):
+        return hit[2], list(hit[3])
+    try:
+        spec, notes = load_spec_record(root, trials)
+    except (OSError, ValueError, RecursionError, MemoryError) as err:
+        culprit = root / "spec.yaml"
+        try:
+            read_record(root)
+        except (FileNotFoundError, DesignError):
+            pass
+        except (OSError, ValueError, RecursionError, MemoryError):
+            culprit = root / ARMS_FILE
+        spec = None
+        notes = [
+            f"{culprit} does not load ({type(err).__name__}: {str(err)[:200]}): metric, factors and "
+            f"baseline unknown; ranking by {DEFAULT_METRIC} ({DEFAULT_MODE}); fix or remove the file"
+        ]
+    _SPECS[str(root)] = (stamp, arms if spec is not None and spec.reconstructed else None, spec, notes)
+    return spec, list(notes)
+
+
 def load_experiment(experiment_dir: str) -> Experiment:
-    """Read the Parquet tables and the recorded spec (``report.design.load_spec_record``: arms.json, or a
-    reconstruction for an experiment that predates it); raise ``ExperimentError`` when the directory is
-    missing or holds no trials."""
+    """Read the Parquet tables and the recorded spec (``recorded_spec``: arms.json, or a reconstruction
+    for an experiment that predates it); raise ``ExperimentError`` when the directory is missing or
+    holds no readable trials. Parts that cannot be read are set aside (``ResultsStore``) and named in
+    ``warnings`` (and ``notes``); trials with a non-finite study metric are named in ``notes``."""
     root = Path(experiment_dir).expanduser()
-    if "://" not in experiment_dir and not root.is_dir():
+    remote = "://" in experiment_dir
+    if not remote and root.exists() and not root.is_dir():
+        raise ExperimentError(
+            f"{experiment_dir}: a file, not an experiment directory; pass runs/<experiment> as written by "
+            "`mdf-search sweep`"
+        )
+    if not remote and not root.is_dir():
         raise ExperimentError(
             f"{experiment_dir}: no such experiment directory; pass runs/<experiment> as written by "
             "`mdf-search sweep`"
         )
     store = ResultsStore(experiment_dir)
-    trials = store.trials()
+    try:
+        trials = store.trials()
+        epochs = store.epochs()
+    except ResultsError as err:
+        raise ExperimentError(str(err)) from None
+    warnings = store.warnings()
     if trials.is_empty():
+        if warnings:
+            left = [s for s in store.set_aside if s.moved_to is None]
+            aside = len(left) + len(store.quarantined("trials"))
+            raise ExperimentError(
+                f"{experiment_dir}: no readable trial results: {aside} parts set aside "
+                f"({'; '.join(warnings)})"
+            )
         raise ExperimentError(
             f"{experiment_dir}: no trial results yet (trials/*.parquet is empty); is the sweep running?"
         )
-    epochs = store.epochs()
-    spec, notes = load_spec_record(root, trials)
+    spec, notes = recorded_spec(root, trials)
     metric, mode = (spec.metric, spec.mode) if spec else (DEFAULT_METRIC, DEFAULT_MODE)
-    return Experiment(str(root), spec, trials, epochs, metric, mode, notes)
+    invalid = non_finite_note(trials, metric)
+    notes += [*([invalid] if invalid else []), *warnings]
+    return Experiment(str(root), spec, trials, epochs, metric, mode, notes, warnings)

@@ -16,10 +16,15 @@ column), the median of each phase column over the trials that recorded them (eve
 trial's time was spent too), the median ``wall_s`` and the phases' share of the summed wall time.
 Ranking by a cost column (``wall_s``, a phase, ``startup_s``, GPU/CPU hours) puts the cheapest first
 and shows the phase columns.
+
+A non-finite value (inf, -inf, NaN) is no result: such trials rank last, whatever the mode, and a note
+says how many. Every piece of data is made inert for its output (``mdf_search.escape``): rich markup and
+control characters on the terminal, markdown and HTML in ``--format markdown``, formulas in CSV cells.
 """
 
 from __future__ import annotations
 
+import difflib
 import io
 import json
 import math
@@ -29,7 +34,8 @@ from typing import Any
 import polars as pl
 from rich.table import Table
 
-from mdf_search.report.experiment import HEADLINE, Experiment, ExperimentError
+from mdf_search.escape import csv_cell, markdown, terminal
+from mdf_search.report.experiment import HEADLINE, Experiment, ExperimentError, non_finite_note
 from mdf_search.report.stats import t_interval
 from mdf_search.report.where import apply_where
 from mdf_search.results.schema import PHASE_COLUMNS, Status, param_schema
@@ -62,8 +68,10 @@ class Board:
 
 
 def _sort(frame: pl.DataFrame, by: str, descending: bool) -> pl.DataFrame:
-    key = pl.when(pl.col(by).is_nan()).then(None).otherwise(pl.col(by))
-    return frame.sort(key, descending=descending, nulls_last=True)
+    """Rows by ``by``; null, NaN, inf and -inf last (no value is no result, whichever the mode)."""
+    value = pl.col(by).cast(pl.Float64, strict=False)
+    key = pl.when(value.is_finite()).then(value).otherwise(None)
+    return frame.sort(key, descending=descending, nulls_last=True, maintain_order=True)
 
 
 def leaderboard_frame(
@@ -74,17 +82,26 @@ def leaderboard_frame(
     group_by: str | None = None,
 ) -> Board:
     """The rows to show; raise ``WhereError``/``ExperimentError`` on a bad filter or column."""
+    if by is not None and not by.strip():
+        raise ExperimentError(f"--by: empty; name a metric column, e.g. --by {exp.metric}, or --by phases")
     metric = by or exp.metric
     frame = apply_where(exp.trials, where)
     if metric == PHASES_VIEW:
         return _phase_board(exp, frame, top, where, group_by or "arm")
     if metric not in exp.trials.columns:
-        metrics = sorted(c for c in exp.trials.columns if "/" in c)[:12]
-        raise ExperimentError(f"--by: no column {metric!r}; metrics here: {', '.join(metrics)}")
+        close = difflib.get_close_matches(metric, exp.trials.columns, n=3, cutoff=0.6)
+        metrics = [exp.metric, *close, *sorted(c for c in exp.trials.columns if c.startswith("val/"))]
+        shown = ", ".join(dict.fromkeys(m for m in metrics if m in exp.trials.columns))
+        raise ExperimentError(f"--by: no column {metric!r}; pass one of: {shown}, or phases")
     if not exp.trials.schema[metric].is_numeric():
-        raise ExperimentError(f"--by: column {metric!r} is {exp.trials.schema[metric]}, not a number")
+        raise ExperimentError(
+            f"--by: column {metric!r} is {exp.trials.schema[metric]}, not a number; rank by a metric, "
+            f"e.g. --by {exp.metric}, or filter on {metric} with --where"
+        )
     descending = exp.descending
     notes = list(exp.notes)
+    invalid = non_finite_note(frame, metric) if metric != exp.metric else None
+    notes += [invalid] if invalid else []
     if metric.startswith("test/"):
         notes.append(
             f"ranked by {metric}, a test metric: for reading only; choosing a configuration by it biases the "
@@ -195,7 +212,7 @@ def _grouped(frame: pl.DataFrame, metric: str, group_by: str, exp: Experiment) -
     if group_by in chosen.columns and metric in chosen.columns:
         for key, part in chosen.group_by(group_by, maintain_order=True):
             value = pl.col(metric).cast(pl.Float64)
-            values = part.filter(value.is_not_null() & value.is_not_nan())[metric].cast(pl.Float64).to_numpy()
+            values = part.filter(value.is_finite())[metric].cast(pl.Float64).to_numpy()
             if not len(values):
                 continue
             lo, hi = t_interval(values)
@@ -209,7 +226,7 @@ def _grouped(frame: pl.DataFrame, metric: str, group_by: str, exp: Experiment) -
                     "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
                     "t_ci95_lo": None if math.isnan(lo) else lo,
                     "t_ci95_hi": None if math.isnan(hi) else hi,
-                    "best": None if best is None or math.isnan(best) else float(best),
+                    "best": None if best is None or not math.isfinite(best) else float(best),
                 }
             )
     seen = {r[group_by] for r in rows}
@@ -234,30 +251,49 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _json_value(value: Any) -> Any:
+    """JSON has no inf or NaN: a non-finite number is written as the text ``inf``, ``-inf`` or ``nan``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
 def render_text(board: Board, fmt: str) -> str:
-    """csv / json / markdown text of a board (``table`` is rendered by rich)."""
+    """csv / json / markdown text of a board (``table`` is rendered by rich); data escaped for each."""
     frame = board.frame
     if fmt == "csv":
+        text = [c for c, kind in frame.schema.items() if kind == pl.String]
+        safe = frame.with_columns(
+            pl.col(c).map_elements(csv_cell, return_dtype=pl.String, skip_nulls=True) for c in text
+        ).rename({c: str(csv_cell(c)) for c in frame.columns})
         buf = io.StringIO()
-        frame.write_csv(buf)
+        safe.write_csv(buf)
         return buf.getvalue()
     if fmt == "json":
-        return json.dumps(frame.to_dicts(), default=str, indent=1)
+        rows = [{k: _json_value(v) for k, v in row.items()} for row in frame.to_dicts()]
+        return json.dumps(rows, default=str, indent=1)
     if fmt == "markdown":
-        head = "| " + " | ".join(frame.columns) + " |"
+        head = "| " + " | ".join(markdown(c) for c in frame.columns) + " |"
         sep = "| " + " | ".join("---" for _ in frame.columns) + " |"
-        body = [
-            "| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in frame.iter_rows()
-        ]
-        return "\n".join([f"**{board.title}**", "", head, sep, *body]) + "\n"
+        body = ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in frame.iter_rows()]
+        return "\n".join([f"**{markdown(board.title)}**", "", head, sep, *body]) + "\n"
     raise ValueError(f"format must be one of {', '.join(FORMATS)}, but got {fmt!r}")
 
 
+def _md_cell(value: Any) -> str:
+    """A markdown cell: a number as ``_cell`` writes it, text escaped (no HTML, link or ``|``)."""
+    return _cell(value) if isinstance(value, int | float) or value is None else markdown(value)
+
+
 def rich_table(board: Board) -> Table:
-    table = Table(title=board.title, caption="\n".join(board.notes) or None, header_style="bold")
+    """The board as a rich table; the title, notes, column names and cells are data, printed as text."""
+    caption = "\n".join(terminal(n) for n in board.notes) or None
+    table = Table(title=terminal(board.title), caption=caption, header_style="bold")
     for col in board.frame.columns:
         numeric = board.frame.schema[col].is_numeric()
-        table.add_column(col, justify="right" if numeric else "left", overflow="fold", no_wrap=col == "arm")
+        table.add_column(
+            terminal(col), justify="right" if numeric else "left", overflow="fold", no_wrap=col == "arm"
+        )
     for row in board.frame.iter_rows():
-        table.add_row(*[_cell(v) for v in row])
+        table.add_row(*[terminal(_cell(v)) for v in row])
     return table

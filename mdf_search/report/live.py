@@ -9,6 +9,12 @@ The number of trials the sweep runs is read from the design it records (``arms.j
 ``report.design``), which the sweep writes before its first trial: until then the total is unknown, and
 the plain-mode header line waits for it (or for the first event). An experiment on remote storage
 (``s3://``) has no arms.json, so its view shows no total and no ETA from it.
+
+Every piece of data shown (trial ids, arm names, parameters, error messages, the experiment's name) is
+printed as text (``mdf_search.escape``): rich markup in it shows as written and control characters as
+``\\xNN``. A results part that cannot be read is set aside by the store and named under the table (or
+once, in plain mode); a trial with a non-finite metric is no result: it is left out of the ranking and
+counted in the summary line.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from mdf_search.escape import terminal, visible
 from mdf_search.report.design import DesignError, read_record
 from mdf_search.report.leaderboard import param_columns, varying
 from mdf_search.results.schema import Status
@@ -64,6 +71,8 @@ class LiveLeaderboard:
         self._finished_at_start = 0
         self._live: Live | None = None
         self._announced = False
+        self.warnings: list[str] = []  # parts the store set aside (ResultsStore.warnings)
+        self._warned: set[str] = set()
 
     def _read_total(self) -> None:
         """The trial total from arms.json, once the sweep has written it."""
@@ -82,8 +91,8 @@ class LiveLeaderboard:
             return
         self._announced = True
         self._read_total()
-        self.console.print(f"sweep {self.spec.experiment}: {self.total or '?'} trials, ranking by "
-                           f"{self.metric} ({self.spec.mode})", highlight=False)  # fmt: skip
+        self.console.print(f"sweep {terminal(self.spec.experiment)}: {self.total or '?'} trials, ranking by "
+                           f"{terminal(self.metric)} ({terminal(self.spec.mode)})", highlight=False)  # fmt: skip
 
     # -- context manager -------------------------------------------------------------------------------
     def __enter__(self) -> LiveLeaderboard:
@@ -107,7 +116,15 @@ class LiveLeaderboard:
             self._live = None
         else:
             self._announce()
-            self.console.print(self.summary_line(), highlight=False, markup=False, soft_wrap=True)
+            self._print_warnings()
+            self.console.print(terminal(self.summary_line()), highlight=False, soft_wrap=True)
+
+    def _print_warnings(self) -> None:
+        """Plain mode: each set-aside part once (a terminal shows them under the table)."""
+        for message in self.warnings:
+            if message not in self._warned:
+                self._warned.add(message)
+                self.console.print(f"warning: {terminal(message)}", highlight=False, soft_wrap=True)
 
     # -- events ----------------------------------------------------------------------------------------
     def on_event(self, event: str, info: dict[str, Any]) -> None:
@@ -117,19 +134,15 @@ class LiveLeaderboard:
             self._live.update(self.render(), refresh=True)
             return
         self._announce()
+        self._print_warnings()
         value = info.get(self.metric)
         shown = f" {self.metric}={value:.4f}" if isinstance(value, float) else ""
         epoch = f" epoch {info['epoch']}" if event == "result" and "epoch" in info else ""
-        message = (
-            f" {str(info.get('message', '')).splitlines()[-1]}"
-            if event == Status.ERROR and info.get("message")  # a trial that raised
-            else ""
-        )
+        lines = str(info.get("message") or "").splitlines()
+        message = f" {lines[-1]}" if event == Status.ERROR and lines else ""  # a trial that raised
+        line = f"{info.get('trial_id', '?')} {event}{epoch} {info.get('arm', '')}{shown}{message}"
         self.console.print(
-            f"{info.get('trial_id', '?')} {event}{epoch} {info.get('arm', '')}{shown}{message} | {self.summary_line()}",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
+            f"{terminal(line)} | {terminal(self.summary_line())}", highlight=False, soft_wrap=True
         )
 
     def _refresh(self, force: bool = False) -> None:
@@ -138,8 +151,10 @@ class LiveLeaderboard:
             return
         self._read_at = now
         self._read_total()
+        store = ResultsStore(self.root)
         try:
-            self.trials = ResultsStore(self.root).trials()
+            self.trials = store.trials()
+            self.warnings = store.warnings(("trials",))
         except Exception as err:  # a half-written store must never stop the sweep
             log.debug("live view: cannot read %s: %s", self.root, err)
 
@@ -156,11 +171,18 @@ class LiveLeaderboard:
         return float(ok[self.metric][0]), str(ok["arm"][0])
 
     def _ranked(self) -> pl.DataFrame:
+        """Trials with a finite value of the metric, best first (inf and NaN are no result)."""
         if self.trials.is_empty() or self.metric not in self.trials.columns:
             return pl.DataFrame()
-        return self.trials.filter(pl.col(self.metric).is_not_null() & pl.col(self.metric).is_not_nan()).sort(
-            self.metric, descending=self.descending
-        )
+        value = pl.col(self.metric).cast(pl.Float64, strict=False)
+        return self.trials.filter(value.is_finite()).sort(self.metric, descending=self.descending)
+
+    def non_finite(self) -> int:
+        """Trials whose metric is inf, -inf or NaN: left out of the ranking."""
+        if self.trials.is_empty() or self.metric not in self.trials.columns:
+            return 0
+        value = pl.col(self.metric).cast(pl.Float64, strict=False)
+        return self.trials.filter(value.is_not_null() & ~value.is_finite()).height
 
     def _finished(self) -> int:
         return sum(v for k, v in self.counts().items() if k != Status.RUNNING)
@@ -189,6 +211,9 @@ class LiveLeaderboard:
         finished, total, left = self.eta()
         best = self.best()
         best_text = f"best {self.metric}={best[0]:.4f} ({best[1]})" if best else "no result yet"
+        invalid = self.non_finite()
+        if invalid:
+            best_text += f" | {invalid} with a non-finite {self.metric} left out (not a valid result)"
         budget = (
             f"{finished}/{total} trials, {max(total - finished, 0)} left" if total else f"{finished} trials"
         )
@@ -196,10 +221,11 @@ class LiveLeaderboard:
 
     def render(self) -> Group:
         ranked = self._ranked().head(self.top)
-        table = Table(title=f"{self.spec.experiment}: top {self.top} by {self.metric} ({self.spec.mode})")
+        title = f"{self.spec.experiment}: top {self.top} by {self.metric} ({self.spec.mode})"
+        table = Table(title=terminal(title))
         params = varying(ranked, [p for p in param_columns(ranked) if p != "seed"]) if ranked.height else []
         for col in ("trial_id", "arm", "status", "seed", self.metric, *params):
-            table.add_column(col, justify="right" if col in (self.metric, "seed") else "left")
+            table.add_column(terminal(col), justify="right" if col in (self.metric, "seed") else "left")
         for row in ranked.iter_rows(named=True):
             cells = [
                 row.get("trial_id"),
@@ -210,6 +236,7 @@ class LiveLeaderboard:
             ]
             cells += [row.get(p) for p in params]
             table.add_row(
-                *[f"{c:.4g}" if isinstance(c, float) else str(c if c is not None else "") for c in cells]
+                *[terminal(f"{c:.4g}" if isinstance(c, float) else "" if c is None else c) for c in cells]
             )
-        return Group(table, Text(self.summary_line()))
+        warnings = [Text(f"warning: {visible(m)}", style="yellow") for m in self.warnings]
+        return Group(table, Text(visible(self.summary_line())), *warnings)  # Text: shown as written

@@ -203,3 +203,77 @@ def to_table(rows_in: Iterable[Mapping[str, Any]], table: str) -> pa.Table:
     schema = pa.schema(fields)
     columns = {f.name: [_coerce(r.get(f.name), f.type) for r in rows] for f in schema}
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+# -- what a part must hold to be read with the others ------------------------------------------------
+class PartError(ValueError):
+    """A part whose columns cannot be read with the table's other parts (the message says which)."""
+
+
+def required_columns(table: str) -> tuple[str, ...]:
+    """The columns without which a part's rows cannot be keyed or ordered."""
+    return (*KEYS[table], *(("written_at",) if table in ("trials", "epochs") else ()))
+
+
+def expected_types(table: str) -> dict[str, pa.DataType]:
+    """The fixed type of each core (and, for trials and epochs, parameter) column of ``table``."""
+    if table == "predictions":
+        return {f.name: f.type for f in (*PREDICTION_TRIAL, *PREDICTION_SAMPLE)}
+    core = TRIAL_CORE if table == "trials" else EPOCH_CORE
+    return {f.name: f.type for f in (*_PARAMS, *core)}
+
+
+def _family(kind: pa.DataType) -> str:
+    """Types one column may take in different parts and still be read as one (null goes with any)."""
+    if pa.types.is_null(kind):
+        return "null"
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return "number"
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "text"
+    if pa.types.is_timestamp(kind):
+        return "time"
+    return str(kind)
+
+
+def _all_null(table: pa.Table, name: str) -> bool:
+    return table.column(name).null_count == table.num_rows
+
+
+def column_types(table: str, parts: Mapping[str, pa.Table]) -> dict[str, pa.DataType]:
+    """The type every column is read as: the fixed type of a core or parameter column, else the type
+    most parts with values in the column give it (numbers before text on a tie)."""
+    fixed = expected_types(table)
+    votes: dict[str, dict[str, list[pa.DataType]]] = {}
+    for part in parts.values():
+        for f in part.schema:
+            if f.name not in fixed and not _all_null(part, f.name):
+                votes.setdefault(f.name, {}).setdefault(_family(f.type), []).append(f.type)
+    out = dict(fixed)
+    for name, families in votes.items():
+        family = max(families, key=lambda k: (len(families[k]), k == "number"))
+        kinds = families[family]
+        out[name] = max(kinds, key=kinds.count)
+    return out
+
+
+def conform(table: str, part: pa.Table, types: Mapping[str, pa.DataType]) -> pa.Table:
+    """``part`` with every column cast to ``types``; ``PartError`` saying which column when it cannot be."""
+    names = part.column_names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise PartError(f"holds the column {twice[0]!r} twice")
+    missing = [n for n in required_columns(table) if n not in names]
+    if missing:
+        raise PartError(f"lacks the column {missing[0]!r} that keys its rows")
+    fields = []
+    for f in part.schema:
+        want = types.get(f.name, f.type)
+        same_family = _family(f.type) == _family(want) or _family(f.type) == "null"
+        if not same_family and not _all_null(part, f.name):
+            raise PartError(f"holds {f.type} values in the column {f.name!r}, which is {want} in {table}")
+        fields.append(pa.field(f.name, want))
+    try:
+        return part.cast(pa.schema(fields))
+    except (pa.ArrowException, ValueError) as err:
+        raise PartError(f"its columns cannot be read as {table}'s types ({str(err)[:200]})") from None

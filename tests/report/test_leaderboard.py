@@ -75,7 +75,7 @@ def test_formats(hand_experiment: Callable[..., Path], capsys: pytest.CaptureFix
         rows = json.loads(out)
         assert [r["val/macro_f1"] for r in rows] == [0.9, 0.8]
     elif fmt == "markdown":
-        assert "| rank | trial_id | arm |" in out and "fusion.levels=4" in out
+        assert "| rank | trial\\_id | arm |" in out and "fusion.levels=4" in out  # data escaped: `_` too
     else:
         assert "val/macro_f1" in out and "0.9000" in out
 
