@@ -102,16 +102,20 @@ def report_command(experiment_dir: str, out: str) -> int:
 
     tables = (*TABLES, "predictions")
     store = ResultsStore(experiment_dir) if "://" in experiment_dir or Path(experiment_dir).is_dir() else None
+
+    def warn() -> None:  # what the check set aside, and what the report's own reads did
+        for message in store.warnings(tables) if store is not None else ():
+            print_warning(message)
+
     try:
         if store is not None:
             store.check(tables)  # unreadable parts set aside (and named) before the report reads them
         target = write_report(experiment_dir, out)
     except (ExperimentError, ResultsError) as error:
+        warn()
         print_error(visible(error))
         return 2
-    if store is not None:
-        for message in store.warnings(tables):  # this check's, and those set aside by the report's reads
-            print_warning(message)
+    warn()
     console.print(
         f"report: {terminal(target / 'report.md')} and {terminal(target / 'report.html')}",
         highlight=False,

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+import time
 from pathlib import Path
+from typing import Any
 
+import polars as pl
 import pytest
 
 from mdf_search.report.synthetic import synthetic_experiment
+from mdf_search.results.store import ResultsStore
 from tests.cli.helpers import invoke, plain
 
 
@@ -81,3 +86,76 @@ def test_report_writes_markdown_and_html_under_reports_of_the_experiment_name(
     out = tmp_path / "reports/small"
     assert (out / "report.md").read_text().startswith("# Ablation report: small")
     assert (out / "report.html").is_file() and any((out / "figures").iterdir())
+
+
+def _bomb(levels: int = 9) -> str:
+    lines = ["a: &a [" + ", ".join(["lol"] * 9) + "]"]
+    names = "abcdefghijklmnop"[:levels]
+    for prev, name in itertools.pairwise(names):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    return "\n".join([*lines, f"scientific: {{fusion.levels: *{names[-1]}}}"]) + "\n"
+
+
+def test_watch_reads_the_spec_once_per_change_and_goes_on_past_a_bad_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mdf_search.cli import results as cli_results
+    from mdf_search.report import experiment as experiment_module
+
+    root = synthetic_experiment(tmp_path / "w", seeds=(0, 1), only_arms=2, epochs=1, predictions=False)
+    (root / "arms.json").unlink()  # the spec comes from spec.yaml: an alias bomb
+    (root / "spec.yaml").write_text(_bomb())
+    reads: list[Path] = []
+    load = experiment_module.load_spec_record
+
+    def counted(where: Path, trials: pl.DataFrame) -> Any:
+        reads.append(where)
+        return load(where, trials)
+
+    polls = iter(range(100))
+
+    def poll(seconds: float) -> None:
+        n = next(polls)
+        if n == 1:
+            (root / "trials" / "t00002-a1.parquet").write_bytes(b"")  # a bad part appears mid-watch
+        if n == 3:
+            (root / "spec.yaml").write_text(_bomb(8))  # the spec changes once
+        if n == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment_module, "load_spec_record", counted)
+    monkeypatch.setattr(cli_results.time, "sleep", poll)
+    started = time.perf_counter()
+    assert cli_results.leaderboard_command(str(root), 20, None, None, None, "table", True) == 0
+    assert time.perf_counter() - started < 30
+    assert len(reads) == 2  # 7 reads of the results, 2 of the spec: at the start and after its change
+    out = plain(capsys.readouterr().out)
+    assert "t00002-a1.parquet" in out and "quarantine" in out and "t00003" in out
+    assert "spec.yaml does not load" in out and "alias" in out
+    assert (root / "trials" / "quarantine" / "t00002-a1.parquet").exists()
+
+
+def test_json_has_no_infinity_and_csv_no_formula(tmp_path: Path) -> None:
+    root = synthetic_experiment(
+        tmp_path / "j",
+        seeds=(0,),
+        only_arms=2,
+        epochs=1,
+        predictions=False,
+        arm_names=("=1+2", "@x"),
+        failures=False,
+    )
+    store = ResultsStore(str(root))
+    row = store.trials().filter(pl.col("trial_id") == "t00000").row(0, named=True)
+    row.pop("written_at")
+    store.write_trial({**row, "val/macro_f1": float("inf"), "status": "completed"})
+    result = invoke("leaderboard", str(root), "--format", "json")
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"{token} is not JSON")
+
+    rows = json.loads(result.stdout, parse_constant=refuse)
+    assert rows[-1]["val/macro_f1"] == "inf" and "non-finite" in result.stderr
+    csv_text = invoke("leaderboard", str(root), "--format", "csv").stdout
+    assert "'=1+2" in csv_text and "'@x" in csv_text
+    assert invoke("leaderboard", str(root), "--by", "").exit_code == 2

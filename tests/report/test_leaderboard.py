@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 import pytest
+from rich.console import Console
 
 from mdf_search.cli.results import leaderboard_command
 from mdf_search.report.experiment import load_experiment
-from mdf_search.report.leaderboard import leaderboard_frame
+from mdf_search.report.leaderboard import leaderboard_frame, render_text, rich_table
 from mdf_search.report.synthetic import synthetic_experiment
 from mdf_search.results.schema import PHASE_COLUMNS
 
@@ -173,3 +176,40 @@ def test_by_phases_on_an_experiment_without_phase_times(hand_experiment: Callabl
     board = leaderboard_frame(load_experiment(str(hand_experiment(VALUES))), by="phases")
     assert board.frame["trials"].to_list() == [0, 0] and board.frame["wall_s"].null_count() == 2
     assert any("no phase times recorded" in n for n in board.notes)
+
+
+def test_a_non_finite_metric_ranks_last_is_counted_and_never_selected(
+    hand_experiment: Callable[..., Path],
+) -> None:
+    values = {
+        "fusion.levels=none": [(0, "completed", math.inf), (1, "completed", 0.6)],
+        "fusion.levels=4": [(0, "completed", 0.8), (1, "completed", -math.inf), (2, "completed", math.nan)],
+    }
+    exp = load_experiment(str(hand_experiment(values)))
+    board = leaderboard_frame(exp, top=10)
+    assert board.frame["trial_id"].to_list()[:2] == ["t002", "t001"]  # 0.8, 0.6; then the three invalid
+    assert sorted(board.frame["trial_id"].to_list()[2:]) == ["t000", "t003", "t004"]
+    [note] = [n for n in board.notes if "non-finite" in n]
+    assert note.startswith("3 trials with a non-finite val/macro_f1") and "ranked last" in note
+    assert set(exp.selected()["trial_id"].to_list()) == {"t001", "t002"}
+    grouped = leaderboard_frame(exp, group_by="arm").frame
+    assert grouped["n"].to_list() == [1, 1] and grouped["mean"].to_list() == [0.8, 0.6]
+    assert exp.ok()["trial_id"].to_list() == ["t001", "t002"]
+
+
+def test_markup_and_escape_codes_in_data_print_as_text(tmp_path: Path) -> None:
+    hostile = "[/][link=https://example.invalid]x[/link]\x1b[2J"
+    root = synthetic_experiment(
+        tmp_path / "h", seeds=(0,), only_arms=2, epochs=1, predictions=False, arm_names=(hostile, "[bold]b")
+    )
+    board = leaderboard_frame(load_experiment(str(root)))
+    board.notes.append(f"note on {hostile}")
+    buf = io.StringIO()
+    Console(file=buf, force_terminal=True, width=300).print(rich_table(board))
+    out = buf.getvalue()
+    assert "[/][link=https://example.invalid]x[/link]\\x1b[2J" in out and "[bold]b" in out
+    assert "\x1b[2J" not in out and "\x1b]8;" not in out  # no screen clear, no hyperlink escape
+    markdown = render_text(board, "markdown")
+    assert "\\[/\\]\\[link=https://example.invalid\\]x\\[/link\\]\\\\x1b\\[2J" in markdown
+    csv = render_text(replace(board, frame=board.frame.with_columns(pl.lit("=1+1").alias("arm"))), "csv")
+    assert ",'=1+1," in csv

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import polars as pl
 import pytest
 
@@ -56,3 +58,53 @@ def test_errors_say_what_and_where(text: str, match: str | None) -> None:
         return
     with pytest.raises(WhereError, match=match):
         apply_where(FRAME, text)
+
+
+def test_a_non_ascii_value_and_escapes_match_what_they_spell() -> None:
+    frame = pl.DataFrame({"arm": ["fusion.levels=été", "a\\b", 'say "hi"', "ß", "x"], "flag": [True] * 5})
+    for text, arm in [
+        ('arm == "fusion.levels=été"', "fusion.levels=été"),
+        ('arm == "fusion.levels=\\u00e9t\\u00e9"', "fusion.levels=été"),
+        ('arm == "a\\\\b"', "a\\b"),
+        ("arm == 'say \"hi\"'", 'say "hi"'),
+        ('arm == "say \\"hi\\""', 'say "hi"'),
+        ("arm in ['ß']", "ß"),
+    ]:
+        assert apply_where(frame, text)["arm"].to_list() == [arm], text
+    assert apply_where(frame, "flag == true").height == 5
+    unicode_column = pl.DataFrame({"größe": [1, 2]})
+    assert apply_where(unicode_column, "größe > 1").height == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("(" * 3000 + 'status == "x"' + ")" * 3000, "nested more than 50 deep; write a flatter expression"),
+        ("not " * 3000 + 'status == "x"', "nested more than 50 deep"),
+        ('status == "\\q"', r"bad escape '\\\\q' at position 11 .*write \\\\ for a backslash"),
+        ('status == "\\u12"', "bad escape"),
+        ('status == "compl', 'unterminated string starting at position 10 .* end the value with "'),
+        ("status == 'compl", "unterminated string"),
+        ("seed == true", "column 'seed' is Int64, but the value is true; compare it with a number"),
+        ("when > 3", "column 'when' is Datetime.*is null"),
+        ("flag == 1", "column 'flag' is Boolean, but the value is a number"),
+        ('flag == "yes"', "compare it with true or false"),
+        ("status == completed", "expected a value"),
+        ("status ~ 'x'", "unexpected character '~' at position 7 .*e.g. --where"),
+    ],
+)
+def test_hostile_expressions_are_a_where_error_naming_the_fix(text: str, match: str) -> None:
+    frame = FRAME.with_columns(
+        pl.lit(True).alias("flag"), pl.lit(0, dtype=pl.Datetime("us", "UTC")).alias("when")
+    )
+    with pytest.raises(WhereError, match=match) as caught:
+        apply_where(frame, text)
+    assert str(caught.value).startswith("--where: ") and len(str(caught.value)) < 600
+
+
+def test_a_long_or_chain_stays_flat_and_fast() -> None:
+    text = " or ".join(f"seed == {i}" for i in range(3000))
+    started = time.perf_counter()
+    assert apply_where(FRAME, text).height == FRAME.height
+    assert time.perf_counter() - started < 5
+    assert apply_where(FRAME, " and ".join(["seed >= 0"] * 3000)).height == FRAME.height
