@@ -401,9 +401,15 @@ def run_sweep(
     tuner, writer, guard = _tuner(
         spec, root, storage_path, on_event, restore, settings, resources.concurrent_trials, trial
     )
-    grid = tuner.fit()
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    return SweepOutcome(root, writer.finished, writer.errors, guard.reason, unfinished)
+    tuner.fit()  # after Ctrl-C too: Tune stops its trials, saves its state and returns
+    return SweepOutcome(root, writer.finished, writer.errors, guard.reason, _unfinished(spec, writer))
+
+
+def _unfinished(spec: Any, writer: Any) -> int:
+    """Planned trials without a final row (Ctrl-C or the time budget ended the sweep before them)."""
+    trials = writer.store.trials()
+    ended = 0 if trials.is_empty() else int((trials["status"] != Status.RUNNING).sum())
+    return max(0, num_trials(spec) - ended)
 
 
 def cluster_resources(spec: Any, configs: list[TrialConfig]) -> TrialResources:
