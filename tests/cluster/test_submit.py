@@ -108,3 +108,79 @@ def test_an_unreachable_job_server_says_to_open_a_tunnel(monkeypatch: pytest.Mon
     with pytest.raises(SubmitError) as raised:
         job_client(f"http://127.0.0.1:{port}")
     assert "ssh -L 8265:localhost:8265" in str(raised.value) and "RAY_AUTH_MODE=token" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("address", "host", "port"),
+    [
+        ("http://127.0.0.1:8265", "127.0.0.1", 8265),
+        ("https://ray.example.org", "ray.example.org", None),  # a proxy on 443
+        ("https://ray.example.org:8443/prefix", "ray.example.org", 8443),
+        ("http://[::1]:8265", "::1", 8265),
+    ],
+)
+def test_a_job_server_address_is_http_with_a_port(address: str, host: str, port: int | None) -> None:
+    assert submit.check_job_address(address) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("127.0.0.1:8265", "no scheme; write the job server's address as http://127.0.0.1:8265"),
+        ("http://head", "no port (HTTP would mean port 80)"),
+        ("http://head:80a", "the port '80a' is not a number"),
+        ("os://head:8265", "unknown scheme 'os://'"),  # Ray would import a module named os
+        ("ray://head:10001", "a Ray Client address"),
+        ("http://he ad:8265", "spaces"),
+    ],
+)
+def test_a_malformed_job_server_address_names_the_option_and_the_fix(address: str, says: str) -> None:
+    with pytest.raises(SubmitError) as raised:
+        submit.check_job_address(address)
+    assert str(raised.value).startswith(f"--address {address!r}: ") and says in str(raised.value)
+
+
+def test_a_refused_loopback_port_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(SubmitError, match=f"nothing listens on 127.0.0.1:{port}"):
+        job_client(f"http://127.0.0.1:{port}")
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("address", "env", "says"),
+    [
+        ("http://head:8265", None, "--address 'http://head:8265': a job server (dashboard) address"),
+        (None, "head", "RAY_ADDRESS 'head': no port; write e.g. head:6379"),
+        ("ray://head:0", None, "the port '0' is not a number from 1 to 65535; write e.g. ray://head:10001"),
+        ("gcs://head:6379", None, "unknown scheme 'gcs://'"),
+        (None, " head:6379", "RAY_ADDRESS ' head:6379': contains spaces"),
+    ],
+)
+def test_a_malformed_ray_address_names_its_source_and_the_fix(
+    address: str | None, env: str | None, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mdf_search.cluster import AddressError, ray_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if env is not None:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    with pytest.raises(AddressError) as raised:
+        ray_address(address)
+    assert says in str(raised.value)
+
+
+def test_good_ray_addresses_pass_and_none_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mdf_search.cluster import ray_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_address(None) is None
+    for address in ("auto", "local", "10.0.0.5:6379", "ray://head:10001", "[fe80::1]:6379"):
+        assert ray_address(address) == address
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert ray_address(None) == "10.0.0.5:6379"

@@ -94,3 +94,35 @@ def test_export_says_why_a_light_checkpoint_has_no_weights(tmp_path: Path, polic
     assert not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError, match="not an mdf-search checkpoint"):
         checkpoint.export_checkpoint(tmp_path, tmp_path / "out")
+
+
+def test_rng_states_round_trip_through_a_weights_only_load(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    from mdf_search.train.deepspeed import safe_load
+
+    torch.save(checkpoint._rng_state(), tmp_path / "rank0.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint._set_rng_state(safe_load(tmp_path / "rank0.pt"))  # weights_only=True, no allow-list needed
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+
+
+def test_a_legacy_rng_file_with_numpy_arrays_still_loads(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    from mdf_search.train.deepspeed import UnsafeFile, safe_load
+
+    legacy = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    torch.save(legacy, tmp_path / "rank0.pt")
+    with pytest.raises(UnsafeFile):  # numpy's classes are allowed for the rng role only
+        safe_load(tmp_path / "rank0.pt")
+    expected = np.random.rand(2)
+    checkpoint._set_rng_state(safe_load(tmp_path / "rank0.pt", legacy_numpy=True))
+    assert np.array_equal(np.random.rand(2), expected)
