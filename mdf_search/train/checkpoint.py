@@ -58,7 +58,7 @@ from transformers import PreTrainedTokenizerFast
 
 from mdf_search.config import ConfigError, TrialConfig
 from mdf_search.train.builders import build_model
-from mdf_search.train.deepspeed import UnsafeFile, consolidate, safe_load, safe_loads
+from mdf_search.train.deepspeed import UnsafeFile, consolidate, safe_load, safe_loads, shape_mismatches
 
 log = logging.getLogger(__name__)
 TAG = "mdf"
@@ -295,28 +295,10 @@ def _verify_shards(ds_dir: Path) -> None:
         )
 
 
-def _checkpoint_shapes(ds_dir: Path) -> dict[str, tuple[int, ...]]:
-    states = _safe(sorted(ds_dir.glob("*model_states.pt"))[0])
-    shapes: dict[str, tuple[int, ...]] = {}
-    for group in states.get("param_shapes") or []:
-        shapes.update({k: tuple(v) for k, v in group.items()})
-    shapes.update({k: tuple(v) for k, v in (states.get("frozen_param_shapes") or {}).items()})
-    if not shapes:  # ZeRO-0: the whole module
-        shapes = {k: tuple(v.shape) for k, v in states["module"].items()}
-    return shapes
-
-
 def _compare_shapes(
     ds_dir: Path, expected: dict[str, tuple[int, ...]], buffers: set[str], against: str, fix: str
 ) -> None:
-    found = _checkpoint_shapes(ds_dir)
-    wrong = [
-        f"{k}: {list(found[k])} here, {list(v)} expected"
-        for k, v in expected.items()
-        if k in found and found[k] != v
-    ]
-    wrong += [f"{k}: missing" for k in expected if k not in found]
-    wrong += [f"{k}: not in the model" for k in found if k not in expected and k not in buffers]
+    wrong = shape_mismatches(_safe(sorted(ds_dir.glob("*model_states.pt"))[0]), expected, buffers)
     if wrong:
         raise CheckpointError(
             f"{ds_dir}: holds a model of other shapes than {against} ({len(wrong)} parameter(s), e.g. "

@@ -273,6 +273,24 @@ def safe_loads(engine: Any) -> Iterator[None]:
         engine.checkpoint_engine = original
 
 
+def shape_mismatches(
+    states: dict[str, Any], expected: dict[str, tuple[int, ...]], buffers: set[str]
+) -> list[str]:
+    """How the parameter shapes in a rank's model states (``*model_states.pt``, loaded) differ from
+    ``expected`` (name → shape; ``buffers`` may be there too): one line per parameter."""
+    found: dict[str, tuple[int, ...]] = {}
+    for group in states.get("param_shapes") or []:
+        found.update({k: tuple(v) for k, v in group.items()})
+    found.update({k: tuple(v) for k, v in (states.get("frozen_param_shapes") or {}).items()})
+    if not found:  # ZeRO-0: the whole module
+        found = {k: tuple(v.shape) for k, v in states["module"].items()}
+    wrong = [
+        f"{k}: {list(found[k])} here, {list(v)} expected" for k, v in expected.items() if found.get(k, v) != v
+    ]
+    wrong += [f"{k}: missing" for k in expected if k not in found]
+    return wrong + [f"{k}: not in the model" for k in found if k not in expected and k not in buffers]
+
+
 def _natural(path: Path) -> list[Any]:
     import re
 
