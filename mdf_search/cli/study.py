@@ -63,6 +63,7 @@ def validate(
 
 # Schemes of the object stores and file systems Tune's storage (pyarrow) takes.
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")
+REPORT_FOLDER = "report"  # the sweep's report: <storage>/<experiment>/report (report.outdir.OWN_FOLDER)
 TUNE_STATE = "experiment_state-*.json"  # Tune's experiment checkpoint: what `resume` restores
 
 
@@ -153,7 +154,7 @@ def _check_sweep(spec: SearchSpec, storage: str, fresh: bool, report: bool, repo
             f"`mdf-search resume {root}`, or rename `experiment:`"
         )
     if report and "://" not in root:
-        _writable_dir(Path(report_dir or f"reports/{spec.experiment}"), "--report-dir")
+        _writable_dir(Path(report_dir or f"{root}/{REPORT_FOLDER}"), "--report-dir")
     return root
 
 
@@ -211,7 +212,7 @@ def _run_study(
         outcome.experiment_root, top=10, by=None, where=None, group_by="arm", fmt="table", watch=False
     )
     if report and "://" not in outcome.experiment_root:
-        out = report_dir or f"reports/{spec.experiment}"
+        out = report_dir or f"{outcome.experiment_root}/{REPORT_FOLDER}"  # beside the results it reads
         code = report_command(outcome.experiment_root, out)  # prints where the report went
         if code:
             raise typer.Exit(code)  # the report printed its error; the results are kept
@@ -231,7 +232,8 @@ def sweep(
     report_dir: Annotated[
         str | None,
         typer.Option(
-            help="where the report goes (default reports/<experiment>; in a Ray job use shared storage)"
+            help="where the report goes (default <storage>/<experiment>/report, inside the experiment; in "
+            "a Ray job use shared storage)"
         ),
     ] = None,
 ) -> None:
