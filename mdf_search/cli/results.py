@@ -94,7 +94,8 @@ def leaderboard_command(
 
 
 def report_command(experiment_dir: str, out: str) -> int:
-    """Write the ablation report and say where it went: 0 when written, 2 for a missing or empty experiment."""
+    """Write the ablation report and say where it went: 0 when written, 2 for a missing or empty experiment
+    or a refused ``--out``, 1 when the report was written with failed sections (``ReportError.code``)."""
     # matplotlib, polars and scipy: loaded when a report is written, not by `mdf-search --help`
     from mdf_search.report.ablation import write_report
     from mdf_search.report.experiment import ExperimentError
@@ -114,7 +115,7 @@ def report_command(experiment_dir: str, out: str) -> int:
     except (ExperimentError, ResultsError) as error:
         warn()
         print_error(visible(error))
-        return 2
+        return int(getattr(error, "code", 2))  # ReportError: 1 when the report itself failed
     warn()
     console.print(
         f"report: {terminal(target / 'report.md')} and {terminal(target / 'report.html')}",

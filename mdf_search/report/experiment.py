@@ -280,7 +280,8 @@ def load_experiment(experiment_dir: str) -> Experiment:
     """Read the Parquet tables and the recorded spec (``recorded_spec``: arms.json, or a reconstruction
     for an experiment that predates it); raise ``ExperimentError`` when the directory is missing or
     holds no readable trials. Parts that cannot be read are set aside (``ResultsStore``) and named in
-    ``warnings`` (and ``notes``); trials with a non-finite study metric are named in ``notes``."""
+    ``warnings`` (and ``notes``). Trials with a non-finite study metric are kept in ``trials`` but never
+    selected (``ok``, ``selected``, ``per_seed``); the leaderboard and the report say how many."""
     root = Path(experiment_dir).expanduser()
     remote = "://" in experiment_dir
     if not remote and root.exists() and not root.is_dir():
@@ -313,6 +314,5 @@ def load_experiment(experiment_dir: str) -> Experiment:
         )
     spec, notes = recorded_spec(root, trials)
     metric, mode = (spec.metric, spec.mode) if spec else (DEFAULT_METRIC, DEFAULT_MODE)
-    invalid = non_finite_note(trials, metric)
-    notes += [*([invalid] if invalid else []), *warnings]
+    notes += warnings
     return Experiment(str(root), spec, trials, epochs, metric, mode, notes, warnings)

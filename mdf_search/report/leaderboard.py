@@ -100,7 +100,7 @@ def leaderboard_frame(
         )
     descending = exp.descending
     notes = list(exp.notes)
-    invalid = non_finite_note(frame, metric) if metric != exp.metric else None
+    invalid = non_finite_note(frame, metric)
     notes += [invalid] if invalid else []
     if metric.startswith("test/"):
         notes.append(
