@@ -157,5 +157,5 @@ def report(
     ] = None,
 ) -> None:
     """The ablation report: report.md, a self-contained report.html, figures/ and tables/."""
-    target = out or f"reports/{Path(experiment.rstrip('/')).name}"
+    target = out if out is not None else f"reports/{Path(experiment.rstrip('/')).name}"
     raise typer.Exit(report_command(experiment, target))
