@@ -61,7 +61,7 @@ def session_processes() -> list[psutil.Process]:
     mark = f"{SESSION_MARK}={os.environ[SESSION_MARK]}"
     found: dict[int, psutil.Process] = {p.pid: p for p in me.children(recursive=True) if not _own_helper(p)}
     for proc in psutil.process_iter():
-        if proc.pid == me.pid or proc.pid in found:
+        if proc.pid == me.pid or proc.pid in found or _own_helper(proc):
             continue
         try:
             if _BEFORE.get(proc.pid) == proc.create_time():
