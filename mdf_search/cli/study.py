@@ -16,7 +16,7 @@ import typer
 from mdf_search.cli.console import console, fail
 from mdf_search.cli.options import AddressOption, storage_path
 from mdf_search.cli.results import leaderboard_command, report_command
-from mdf_search.cluster import connect
+from mdf_search.cluster import AddressError, connect, ray_address
 from mdf_search.config import ConfigError
 from mdf_search.search.runner import experiment_root, run_sweep
 from mdf_search.search.space import SearchSpec, SpecError, load_spec
@@ -189,6 +189,14 @@ def _check_resume(experiment: Path) -> tuple[SearchSpec, str]:
     return spec, storage
 
 
+def _check_address(address: str | None) -> None:
+    """A bad ``--address`` or ``RAY_ADDRESS`` is refused before Ray starts or anything is written."""
+    try:
+        ray_address(address)
+    except AddressError as err:
+        raise fail(str(err)) from None
+
+
 def _run_study(
     spec: SearchSpec,
     storage: str,
@@ -243,6 +251,7 @@ def sweep(
     that needs no cluster (the spec, --storage, an existing experiment) runs before Ray starts."""
     spec = _load_spec(space)
     root = _check_sweep(spec, storage, fresh, report, report_dir)
+    _check_address(address)
     storage = root.rsplit("/", 1)[0]
     _run_study(spec, storage, address, resume=False if fresh else None, report=report, report_dir=report_dir)
 
@@ -254,4 +263,5 @@ def resume(
 ) -> None:
     """Continue a sweep after a crash or Ctrl-C: finished trials are kept, unfinished ones resume."""
     spec, storage = _check_resume(experiment)
+    _check_address(address)
     _run_study(spec, storage, address, resume=True, report=True)

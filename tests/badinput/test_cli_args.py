@@ -135,6 +135,26 @@ CASES: list[Case] = [
         ("--report-dir", "report.md", "not a directory"),
         setup=layout(SPACE, write("report.md", "mine\n")),
     ),
+    Case(
+        "sweep-address-http",
+        sweep("--address", "http://127.0.0.1:8265"),
+        ("--address", "submit"),
+        setup=SPACE,
+    ),
+    Case("sweep-address-no-port", sweep("--address", "10.0.0.1"), ("--address", "port"), setup=SPACE),
+    Case(
+        "sweep-ray-address-env-bad-scheme",
+        sweep(),
+        ("RAY_ADDRESS", "scheme"),
+        setup=SPACE,
+        env={"RAY_ADDRESS": "ftp://head:6379"},
+    ),
+    Case(
+        "resume-address-spaces",
+        ("resume", EXPERIMENT, "--address", "head node:6379"),
+        ("--address",),
+        setup=STARTED,
+    ),
     # resume
     Case("resume-no-argument", ("resume",), ("missing argument", "EXPERIMENT")),
     Case(
