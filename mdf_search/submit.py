@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mdf_search.cluster import AddressError, check_port, refused, split_host_port
+from mdf_search.config import ConfigError
 from mdf_search.search.space import SpecError, load_spec
 from mdf_search.search.validate import validate_spec
+from mdf_search.yamlio import read_yaml_mapping
 
 RUNTIME_ENV_FILE = Path("cluster") / "runtime_env.yaml"
 # Used when the working dir has no cluster/runtime_env.yaml (same list as that file).
@@ -85,12 +85,10 @@ def load_runtime_env(working_dir: Path) -> dict[str, Any]:
     path = working_dir / RUNTIME_ENV_FILE
     env: dict[str, Any] = {}
     if path.is_file():
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise SubmitError(
-                f"{path}: expected a mapping (a Ray runtime env), but got {type(loaded).__name__}"
-            )
-        env = loaded
+        try:  # the same size, alias, depth and encoding limits as every YAML the project reads
+            env = read_yaml_mapping(path)
+        except ConfigError as err:
+            raise SubmitError(f"{err}; fix the Ray runtime env file") from None
     else:
         env = {"excludes": list(DEFAULT_EXCLUDES)}
     if "working_dir" in env:

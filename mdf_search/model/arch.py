@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mdf_search.fields import choice, flat_field, float_range, int_range, optional_str
+from mdf_search.fields import choice, flat_field, float_range, int_range, optional_str, short_repr
 from mdf_search.model.presets import PRESETS
 from mdf_search.model.wiring import LEVELS, parse_layer_map
 
@@ -52,10 +52,10 @@ def _levels(value: Any) -> tuple[int, ...]:
         levels = sorted({int(v) for v in items})
     except ValueError:
         raise ValueError(
-            f"must be digits from 1..4 such as '1234' or '13', or 'none', but got {value!r}"
+            f"must be digits from 1..4 such as '1234' or '13', or 'none', but got {short_repr(value)}"
         ) from None
     if any(level not in LEVELS for level in levels):
-        raise ValueError(f"levels must be in 1..4, but got {value!r}")
+        raise ValueError(f"levels must be in 1..4, but got {short_repr(value)}")
     return tuple(levels)
 
 
@@ -70,7 +70,7 @@ def _film_sites(value: Any) -> tuple[str, ...]:
             sites.append(token)
         else:
             raise ValueError(
-                f"unknown FiLM site {token!r}: use '+'-joined names from {[*FILM_ALIASES, *FILM_SITES]}"
+                f"unknown FiLM site {short_repr(token)}: use '+'-joined names from {[*FILM_ALIASES, *FILM_SITES]}"
             )
     return tuple(s for s in FILM_SITES if s in sites)
 

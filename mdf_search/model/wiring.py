@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mdf_search.fields import short_repr
+
 LEVELS = (1, 2, 3, 4)  # the U-Net encoder levels, finest first
 LAYER_MAP_STRATEGIES = ("shallow_early", "deep_early", "all", "single")
 
@@ -40,15 +42,19 @@ def parse_explicit_map(text: str) -> dict[int, tuple[int, ...]]:
         if not sep:
             raise ValueError(
                 f"must be one of {list(LAYER_MAP_STRATEGIES)} or an explicit map like '1:3,2:8+13', "
-                f"but got {text!r}"
+                f"but got {short_repr(text)}"
             )
         try:
             level = int(level_text)
             layers = tuple(sorted({int(x) for x in layers_text.split("+") if x}))
         except ValueError:
-            raise ValueError(f"explicit map entries are level:layer[+layer], but got {part!r}") from None
+            raise ValueError(
+                f"explicit map entries are level:layer[+layer], but got {short_repr(part)}"
+            ) from None
         if level not in LEVELS or not layers:
-            raise ValueError(f"explicit map entry {part!r} needs a level in 1..4 and at least one layer")
+            raise ValueError(
+                f"explicit map entry {short_repr(part)} needs a level in 1..4 and at least one layer"
+            )
         mapping[level] = layers
     if not mapping:
         raise ValueError("an explicit layer map cannot be empty")
