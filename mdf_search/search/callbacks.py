@@ -372,6 +372,8 @@ class ResumableOptunaSearch(OptunaSearch):
         return optuna.Trial(study, frozen._trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if isinstance(self.metric, str) and self.metric not in result:
+            return  # an oom/diverged/infeasible report: no value to tell (the trial fails in the study)
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -380,9 +382,13 @@ class ResumableOptunaSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        """The study is told the study metric at the trial's selected epoch, not at its last one."""
+        """The study is told the study metric at the trial's selected epoch, not at its last one; a
+        trial that ended without one (``oom``, ``diverged``, ``infeasible``) failed (Optuna's default for
+        a result without the metric is ``PRUNED``, which samplers read as a stopped, valid trial)."""
         if result and isinstance(self.metric, str) and f"{SELECTED}{self.metric}" in result:
             result = {**result, self.metric: result[f"{SELECTED}{self.metric}"]}
+        elif result and isinstance(self.metric, str) and self.metric not in result:
+            error = True
         try:
             super().on_trial_complete(trial_id, result=result, error=error)
         except optuna.exceptions.UpdateFinishedTrialError:

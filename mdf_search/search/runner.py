@@ -14,6 +14,9 @@
 - An Optuna study belongs to one experiment directory (its ``experiment_root`` user attribute): a new
   experiment whose study name already exists in a shared storage (PostgreSQL) for another directory is
   refused before Tune starts, so two studies never mix their histories.
+- A trial's last report may lack the study metric (``oom``/``diverged``/``infeasible`` report no
+  validation value): Tune's strict metric check (which would end the whole sweep with a ``TuneError``)
+  is off in the sweep's process, and Optuna records such a trial as failed.
 - Ctrl-C: Tune stops the trials, saves its state and returns; :attr:`SweepOutcome.unfinished` counts the
   trials left to ``resume``.
 - The spec's ``metric``/``mode`` travel to every trial as a :class:`Selection`: inside a trial they pick
@@ -71,6 +74,7 @@ from mdf_search.train.selection import Selection
 
 log = logging.getLogger(__name__)
 RETRIES = 1  # Tune-level retries of a crashed trial (each resumes from its checkpoint)
+NO_STRICT_METRIC = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 
 
 def experiment_root(storage: str, experiment: str) -> str:
@@ -398,6 +402,7 @@ def run_sweep(
         data=data,
         param_counts=counts,
     )
+    os.environ.setdefault(NO_STRICT_METRIC, "1")  # an oom/diverged/infeasible report has no metric
     tuner, writer, guard = _tuner(
         spec, root, storage_path, on_event, restore, settings, resources.concurrent_trials, trial
     )

@@ -173,12 +173,16 @@ def check_results(
     return trials
 
 
-def check_study(url: str, name: str, planned: int) -> list[Any]:
-    """The Optuna study's history is continuous: trial numbers 0..n-1, each planned trial told once."""
+def check_study(url: str, name: str, planned: int, failed: int = 0) -> list[Any]:
+    """The Optuna study's history is continuous: trial numbers 0..n-1, each planned trial told once
+    (``failed`` of them as failures: an ``oom`` reports no metric)."""
     study = optuna.load_study(study_name=name, storage=url)
     trials = study.get_trials(deepcopy=False)
     numbers = sorted(t.number for t in trials)
     assert numbers == list(range(len(numbers))), numbers
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == planned, [(t.number, t.state.name) for t in trials]
+    failures = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert (len(complete), len(failures)) == (planned - failed, failed), [
+        (t.number, t.state.name) for t in trials
+    ]
     return trials

@@ -143,6 +143,21 @@ def test_the_optuna_study_is_told_the_value_of_the_selected_epoch(tmp_path: Path
     assert [t.value for t in study.trials] == [0.7]
 
 
+def test_a_failure_report_without_the_metric_fails_the_trial_in_the_study(tmp_path: Path) -> None:
+    """An oom/diverged/infeasible trial reports no validation value: the study records a failure, and
+    nothing raises (a KeyError here ended the whole sweep)."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    searcher = ResumableOptunaSearch(
+        space=_grid_space, metric="m", mode="min", storage=optuna.storages.RDBStorage(storage), study_name="f"
+    )
+    searcher.suggest("t1")
+    report = {"status": "oom", "epoch": 1, "message": "CUDA OOM"}
+    searcher.on_trial_result("t1", report)
+    searcher.on_trial_complete("t1", result=report)
+    study = optuna.load_study(study_name="f", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
+
+
 def _grid_space(trial: optuna.Trial) -> dict[str, Any]:
     return {"p": trial.suggest_categorical("p", [0, 1, 2, 3])}
 
