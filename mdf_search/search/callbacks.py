@@ -120,7 +120,7 @@ class ResultsWriter(Callback):
         # Tune pickles its callbacks into the experiment state; the event sink (a console) stays here.
         return {**self.__dict__, "on_event": None}
 
-    def _base(self, trial: Any) -> dict[str, Any]:
+    def _base(self, trial: Any, attempt: int | None = None) -> dict[str, Any]:
         config = trial.config
         params = dict(config.get("params", {}))
         try:
@@ -130,7 +130,7 @@ class ResultsWriter(Callback):
         return {
             "experiment": self.experiment,
             "trial_id": trial.trial_id,
-            "attempt": int(getattr(trial, "num_failures", 0)) + 1,
+            "attempt": attempt or _attempt(trial),
             "arm": config.get("arm", ""),
             "config_hash": config_hash,
             "host": socket.gethostname(),
@@ -138,9 +138,11 @@ class ResultsWriter(Callback):
             **params,
         }
 
-    def _trial_row(self, trial: Any, status: str, message: str = "") -> dict[str, Any]:
+    def _trial_row(
+        self, trial: Any, status: str, message: str = "", attempt: int | None = None
+    ) -> dict[str, Any]:
         last = dict(trial.last_result or {})
-        key = _attempt_key(trial)
+        key = _attempt_key(trial, attempt)
         phases = trial_phases(
             last,
             started_unix=self._started.get(key),
@@ -151,7 +153,7 @@ class ResultsWriter(Callback):
         workers = int(trial.config.get("params", {}).get("run.workers", 1))
         gpus = self.gpus_per_worker * workers
         row = {
-            **self._base(trial),
+            **self._base(trial, attempt),
             "status": status,
             "message": message or str(last.get("message", "") or ""),
             "epochs": int(last.get("epoch", 0) or 0),
@@ -213,11 +215,22 @@ class ResultsWriter(Callback):
         self.finished += 1
         self._emit(status, trial, selected_view(last))
 
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """An attempt failed and Tune retries the trial (a lost node, a killed process): the failed
+        attempt's row ends as ``error`` with its message, the trial goes on as the next attempt, and the
+        sweep does not count it as a failed configuration."""
+        message = _error_message(trial)
+        failed = max(1, int(getattr(trial, "num_failures", 1)))  # Tune counted this failure already
+        last = message.splitlines()[-1] if message else "error"
+        self.store.write_trial(self._trial_row(trial, Status.ERROR, f"retried: {last}", attempt=failed))
+        self._emit("retried", trial, {"message": message})
+
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         message = _error_message(trial)
         self.errors.append((trial.trial_id, message))
+        failed = max(1, int(getattr(trial, "num_failures", 1)))  # Tune counted this failure already
         self.store.write_trial(
-            self._trial_row(trial, Status.ERROR, message.splitlines()[-1] if message else "error")
+            self._trial_row(trial, Status.ERROR, message.splitlines()[-1] if message else "error", failed)
         )
         self.finished += 1
         self._emit(Status.ERROR, trial, {"message": message})
@@ -227,9 +240,14 @@ class ResultsWriter(Callback):
             self.on_event(event, {"trial_id": trial.trial_id, "arm": trial.config.get("arm", ""), **result})
 
 
-def _attempt_key(trial: Any) -> str:
-    """``<trial>-a<attempt>``: the attempt a Tune trial is on (Tune counts its failures)."""
-    return f"{trial.trial_id}-a{int(getattr(trial, 'num_failures', 0)) + 1}"
+def _attempt(trial: Any) -> int:
+    """The 1-based attempt a Tune trial is on (Tune counts its failures)."""
+    return int(getattr(trial, "num_failures", 0)) + 1
+
+
+def _attempt_key(trial: Any, attempt: int | None = None) -> str:
+    """``<trial>-a<attempt>``: the attempt a Tune trial is on, or ``attempt``."""
+    return f"{trial.trial_id}-a{attempt or _attempt(trial)}"
 
 
 def _error_message(trial: Any) -> str:

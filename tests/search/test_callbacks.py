@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import polars as pl
 import pyarrow as pa
 import pytest
 from ray.tune.schedulers import TrialScheduler
@@ -244,16 +245,26 @@ def test_an_errored_trial_keeps_the_last_line_of_its_error(tmp_path: Path) -> No
 
 
 def test_a_retried_trial_writes_one_row_per_attempt(tmp_path: Path) -> None:
+    """As Tune calls the writer: a failed attempt is counted (``num_failures``) before the callback."""
     writer, store = _writer(tmp_path)
     trial = StandInTrial("t1", last_result={"epoch": 1, "status": "running"})
+    writer.on_trial_result(0, [], trial, dict(trial.last_result))  # attempt 1 reports, then its node dies
     trial.error_msg = "OSError: node lost"
-    writer.on_trial_error(0, [], trial)
     trial.num_failures = 1
+    writer.on_trial_recover(1, [], trial)  # retried: not a failed configuration
     trial.last_result = {"epoch": 2, "status": "completed"}
-    writer.on_trial_complete(1, [], trial)
+    writer.on_trial_complete(2, [], trial)
     every = store.trials(latest_attempt=False).sort("attempt")
     assert every.select("attempt", "status").rows() == [(1, "error"), (2, "completed")]
+    assert every["message"][0] == "retried: OSError: node lost" and not writer.errors
     assert store.trials().select("attempt", "status").rows() == [(2, "completed")]
+    # a trial whose retry failed too ends as an error of its second attempt, not a third
+    trial2 = StandInTrial("t2", last_result={"epoch": 1, "status": "running"})
+    trial2.error_msg, trial2.num_failures = "RuntimeError: bad config", 2
+    writer.on_trial_error(3, [], trial2)
+    assert store.trials().filter(pl.col("trial_id") == "t2").select("attempt", "status").rows() == [
+        (2, "error")
+    ]
 
 
 def test_a_row_carries_the_provenance_arm_params_and_config_hash(tmp_path: Path) -> None:
