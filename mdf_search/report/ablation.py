@@ -1,5 +1,6 @@
 """The ablation report: ``write_report(experiment_dir, out)`` writes report.md, a self-contained
-report.html, figures/ (PNG + SVG), tables/ (CSV) and deepcave/ from any experiment, finished or not.
+report.html, figures/ (PNG, SVG and PDF), tables/ (CSV and booktabs LaTeX, ``report.latex``) and
+deepcave/ from any experiment, finished or not.
 
 Each section degrades to a note instead of failing: a running sweep, a resumed one, one arm, one seed,
 no baseline, trials with non-finite metrics (``report.finite`` sets them aside and says so). A section
@@ -18,12 +19,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mdf_search.report import analysis, compare, exports, outdir, review
+from mdf_search.report import analysis, compare, curves, exports, outdir, review, sampler
 from mdf_search.report.document import Report, Section, Text, d, plain, to_html, to_markdown, write_tables
 from mdf_search.report.experiment import Experiment, load_experiment
 from mdf_search.report.figures import FigureSink
 from mdf_search.report.finite import SetAside, finite
 from mdf_search.report.importance import importance_section
+from mdf_search.report.latex import write_latex_tables
 from mdf_search.report.outdir import ReportError
 
 __all__ = ["ReportError", "build_report", "write_report"]
@@ -98,9 +100,14 @@ def build_report(
         ("Factors", "factors", lambda: analysis.factor_section(exp, sink)),
         ("Per class", "classes", lambda: analysis.per_class_section(exp, cmp, sink)),
         ("Parameter importance", "importance", lambda: importance_section(exp, sink)),
+        *(
+            [("Sampler", "sampler", lambda: sampler.sampler_section(exp, sink))]
+            if sampler.is_sampler(exp)
+            else []
+        ),
         ("Ablation path", "path", lambda: review.path_section(exp, cmp, sink)),
         ("Cost: Pareto fronts", "pareto", lambda: review.pareto_section(exp, sink)),
-        ("Learning curves", "curves", lambda: review.curves_section(exp, sink)),
+        ("Learning curves", "curves", lambda: curves.curves_section(exp, cmp, sink)),
         ("Warnings", "warnings", lambda: review.warnings_section(exp, cmp, reports)),
         ("Failure appendix", "failures", lambda: review.failures_section(exp, invalid)),
         ("Exports", "exports", lambda: exports.export_section(exp, out)),
@@ -126,6 +133,7 @@ def write_report(experiment_dir: str, out: str) -> Path:
     try:
         report, failed = build_report(exp, tmp, reports_so_far(exp) + 1, target.path, aside)
         write_tables(report, tmp / "tables")
+        write_latex_tables(report, tmp / "tables")
         (tmp / "report.md").write_text(to_markdown(report), encoding="utf-8")
         (tmp / "report.html").write_text(to_html(report), encoding="utf-8")
         outdir.publish(tmp, target)

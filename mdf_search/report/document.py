@@ -49,7 +49,7 @@ class Text:
 
 @dataclass
 class TableBlock:
-    name: str  # tables/<name>.csv
+    name: str  # tables/<name>.csv and .tex
     headers: list[str]
     rows: list[list[str]]
     caption: str = ""
@@ -57,7 +57,7 @@ class TableBlock:
 
 @dataclass
 class FigureBlock:
-    name: str  # figures/<name>.png and .svg
+    name: str  # figures/<name>.png, .svg and .pdf
     caption: str
     png: bytes = b""
 
@@ -133,14 +133,19 @@ def to_markdown(report: Report) -> str:
                     out += [_md(block.text), ""]
             elif isinstance(block, TableBlock):
                 if block.caption:
-                    out += [f"*{_md(block.caption)}* ([csv](tables/{_link(block.name)}.csv))", ""]
+                    name = _link(block.name)
+                    out += [
+                        f"*{_md(block.caption)}* ([csv](tables/{name}.csv), [tex](tables/{name}.tex))",
+                        "",
+                    ]
                 out += ["| " + " | ".join(_md(h) for h in block.headers) + " |"]
                 out += ["| " + " | ".join("---" for _ in block.headers) + " |"]
                 out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in block.rows]
                 out += [""]
             else:
-                caption = _md(block.caption)
-                out += [f"![{caption}](figures/{_link(block.name)}.png)", "", f"*{caption}*", ""]
+                caption, name = _md(block.caption), _link(block.name)
+                out += [f"![{caption}](figures/{name}.png)", ""]
+                out += [f"*{caption}* ([pdf](figures/{name}.pdf), [svg](figures/{name}.svg))", ""]
         if section.blocks and isinstance(section.blocks[-1], Text) and section.blocks[-1].kind == "warning":
             out.append("")
     return "\n".join(out).rstrip() + "\n"

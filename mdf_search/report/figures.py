@@ -1,4 +1,7 @@
-"""Matplotlib (Agg) figures of the report; each is saved as PNG and SVG and returned as a block.
+"""Matplotlib (Agg) figures of the report; each is saved as PNG (150 dpi, for report.md and the HTML),
+SVG and PDF (vector, for a paper: TrueType fonts, which publishers accept where Type 3 is refused) under
+stable names, and returned as a block. The files carry no date and fixed SVG ids, so the same report
+writes the same bytes.
 
 Labels are data (arm ids, parameter names and values): mathtext is off, so a ``$`` in a name is a
 dollar sign, never a formula that fails to parse; captions mark their data with ``document.d``."""
@@ -9,6 +12,7 @@ import hashlib
 import io
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from mdf_search.report.document import FigureBlock, d
@@ -35,28 +40,54 @@ plt.rcParams.update(
         "font.size": 9,
         "axes.titlesize": 10,
         "svg.fonttype": "none",
+        "svg.hashsalt": "mdf-search",  # stable element ids: the same figure, the same SVG
+        "pdf.fonttype": 42,
         "text.parse_math": False,
     }
 )
 
 
+DPI = 150
+FORMATS = ("png", "svg", "pdf")  # every figure is written in each, as figures/<name>.<format>
+
+
 class FigureSink:
-    """Saves figures under ``directory`` (PNG + SVG) and hands back report blocks."""
+    """Saves figures under ``directory`` (PNG, SVG and PDF) and hands back report blocks."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
 
     def save(self, fig: Figure, name: str, caption: str) -> FigureBlock:
+        plain_log_ticks(fig)
         if not fig.get_layout_engine():
-            fig.tight_layout()
+            with (
+                warnings.catch_warnings()
+            ):  # twin axes (Optuna's parallel coordinates): laid out as well as can be
+                warnings.filterwarnings("ignore", message=".*not compatible with tight_layout")
+                fig.tight_layout()
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        png = buf.getvalue()
-        (self.directory / f"{name}.png").write_bytes(png)
-        fig.savefig(self.directory / f"{name}.svg", format="svg")
-        plt.close(fig)
+        try:
+            fig.savefig(buf, format="png", dpi=DPI)
+            png = buf.getvalue()
+            (self.directory / f"{name}.png").write_bytes(png)
+            fig.savefig(self.directory / f"{name}.svg", format="svg", metadata={"Date": None})
+            fig.savefig(
+                self.directory / f"{name}.pdf", format="pdf", metadata={"CreationDate": None, "ModDate": None}
+            )
+        finally:
+            plt.close(fig)
         return FigureBlock(name, caption, png)
+
+
+def plain_log_ticks(fig: Figure) -> None:
+    """Log-scale tick labels as plain numbers: matplotlib's default writes them as mathtext
+    (``$\\mathdefault{10^{-3}}$``), which with ``text.parse_math`` off would print as that source."""
+    for ax in fig.axes:
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_major_formatter(ticker.LogFormatter())
+                axis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
 
 
 def short(label: Any, width: int = 28) -> str:
@@ -257,22 +288,37 @@ def pareto_figure(
 def curves_figure(
     sink: FigureSink,
     metric: str,
-    curves: Mapping[str, tuple[Sequence[int], Sequence[float], Sequence[float]]],
+    curves: Mapping[str, Mapping[str, Sequence[tuple[int, int, float, float, float]]]],
+    labels: Mapping[str, str],
+    band: str,
 ) -> FigureBlock:
-    """Per trial label: epochs, metric values, train loss values."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for k, (label, (epochs, values, losses)) in enumerate(curves.items()):
+    """Per arm, the mean over seeds at each epoch with a shaded band: ``curves`` = {arm: {"metric" |
+    "loss": [(epoch, n, mean, lo, hi), ...]}}; ``band`` names the band for the caption."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    losses = False
+    for k, (arm, series) in enumerate(curves.items()):
         color = PALETTE[k % len(PALETTE)]
-        ax1.plot(epochs, values, "-o", ms=3, color=color, label=short(label, 48))
-        if any(np.isfinite(losses)):
-            ax2.plot(epochs, losses, "-o", ms=3, color=color)
-    ax1.set_title(f"{metric} per epoch")
-    ax2.set_title("train loss per epoch")
+        for ax, key in ((ax1, "metric"), (ax2, "loss")):
+            points = [p for p in series.get(key, ()) if np.isfinite(p[2])]
+            if not points:
+                continue
+            losses |= key == "loss"
+            epochs = [p[0] for p in points]
+            ax.plot(epochs, [p[2] for p in points], "-o", ms=3, color=color,
+                    label=labels.get(arm, short(arm, 48)) if key == "metric" else None)  # fmt: skip
+            lo, hi = np.array([p[3] for p in points]), np.array([p[4] for p in points])
+            shown = np.isfinite(lo) & np.isfinite(hi)
+            if shown.any():
+                ax.fill_between(np.array(epochs)[shown], lo[shown], hi[shown], color=color, alpha=0.18, lw=0)
+    ax1.set_title(f"{metric} per epoch (mean over seeds)")
+    ax2.set_title("train loss per epoch (mean over seeds)")
+    if not losses:
+        ax2.text(0.5, 0.5, "no train loss recorded", ha="center", va="center", transform=ax2.transAxes)
     for ax in (ax1, ax2):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax1.legend(fontsize=7, frameon=False)
-    return sink.save(fig, "learning_curves", "learning curves of the best trials")
+    return sink.save(fig, "learning_curves", f"learning curves per arm: mean over seeds, shaded: {band}")
 
 
 def path_figure(sink: FigureSink, metric: str, steps: Sequence[str], values: Sequence[float]) -> FigureBlock:

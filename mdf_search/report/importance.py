@@ -28,7 +28,9 @@ INACTIVE = "inactive"
 MAX_TRIALS = 1000  # fANOVA's forest marginalisation is ~O(trials x trees); 10k trials take minutes
 
 
-def _study_from_db(exp: Experiment) -> Any | None:
+def load_study(exp: Experiment) -> Any | None:
+    """The experiment's Optuna study: at the storage URL its spec records, else ``optuna.db`` in the
+    experiment directory; None when there is none (or it cannot be loaded, logged)."""
     import optuna
 
     db = Path(exp.root) / "optuna.db"
@@ -104,7 +106,7 @@ def importance_section(exp: Experiment, sink: fg.FigureSink) -> Section:
     except ImportError as err:
         sec.note(f"optuna.importance is unavailable ({d(err)}).")
         return sec
-    study = _study_from_db(exp)
+    study = load_study(exp)
     source = ""
     if study is not None:
         finished = [

@@ -12,7 +12,11 @@ made it:
   ``deepcave/`` (folders the report owns), is refused the same way: replacing it would lose it;
 - anything else the user added there (``README.md``, ``notes/``) is copied into the new report before
   the swap, so it is kept, never deleted;
-- DIR inside the experiment folder, or holding it, is refused: a report goes beside the results.
+- DIR holding the experiment folder is refused, and so is DIR inside it, except the experiment's own
+  report folder :data:`OWN_FOLDER` (``<experiment>/report``, where ``sweep`` writes by default). Nothing
+  that reads the experiment reads that folder: the results are the Parquet parts directly under
+  ``trials/``, ``epochs/`` and ``predictions/`` (``results.store`` lists those folders, not recursively),
+  Tune's state is the ``experiment_state-*.json`` at the top, and a report writes no Parquet file.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ MARKER = ".mdf-search-report.json"
 OWN_FILES = ("report.md", "report.html", MARKER)
 OWN_DIRS = ("figures", "tables", "deepcave")
 FORMAT = 1
+OWN_FOLDER = "report"  # <experiment>/report: the one folder inside the experiment a report may go to
 SHOWN = 3  # paths named in an error
 FIX = "pass another --out (a new or empty folder), or remove {out} first"
 
@@ -129,10 +134,11 @@ def check_out(out: str, experiment_root: str) -> Target:
     where = path.resolve()
     if "://" not in experiment_root:
         root = Path(experiment_root).resolve()
-        if where == root or root in where.parents:
+        if (where == root or root in where.parents) and where != root / OWN_FOLDER:
             raise ReportError(
                 f"--out {out}: is inside the experiment folder {experiment_root}, which holds the results; "
-                f"a report goes beside them: pass e.g. --out reports/{root.name}"
+                f"a report goes to its own folder there or beside it: pass --out "
+                f"{experiment_root.rstrip('/')}/{OWN_FOLDER}, or e.g. --out reports/{root.name}"
             )
         if where in root.parents:
             raise ReportError(

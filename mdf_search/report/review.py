@@ -177,47 +177,6 @@ def pareto_section(exp: Experiment, sink: fg.FigureSink) -> Section:
     return sec
 
 
-def curves_section(exp: Experiment, sink: fg.FigureSink, top: int = 5) -> Section:
-    sec = Section("Learning curves and early stopping", anchor="curves")
-    ok = exp.ok().sort(exp.metric, descending=exp.descending).head(top)
-    ep = exp.epochs
-    if ok.is_empty() or ep.is_empty() or exp.metric not in ep.columns:
-        sec.note("no epoch results with the metric yet.")
-    else:
-        curves = {}
-        for row in ok.iter_rows(named=True):
-            part = ep.filter(
-                (pl.col("trial_id") == row["trial_id"]) & (pl.col("attempt") == row["attempt"])
-            ).sort("epoch")
-            name = next((c for c in TRAIN_LOSS if c in part.columns), None)
-            loss = part.get_column(name).to_list() if name else [math.nan] * part.height
-            curves[f"{row['trial_id']} {row['arm']}"] = (
-                part["epoch"].to_list(),
-                [math.nan if v is None else v for v in part[exp.metric].to_list()],
-                [math.nan if v is None else v for v in loss],
-            )
-        sec.blocks.append(fg.curves_figure(sink, exp.metric, curves))
-    statuses = [*(s for s in Status if s != Status.RUNNING), Status.RUNNING]  # the finished ones first
-    counts = exp.trials.group_by("arm").agg([(pl.col("status") == s).sum().alias(s) for s in statuses])
-    order = {a: i for i, a in enumerate(exp.arms())}
-    rows = [
-        [d(row[0]), *row[1:]]
-        for row in sorted(
-            ([str(r["arm"]), *[str(r[s]) for s in statuses]] for r in counts.iter_rows(named=True)),
-            key=lambda r: order.get(r[0], 1 << 30),
-        )
-    ]
-    sec.blocks.append(
-        TableBlock(
-            "status_by_arm",
-            ["arm", *[s.replace("_", " ") for s in statuses]],
-            rows,
-            "trial outcomes by arm (early-stopped = ended by the scheduler)",
-        )
-    )
-    return sec
-
-
 def warnings_section(exp: Experiment, cmp: Comparison, reports: int) -> Section:
     sec = Section("Warnings a reviewer would raise", anchor="warnings")
     found = [cmp.floor] if cmp.floor else []

@@ -192,9 +192,14 @@ def test_a_failed_write_leaves_the_earlier_report_whole(
 
 
 def test_out_inside_or_around_the_experiment_is_refused(tmp_path: Path) -> None:
+    """Inside the experiment only its own report folder, ``<experiment>/report``, takes a report
+    (``test_report_folder.py``); every other folder there, and one around it, is refused."""
     root = write_hostile(tmp_path / "exp")
-    for out, words in ((root / "report", "inside the experiment folder"), (root, "inside the experiment"),
+    for out, words in ((root / "trials" / "report", "inside the experiment folder"),
+                       (root / "reports", "inside the experiment folder"),
+                       (root / "report" / "sub", "inside the experiment folder"),
+                       (root, "inside the experiment"),
                        (tmp_path, "holds the experiment folder")):  # fmt: skip
         with pytest.raises(ReportError, match=words):
             write_report(str(root), str(out))
-    assert not (root / "report").exists() and not (root / "reports.log").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["arms.json", "epochs", "trials"]
