@@ -23,14 +23,19 @@ and any Parquet reader can glob the part files.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from mdf_search.config import flat_fields
+from mdf_search.metrics import metrics_for_tasks
+
+log = logging.getLogger(__name__)
 
 KEYS: dict[str, tuple[str, ...]] = {
     "trials": ("trial_id", "attempt"),
@@ -182,27 +187,92 @@ def _coerce(value: Any, kind: pa.DataType) -> Any:
     return value
 
 
-def to_table(rows_in: Iterable[Mapping[str, Any]], table: str) -> pa.Table:
-    """Rows → an Arrow table: core and parameter columns typed, other scalars float64, lists as JSON."""
-    core = TRIAL_CORE if table == "trials" else EPOCH_CORE
+def to_table(rows_in: Iterable[Mapping[str, Any]], table: str, schema: pa.Schema | None = None) -> pa.Table:
+    """Rows → an Arrow table: core and parameter columns typed, other scalars float64, lists as JSON.
+
+    With ``schema`` (the store's table schema) the table has exactly its columns, in its order, null
+    where a row has no value; a value its column cannot hold is written as null (and logged)."""
     now = int(time.time() * 1e6)
     rows = [{"written_at": now, **r} for r in rows_in]
-    names: list[str] = []
-    for r in rows:
-        names.extend(k for k in r if k not in names)
-    fields = []
-    for name in names:
-        if name in core.names:
-            fields.append(core.field(name))
-        elif name in _PARAMS.names:
-            fields.append(_PARAMS.field(name))
-        else:
-            sample = next((r[name] for r in rows if r.get(name) is not None), None)
-            is_number = isinstance(sample, int | float) and not isinstance(sample, bool)
-            fields.append(pa.field(name, pa.float64() if is_number or sample is None else pa.string()))
-    schema = pa.schema(fields)
-    columns = {f.name: [_coerce(r.get(f.name), f.type) for r in rows] for f in schema}
+    if schema is None:
+        names: list[str] = []
+        for r in rows:
+            names.extend(k for k in r if k not in names)
+        schema = pa.schema(
+            [field_for(table, n, next((r[n] for r in rows if r.get(n) is not None), None)) for n in names]
+        )
+    columns = {f.name: [_coerce_or_null(r.get(f.name), f) for r in rows] for f in schema}
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _coerce_or_null(value: Any, f: pa.Field) -> Any:
+    try:
+        return _coerce(value, f.type)
+    except (TypeError, ValueError):
+        log.warning("results column %r is %s: %r written as null", f.name, f.type, value)
+        return None
+
+
+# -- one schema for every part of a table ---------------------------------------------------------
+def core_schema(table: str) -> pa.Schema:
+    """The declared columns of ``trials`` (core, then every flat parameter) or ``epochs`` (core)."""
+    return pa.schema([*TRIAL_CORE, *_PARAMS]) if table == "trials" else EPOCH_CORE
+
+
+def metric_type(name: str) -> pa.DataType:
+    """A metric column's type: JSON text for a confusion matrix, float64 for every other metric."""
+    return pa.string() if name.rpartition("/")[2] == "confusion" else pa.float64()
+
+
+def field_for(table: str, name: str, sample: Any = None) -> pa.Field:
+    """The column a row's key ``name`` is written to: its declared type, else a metric's type, else the
+    type of a value seen (number: float64; text, lists and dicts: string)."""
+    core = core_schema(table)
+    if name in core.names:
+        return core.field(name)
+    if name in _PARAMS.names:
+        return _PARAMS.field(name)
+    if isinstance(sample, str | list | dict) or (sample is None and pa.types.is_string(metric_type(name))):
+        return pa.field(name, pa.string())
+    is_bool = isinstance(sample, bool)
+    return pa.field(name, pa.string() if is_bool else metric_type(name))
+
+
+def table_schema(table: str, metrics: Sequence[str] = (), extra: Iterable[pa.Field] = ()) -> pa.Schema:
+    """The schema every part of ``table`` is written with: the declared columns, the study's declared
+    ``metrics`` (:func:`study_metrics`) in their order, then ``extra`` columns (keys a trial reported that
+    were not declared, in the order they first appeared)."""
+    fields = list(core_schema(table))
+    names = {f.name for f in fields}
+    for f in (*(field_for(table, m) for m in metrics), *extra):
+        if f.name not in names:
+            fields.append(f)
+            names.add(f.name)
+    return pa.schema(fields)
+
+
+# What the trial loop reports besides the split metrics (train/loop.py, _trial_metrics and _train_epoch;
+# train/<task>/accuracy for two heads), and after evaluating (loop.py, _evaluate and the report).
+_BEFORE = ("trainable_params", "total_params")
+_TRAIN = ("train/loss", "train_loss")
+_TRAIN_AFTER = ("step_time_s", "samples_per_s", "epoch_time_s", "first_step_unix")
+_AFTER = ("eval_time_s", "best_value", "peak_mem_mb")
+
+
+def study_metrics(classes_by_task: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """Every metric a trial of these heads (head → class names, ``model.mdf.task_classes``) reports,
+    in the order the loop reports them: the ``val/`` and ``test/`` keys are those ``metrics.py`` gives
+    the heads' classes (computed here on a stand-in split, so the names cannot drift from it)."""
+    tasks = list(classes_by_task)
+    if not tasks:
+        return ()
+    stand_in = {t: np.arange(len(classes_by_task[t])) for t in tasks}
+    probs = {t: np.eye(len(classes_by_task[t])) for t in tasks}
+    split = ["loss", *metrics_for_tasks(stand_in, stand_in, classes_by_task, probs), "n"]
+    accuracy = ["train/accuracy"] if len(tasks) == 1 else [f"train/{t}/accuracy" for t in tasks]
+    names = [*_BEFORE, *_TRAIN, *accuracy, *_TRAIN_AFTER]
+    names += [f"{prefix}/{key}" for prefix in ("val", "test") for key in split]
+    return tuple(dict.fromkeys([*names, *_AFTER]))
 
 
 # -- what a part must hold to be read with the others ------------------------------------------------

@@ -142,7 +142,7 @@ def test_a_bad_part_is_moved_whole_to_quarantine_and_the_rest_is_read(
     bad = damage(part)
     part.write_bytes(bad)
     assert store.trials()["trial_id"].to_list() == ["t0000", "t0002"], kind
-    moved = folder / "quarantine" / "t0001-a1.parquet"
+    moved = folder.parent / "quarantine" / "trials" / "t0001-a1.parquet"
     assert not part.exists() and moved.read_bytes() == bad  # renamed, byte for byte
     [aside] = store.set_aside
     assert aside.moved_to == str(moved) and says in aside.reason
@@ -190,7 +190,7 @@ def test_a_part_the_reader_may_not_read_is_not_moved(tmp_path: Path) -> None:
     store, folder = _three(tmp_path)
     store.fs = _Proxy(store.fs, "open_input_file", "t0002-a1.parquet")  # type: ignore[assignment]
     assert store.trials()["trial_id"].to_list() == ["t0000", "t0001"]
-    assert (folder / "t0002-a1.parquet").exists() and not (folder / "quarantine").exists()
+    assert (folder / "t0002-a1.parquet").exists() and not (folder.parent / "quarantine" / "trials").exists()
     [warning] = store.warnings()
     assert "cannot be read (Permission denied)" in warning and "fix its permissions" in warning
 
@@ -200,7 +200,7 @@ def test_a_name_taken_in_quarantine_keeps_both_parts(tmp_path: Path) -> None:
     for content in (b"first", b"second"):
         (folder / "t0001-a1.parquet").write_bytes(content)
         store.trials()
-    kept = sorted(p.read_bytes() for p in (folder / "quarantine").iterdir())
+    kept = sorted(p.read_bytes() for p in (folder.parent / "quarantine" / "trials").iterdir())
     assert kept == [b"first", b"second"]
 
 
@@ -210,7 +210,9 @@ def test_compaction_sets_a_bad_part_aside_and_deletes_only_what_it_folded(tmp_pa
     store.compact("trials")
     [compacted] = folder.glob("*.parquet")
     assert compacted.name.startswith("compact-")
-    assert (folder / "quarantine" / "t0001-a1.parquet").read_bytes() == b"PAR1 but not really"
+    assert (
+        folder.parent / "quarantine" / "trials" / "t0001-a1.parquet"
+    ).read_bytes() == b"PAR1 but not really"
     assert store.trials()["trial_id"].to_list() == ["t0000", "t0002"]
 
 
@@ -228,8 +230,8 @@ def test_a_bad_predictions_part_is_set_aside_too(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "t0001-a1.parquet").write_bytes(b"\x00" * 10)
     assert store.predictions().is_empty()
-    assert (folder / "quarantine" / "t0001-a1.parquet").exists()
-    assert "predictions/quarantine" in store.warnings(("predictions",))[0]
+    assert (folder.parent / "quarantine" / "predictions" / "t0001-a1.parquet").exists()
+    assert "quarantine/predictions" in store.warnings(("predictions",))[0]
 
 
 def test_a_table_folder_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
