@@ -240,8 +240,8 @@ def sweep(
     report_dir: Annotated[
         str | None,
         typer.Option(
-            help="where the report goes (default <storage>/<experiment>/report, inside the experiment; in "
-            "a Ray job use shared storage)"
+            help="where the report goes (default <storage>/<experiment>/report, beside the results, so a "
+            "Ray job's report lands on the study's storage, not in its working directory)"
         ),
     ] = None,
 ) -> None:
