@@ -7,6 +7,12 @@
 
 Ray 2.60 local clusters use token auth by default: a client outside the job needs ``RAY_AUTH_MODE=token``.
 
+The live view owns the terminal (:func:`connect`): unless ``MDF_SEARCH_VERBOSE=1``, Ray's start-up notices
+(its banner, the token notice) are not printed, worker output reaches the driver only when it carries an
+error (a traceback, an exception line, an ERROR record: what ``ray job logs`` must keep), and Tune prints
+no configuration box or TensorBoard hint. Tune's incidental CSV/JSON/TensorBoard files are off unless the
+study asks for tracking (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``).
+
 :func:`ray_address` checks the address before Ray is imported: ``auto``, ``local``, ``HOST:PORT`` (the
 cluster's GCS, e.g. ``10.0.0.5:6379``) or ``ray://HOST:PORT`` (Ray Client); a malformed one, a job
 server's ``http://`` address, or a loopback port nothing listens on is an :class:`AddressError` that names
@@ -15,10 +21,13 @@ where the address came from (``--address`` or ``RAY_ADDRESS``) and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
+import re
 import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +35,37 @@ log = logging.getLogger(__name__)
 TRIAL_SLOT = "trial_slot"
 NO_PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 GPU_MEM_GB = 80.0  # memory per GPU assumed when none is given: an A100/H100 80 GB
+VERBOSE_ENV = "MDF_SEARCH_VERBOSE"  # 1: Ray's notices, all worker output and Tune's own output again
+# Tune's output engine: the new one (the default) prints its configuration box and TensorBoard hint even at
+# verbose=0; the classic one prints nothing at verbose=0.
+TUNE_NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
+TUNE_AUTO_LOGGERS_OFF = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"  # no incidental CSV/JSON/TensorBoard files
+TUNE_ANALYSIS_LOG = "ray.tune.analysis.experiment_analysis"
+# A worker log batch that reaches the driver when quiet: a traceback, an exception line, an ERROR record.
+WORKER_ERROR = re.compile(
+    r"Traceback \(most recent call last\)"  # a traceback's first line
+    r"|^\s*[\w.]*(?:Error|Exception|Interrupt|Exit)(?:\([\w.]*\))?:"  # and its last: ValueError: ...
+    r"|\b(?:ERROR|CRITICAL|FATAL)\b"  # a logging record at error level, Ray's own error lines
+)
+RAY_PRINT_LOGS = "ray_print_logs"  # the name ray.init gives its worker-output handler (Ray 2.60)
+
+
+def verbose() -> bool:
+    """``MDF_SEARCH_VERBOSE`` is set to anything but empty or 0: Ray and Tune print as they would alone."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def quiet_tune() -> None:
+    """Tune's incidental logger callbacks off (a ``tracking:`` block adds its own), and unless verbose its
+    configuration box and TensorBoard hint too; a variable the user set is left as set.
+
+    Without those files ``Tuner.fit`` warns, when it ends, that it found no result.json or progress.csv
+    (its ``ResultGrid`` data frames, which nothing here reads); that warning is off with them."""
+    os.environ.setdefault(TUNE_AUTO_LOGGERS_OFF, "1")
+    if os.environ[TUNE_AUTO_LOGGERS_OFF] == "1":
+        logging.getLogger(TUNE_ANALYSIS_LOG).setLevel(logging.ERROR)
+    if not verbose():
+        os.environ.setdefault(TUNE_NEW_OUTPUT, "0")
 
 
 def worker_env() -> dict[str, str]:
@@ -157,11 +197,14 @@ def connect(
 
     address = ray_address(address, probe=not ray.is_initialized())
     embedded = address is None
+    quiet_tune()
     if not ray.is_initialized():
-        # Worker output (every report, DeepSpeed's warnings) would drown the leaderboard; it stays in Ray's
-        # session logs. MDF_SEARCH_VERBOSE=1 streams it to the terminal again.
-        verbose = os.environ.get("MDF_SEARCH_VERBOSE", "") not in ("", "0")
-        kwargs: dict[str, Any] = {"log_to_driver": verbose, "configure_logging": False}
+        # Ray's notices and worker output (every report, DeepSpeed's warnings) would drown the live view;
+        # they stay in Ray's session logs. Worker errors still reach the driver (``ray job logs``).
+        loud = verbose()
+        kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": loud}
+        if loud:
+            kwargs["logging_level"] = logging.INFO
         if embedded:
             import torch
 
@@ -184,7 +227,10 @@ def connect(
                 del kwargs["_temp_dir"]
         else:
             kwargs["address"] = address
-        ray.init(**kwargs)
+        with contextlib.nullcontext() if loud else _ray_notices_off():
+            ray.init(**kwargs)
+        if not loud:
+            worker_errors_only()
     resources = ray.cluster_resources()
     info = ClusterInfo(
         address=address or "embedded",
@@ -195,6 +241,55 @@ def connect(
     )
     log.info("ray: %s", info)
     return info
+
+
+@contextlib.contextmanager
+def _ray_notices_off() -> Iterator[None]:
+    """Ray's loggers show errors only while ``ray.init`` starts or joins a cluster (its banner and the
+    token-authentication notice are warnings or info); their level is restored after."""
+    ray_log = logging.getLogger("ray")
+    level = ray_log.level
+    ray_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        ray_log.setLevel(level)
+
+
+def error_lines(lines: list[str]) -> list[str]:
+    """The lines from the first error line to the last (a whole traceback, an ERROR record and the
+    traceback under it); none when no line is one."""
+    hits = [i for i, line in enumerate(lines) if WORKER_ERROR.search(str(line))]
+    return lines[hits[0] : hits[-1] + 1] if hits else []
+
+
+def keeps_errors(handler: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """``handler`` (Ray's printer of worker output) given only the error lines of a worker's stderr."""
+
+    def handle(batch: dict[str, Any]) -> None:
+        lines = error_lines(list(batch.get("lines", ()))) if batch.get("is_err") else []
+        if lines:
+            handler({**batch, "lines": lines})
+
+    return handle
+
+
+def worker_errors_only() -> None:
+    """After ``ray.init(log_to_driver=True)``: worker output reaches this process only when it carries an
+    error. Ray 2.60 has no public filter, so its printer is wrapped in the dispatcher it registered with;
+    where that is missing (another Ray), worker output is printed as Ray prints it."""
+    try:
+        from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    handlers = dict(getattr(dispatcher, "handlers", ()))
+    printer = handlers.get(RAY_PRINT_LOGS)
+    if printer is None or getattr(printer, "__wrapped_errors_only__", False):
+        return
+    quiet = keeps_errors(printer)
+    quiet.__wrapped_errors_only__ = True  # type: ignore[attr-defined]
+    dispatcher.remove_handler(RAY_PRINT_LOGS)
+    dispatcher.add_handler(RAY_PRINT_LOGS, quiet)  # the same name: ray.shutdown removes it
 
 
 def pin_ray_address() -> None:

@@ -17,7 +17,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mdf_search.cli.console import console, err_console, fail
+from mdf_search.cli.console import HELP_MARKUP, console, err_console, fail
+from mdf_search.cli.options import SplitScheme
 from mdf_search.config import SYNTHETIC_MAX_SIZE, SYNTHETIC_MIN_IMAGES, SYNTHETIC_MIN_SIZE, DataConfig
 from mdf_search.data.cache import build_cache
 from mdf_search.data.schema import DataError, Skipped, read_manifest
@@ -25,7 +26,9 @@ from mdf_search.data.sources import prepare as prepare_manifest
 from mdf_search.data.splits import SPLIT_NAMES, make_split, write_split
 from mdf_search.escape import terminal
 
-app = typer.Typer(help="Prepare, generate, split and cache fundus data.", no_args_is_help=True)
+app = typer.Typer(
+    help="Prepare, generate, split and cache fundus data.", no_args_is_help=True, rich_markup_mode=HELP_MARKUP
+)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -182,7 +185,7 @@ def split(
     manifest: Annotated[Path, typer.Option(help="manifest Parquet")],
     out: Annotated[Path, typer.Option(help="folder for split-<hash>.parquet")],
     scheme: Annotated[
-        str, typer.Option(help="stratified | kfold | authors | leave_source_out")
+        SplitScheme, typer.Option(help="how images are split into train/val/test")
     ] = "stratified",
     seed: Annotated[int, typer.Option(min=0)] = 0,
     val_frac: Annotated[float, typer.Option()] = 0.2,

@@ -21,6 +21,7 @@ import typer
 from rich.live import Live
 
 from mdf_search.cli.console import console, err_console, print_error, wide_console
+from mdf_search.cli.options import Format
 from mdf_search.escape import terminal, visible
 
 app = typer.Typer()
@@ -142,7 +143,7 @@ def leaderboard(
     group_by: Annotated[
         str | None, typer.Option("--group-by", help="arm: collapse seeds into mean ± 95% CI")
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table | csv | json | markdown")] = "table",
+    fmt: Annotated[Format, typer.Option("--format", help="a rich table, or text for other tools")] = "table",
     watch: Annotated[bool, typer.Option(help="refresh every 2 s while a sweep runs elsewhere")] = False,
 ) -> None:
     """The leaderboard of an experiment, from its Parquet results only."""

@@ -19,10 +19,20 @@ from rich.progress import Progress as Bar
 from rich.table import Table
 
 from mdf_search.cli.console import console, fail
-from mdf_search.cli.options import AddressOption, SetOption, parse_sets, storage_path
+from mdf_search.cli.options import (
+    AddressOption,
+    Freeze,
+    Injection,
+    Precision,
+    Preset,
+    SetOption,
+    parse_sets,
+    storage_path,
+)
 from mdf_search.cluster import AddressError, connect, ray_address
 from mdf_search.config import ConfigError, TrialConfig
 from mdf_search.data.schema import DataError
+from mdf_search.model.wiring import LAYER_MAP_STRATEGIES
 from mdf_search.results.schema import Status
 from mdf_search.train.memory import plan_freeze_table, plan_trial
 from mdf_search.train.progress import progress_actor
@@ -44,16 +54,19 @@ def _human(n: int) -> str:
 
 @app.command("model-summary")
 def model_summary(
-    preset: Annotated[str, typer.Option(help="tiny | small | 1b | 11b")] = "tiny",
+    preset: Annotated[Preset, typer.Option(help="model size")] = "tiny",
     fusion: Annotated[str | None, typer.Option(help="fused levels, e.g. 1234, 13 or none")] = None,
-    injection: Annotated[str | None, typer.Option(help="none | concat | parallel")] = None,
+    injection: Annotated[
+        Injection | None, typer.Option(help="how U-Net tokens enter cross-attention")
+    ] = None,
     layer_map: Annotated[
-        str | None, typer.Option("--map", help="shallow_early | deep_early | all | single | 1:3,2:8")
+        str | None,
+        typer.Option(
+            "--map", help=f"layer map: {' | '.join(LAYER_MAP_STRATEGIES)}, or LEVEL:LAYER pairs, e.g. 1:3,2:8"
+        ),
     ] = None,
     film: Annotated[str | None, typer.Option(help="FiLM placement, e.g. enc, none, enc1+enc2")] = None,
-    freeze: Annotated[
-        str | None, typer.Option(help="none | unet | mllm | mllm_except_xattn | vision_tower | lora")
-    ] = None,
+    freeze: Annotated[Freeze | None, typer.Option(help="what is frozen")] = None,
     sets: SetOption = None,
 ) -> None:
     """Modules, parameters, trainable parameters and fusion wiring (meta device: no weights needed)."""
@@ -250,11 +263,9 @@ def _print_trial_metrics(metrics: dict[str, object]) -> None:
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="a trial checkpoint directory")],
     out: Annotated[Path, typer.Option(help="output directory")],
-    dtype: Annotated[str, typer.Option(help="fp32 | bf16")] = "fp32",
+    dtype: Annotated[Precision, typer.Option(help="dtype of the exported weights")] = "fp32",
 ) -> None:
     """Consolidate a ZeRO checkpoint into one safetensors state dict that loads without DeepSpeed."""
-    if dtype not in ("fp32", "bf16"):
-        raise fail(f"--dtype must be fp32 or bf16, but got {dtype!r}")
     if not checkpoint.is_dir():
         what = "a file" if checkpoint.exists() else "missing"
         raise fail(

@@ -52,7 +52,6 @@ def test_leaderboard_groups_seeds_by_arm(experiment: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (("--format", "xml"), "--format must be one of table, csv, json, markdown, but got 'xml'"),
         (("--top", "0"), "--top must be >= 1, but got 0"),
         (("--by", "val/nope"), "--by: no column 'val/nope'"),
         (("--group-by", "nope"), "--group-by: no column 'nope'"),
