@@ -197,6 +197,10 @@ class ResultsStore:
     def __post_init__(self) -> None:
         self.fs, self.path = filesystem(self.root)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the writer: a restored one learns the tables again (another process may have written)
+        return {**self.__dict__, "_schemas": {}, "_compact": {}, "_folded": {}}
+
     # -- writing (one writer per experiment: the sweep driver) -------------------------------------
     def _put(self, path: str, table: pa.Table) -> None:
         self.fs.create_dir(path.rpartition("/")[0], recursive=True)
@@ -312,7 +316,7 @@ class ResultsStore:
                 self.fs.move(path, _staged(path))
         if len(fold):  # 3. the compact file, replaced in one move
             self._put(compact, fold)
-        elif compact in visible:
+        elif compact in used:  # (one a read set aside is gone already)
             self.fs.move(compact, _staged(compact))
         for path in appearing:  # 4. the loose rows that were folded or hidden appear
             self.fs.move(_staged(path), path)

@@ -258,23 +258,30 @@ def test_no_step_of_a_compaction_or_a_rewrite_lists_a_row_twice(tmp_path: Path) 
     class _Dies(Exception):
         pass
 
-    for stop in range(1, 8):  # cut a fresh compaction short after each of its first steps
-        copy = tmp_path / f"cut{stop}"
-        writer = ResultsStore(str(copy))
+    def cut(folder: Path, stop: int) -> int:
+        """Write the rows, then compact, raising after the ``stop``-th step (0: never); the steps run."""
+        writer = ResultsStore(str(folder))
         for row in rows:
             writer.write_trial(row)
         done = [0]
 
-        def die(done: list[int] = done, stop: int = stop) -> None:
+        def die() -> None:
             done[0] += 1
             if done[0] == stop:
                 raise _Dies
 
         writer.fs = _Watched(writer.fs, die)
+        writer.compact("trials")
+        return done[0]
+
+    total = cut(tmp_path / "whole", 0)
+    assert total >= 10  # moves in place, hides, the compact file, deletes of the hidden copies
+    for stop in range(1, total + 1):  # cut a compaction short after each of its steps
+        copy = tmp_path / f"cut{stop}"
         with pytest.raises(_Dies):
-            writer.compact("trials")
-        assert ResultsStore(str(copy)).read("trials").height == 9
-        ResultsStore(str(copy)).write_trial({**rows[2], "status": "error"})
+            cut(copy, stop)
+        assert ResultsStore(str(copy)).read("trials").height == 9, stop
+        ResultsStore(str(copy)).write_trial({**rows[2], "status": "error"})  # the next writer finishes it
         glob = duckdb.sql(f"SELECT trial_id FROM read_parquet('{copy}/trials/*.parquet')").fetchall()
         assert sorted(glob) == sorted((r["trial_id"],) for r in rows), stop
         assert not [p for p in (copy / "trials").iterdir() if p.name.startswith(".")], stop
