@@ -4,7 +4,7 @@
 leaderboard and write the report when it ends without leaving the process.
 
 A results part that cannot be read (0-byte, truncated, not Parquet, wrong types) does not stop either
-command: the store moves it to ``<table>/quarantine/`` (a rename, never a deletion), and the command
+command: the store moves it to ``quarantine/<table>/`` (a rename, never a deletion), and the command
 shows what is readable and warns, naming the file and the rows set aside: on stderr (``warning: ...``)
 and, for the table and the report, beside the results too. A reader that may not write the experiment
 folder leaves the part where it is, skips it and warns the same way; so does every later read.

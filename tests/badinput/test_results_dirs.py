@@ -3,7 +3,7 @@
 A results folder is written by the sweep, but anyone who can write the storage can leave a broken or
 hostile file in it: a 0-byte or truncated part, a part of the wrong types, markup or escape codes in an
 arm name, an alias bomb as spec.yaml. A bad option is refused with exit 2 and the option's name; a bad
-part is named, moved to ``<table>/quarantine/`` (the one write a read may make, and never a deletion)
+part is named, moved to ``quarantine/<table>/`` (the one write a read may make, and never a deletion)
 and the command goes on with what is readable, warning (exit 0) with the file and what was set aside.
 """
 
@@ -24,7 +24,7 @@ from mdf_search.results.store import ResultsStore
 from tests.badinput.harness import Case, check, ids
 
 PART = "exp/trials/t00001-a1.parquet"  # the part every corrupt-part case breaks
-MOVED = "exp/trials/quarantine/t00001-a1.parquet"
+MOVED = "exp/quarantine/trials/t00001-a1.parquet"
 ORIGINAL = "original.bin"  # a copy of the bad bytes beside the experiment: what the quarantine must hold
 
 
@@ -197,7 +197,7 @@ NESTED = "(" * 3000 + 'arm == "x"' + ")" * 3000
 NOTS = "not " * 3000 + 'arm == "x"'
 MANY_ORS = " or ".join(f'arm == "a{i}"' for i in range(1000))
 LEADERBOARD = ("leaderboard", "exp")
-CORRUPT = (PART, "exp/trials/quarantine", MOVED)
+CORRUPT = (PART, "exp/quarantine", "exp/quarantine/trials", MOVED)
 
 # fmt: off
 CASES: list[Case] = [
@@ -210,9 +210,9 @@ CASES: list[Case] = [
     Case("empty-trials-folder", LEADERBOARD, ("exp", "no trial results yet"), _empty_trials_folder),
     Case("trials-is-a-file", LEADERBOARD, (r"exp/trials", "not a folder", "move it away"), _trials_is_a_file),
     # -- corrupt parts: named, set aside, the rest shown ---------------------------------------------
-    Case("zero-byte-part", LEADERBOARD, ("t00001-a1.parquet", "set aside", "trials/quarantine", "t00000"),
+    Case("zero-byte-part", LEADERBOARD, ("t00001-a1.parquet", "set aside", "quarantine/trials", "t00000"),
          _bad_part(lambda data: b""), CORRUPT, code=0),
-    Case("truncated-part", LEADERBOARD, ("t00001-a1.parquet", "not a readable parquet", "trials/quarantine"),
+    Case("truncated-part", LEADERBOARD, ("t00001-a1.parquet", "not a readable parquet", "quarantine/trials"),
          _bad_part(lambda data: data[: len(data) // 2]), CORRUPT, code=0),
     Case("text-file-named-parquet", LEADERBOARD, ("t00001-a1.parquet", "set aside", "t00002"),
          _bad_part(lambda data: b"trial_id,val/macro_f1\nt00001,0.99\n"), CORRUPT, code=0),
@@ -224,14 +224,14 @@ CASES: list[Case] = [
          _bad_part(_retyped(_no_trial_id)), CORRUPT, code=0),
     Case("part-with-a-duplicate-column", LEADERBOARD, ("t00001-a1.parquet", "status", "set aside"),
          _bad_part(_retyped(_duplicate_column)), CORRUPT, code=0),
-    Case("corrupt-epochs-part", LEADERBOARD, ("t00002-a1-e1.parquet", "epochs/quarantine"), _corrupt_epochs_part,
-         ("exp/epochs/t00002-a1-e1.parquet", "exp/epochs/quarantine*"), code=0),
+    Case("corrupt-epochs-part", LEADERBOARD, ("t00002-a1-e1.parquet", "quarantine/epochs"), _corrupt_epochs_part,
+         ("exp/epochs/t00002-a1-e1.parquet", "exp/quarantine*"), code=0),
     Case("truncated-compact-file", LEADERBOARD, (r"compact-\d+\.parquet", "set aside", "t00002"),
-         _corrupt_compact_file, ("exp/trials/compact-*", "exp/trials/quarantine*"), code=0),
+         _corrupt_compact_file, ("exp/trials/compact-*", "exp/quarantine*"), code=0),
     Case("part-set-aside-earlier", LEADERBOARD, ("trials/quarantine", "t00009-a1.parquet", "not shown"),
          _earlier_quarantine, code=0),
     Case("every-part-corrupt", LEADERBOARD, ("no readable trial results", "4 parts set aside", "quarantine"),
-         _every_part_corrupt, ("exp/trials/*",)),
+         _every_part_corrupt, ("exp/trials/*", "exp/quarantine*")),
     Case("report-with-a-corrupt-part", ("report", "exp", "--out", "rep"), ("t00001-a1.parquet", "set aside"),
          _bad_part(lambda data: b"\x00" * 64), (*CORRUPT, "rep", "rep/*", "exp/reports.log"), code=0),
     # -- non-finite metrics: never a valid result ------------------------------------------------------

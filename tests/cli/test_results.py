@@ -131,7 +131,7 @@ def test_watch_reads_the_spec_once_per_change_and_goes_on_past_a_bad_part(
     out = plain(capsys.readouterr().out)
     assert "t00002-a1.parquet" in out and "quarantine" in out and "t00003" in out
     assert "spec.yaml does not load" in out and "alias" in out
-    assert (root / "trials" / "quarantine" / "t00002-a1.parquet").exists()
+    assert (root / "quarantine" / "trials" / "t00002-a1.parquet").exists()
 
 
 def test_json_has_no_infinity_and_csv_no_formula(tmp_path: Path) -> None:

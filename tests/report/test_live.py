@@ -96,4 +96,4 @@ def test_a_non_finite_metric_is_never_best_and_a_bad_part_is_named(tmp_path: Pat
     out = buf.getvalue()
     assert "1 with a non-finite val/macro_f1 left out" in out
     assert "warning: " in out and "t00002-a1.parquet" in out and "quarantine" in out
-    assert (root / "trials" / "quarantine" / "t00002-a1.parquet").exists()
+    assert (root / "quarantine" / "trials" / "t00002-a1.parquet").exists()
