@@ -327,7 +327,7 @@ CASES: list[Case] = [
     ),
     # the command's own options
     _case(
-        "out-is-a-file",
+        "export-out-is-a-file",
         lambda t: (checkpoint(t), (t / "out").write_text("keep me\n")),
         r"--out out: a file",
         r"give a directory",
