@@ -80,14 +80,27 @@ class FigureSink:
         return FigureBlock(name, caption, png)
 
 
+class PlainLogFormatter(ticker.LogFormatter):
+    """Labels the log-axis ticks matplotlib labels, as short plain text with three significant digits
+    (``2e-4``, ``1.5e6``, ``0.01``, ``300``)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        if not super().__call__(x, pos):  # matplotlib leaves this tick unlabelled
+            return ""
+        if x == 0 or not math.isfinite(x):
+            return f"{x:g}"
+        exponent = math.floor(math.log10(abs(x)))
+        return f"{x:.3g}" if -2 <= exponent < 4 else f"{x / 10**exponent:.3g}e{exponent}"
+
+
 def plain_log_ticks(fig: Figure) -> None:
     """Log-scale tick labels as plain numbers: matplotlib's default writes them as mathtext
     (``$\\mathdefault{10^{-3}}$``), which with ``text.parse_math`` off would print as that source."""
     for ax in fig.axes:
         for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
             if scale == "log":
-                axis.set_major_formatter(ticker.LogFormatter())
-                axis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
+                axis.set_major_formatter(PlainLogFormatter())
+                axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
 
 
 def short(label: Any, width: int = 28) -> str:

@@ -17,6 +17,7 @@ import optuna
 import pytest
 
 from mdf_search.report import curves
+from mdf_search.report import figures as fg
 from mdf_search.report.ablation import write_report
 from mdf_search.report.compare import compare
 from mdf_search.report.experiment import load_experiment
@@ -222,3 +223,17 @@ def test_learning_curves_draw_the_baseline_and_the_best_arms_only(tmp_path: Path
     cmp = compare(exp, n_boot=50)
     found, _, _ = curves.arm_curves(exp, cmp, arms=2)
     assert list(found) == [cmp.base, next(a for a in cmp.ranked if a != cmp.base)]
+
+
+def test_log_axis_ticks_are_plain_numbers_not_mathtext_source() -> None:
+    """With mathtext off (data may hold a ``$``), matplotlib's log ticks would print their source."""
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 3e-3)
+    ax.plot([2e-4, 2e-3], [0, 1])
+    fg.plain_log_ticks(fig)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in [*ax.get_xticklabels(), *ax.get_xticklabels(minor=True)] if t.get_text()]
+    plt.close(fig)
+    assert labels and not any("$" in t or "mathdefault" in t for t in labels)
+    assert "1e-3" in labels and "2e-4" in labels
