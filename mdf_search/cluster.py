@@ -48,6 +48,9 @@ WORKER_ERROR = re.compile(
     r"|\b(?:ERROR|CRITICAL|FATAL)\b"  # a logging record at error level, Ray's own error lines
 )
 RAY_PRINT_LOGS = "ray_print_logs"  # the name ray.init gives its worker-output handler (Ray 2.60)
+RAY_NOTICES = (  # (logger, message start) of a warning ray.init prints that is only a notice (Ray 2.60)
+    ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled for this"),
+)
 
 
 def verbose() -> bool:
@@ -243,17 +246,29 @@ def connect(
     return info
 
 
+class _DropNotice(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 @contextlib.contextmanager
 def _ray_notices_off() -> Iterator[None]:
-    """Ray's loggers show errors only while ``ray.init`` starts or joins a cluster (its banner and the
-    token-authentication notice are warnings or info); their level is restored after."""
-    ray_log = logging.getLogger("ray")
-    level = ray_log.level
-    ray_log.setLevel(logging.ERROR)
+    """While ``ray.init`` starts or joins a cluster, Ray's start-up notices are dropped: its banner is
+    info, which ``configure_logging=False`` already leaves unprinted, and the token-authentication notice,
+    a warning that says only what the default is (``RAY_NOTICES``). Real warnings (token auth *disabled*,
+    a small /dev/shm) still print."""
+    filters = [(logging.getLogger(name), _DropNotice(prefix)) for name, prefix in RAY_NOTICES]
+    for logger, notice in filters:
+        logger.addFilter(notice)
     try:
         yield
     finally:
-        ray_log.setLevel(level)
+        for logger, notice in filters:
+            logger.removeFilter(notice)
 
 
 def error_lines(lines: list[str]) -> list[str]:

@@ -246,6 +246,24 @@ def test_quiet_tune_turns_off_the_box_and_the_incidental_loggers(monkeypatch: py
     assert cluster.TUNE_NEW_OUTPUT not in os.environ and os.environ[cluster.TUNE_AUTO_LOGGERS_OFF] == "0"
 
 
+def test_ray_s_token_notice_is_dropped_while_ray_starts_but_real_warnings_print() -> None:
+    ((name, notice),) = cluster.RAY_NOTICES
+    logger = logging.getLogger(name)  # its own handler: Ray's "ray" logger does not propagate to the root
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage()[:38])  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        with cluster._ray_notices_off():
+            logger.warning(notice + " Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+            logger.warning("Token authentication is disabled for this Ray cluster. Anyone ...")
+        logger.warning(notice + " (after start-up: printed)")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["Token authentication is disabled for t", "Token authentication is enabled for th"]
+    assert not logger.filters
+
+
 QUIET_PROBE = """
 import sys, tempfile
 from mdf_search.cluster import connect, shutdown
