@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 
 from mdf_search.results.store import ResultsStore
-from tests.search.test_sweep_integration import _spec
+from tests.search.test_sweep_integration import FIXED, _spec
 
 from .helpers import ROOT, Figures, check_results, start_driver, trained, write_plan
 from .trials import PLAN_ENV
@@ -120,9 +120,16 @@ def test_a_lost_node_s_trial_moves_to_the_survivor_and_finishes(
 ) -> None:
     figures = Figures("a node lost (two-node local cluster)")
     address, victim, _ = two_nodes
-    spec = _spec(tmp_path, "nodeloss", seeds=[0, 1], budget={"trials": 2, "epochs": 4},
-                 scientific={"fusion.levels": ["none"]}, baseline={"fusion.levels": "none"},
-                 resources={"workers": 1, "concurrent_trials": 2})  # fmt: skip
+    spec = _spec(
+        tmp_path,
+        "nodeloss",
+        seeds=[0, 1],
+        budget={"trials": 2, "epochs": 4},
+        scientific={"fusion.levels": ["4"]},
+        baseline=None,
+        fixed={**FIXED, "fusion.injection": "parallel"},
+        resources={"workers": 1, "concurrent_trials": 2},
+    )
     log = tmp_path / "trained.jsonl"
     write_plan(plan_path, log=str(log), epoch_s=2.0)
     storage = tmp_path / "runs"
@@ -131,7 +138,7 @@ def test_a_lost_node_s_trial_moves_to_the_survivor_and_finishes(
     )
     deadline = time.monotonic() + 240
     on_victim = pl.DataFrame()
-    while time.monotonic() < deadline and on_victim.is_empty():
+    while time.monotonic() < deadline and on_victim.is_empty() and driver.proc.poll() is None:
         time.sleep(0.5)
         done = trained(log)
         on_victim = done.filter(pl.col("node") == "victim") if not done.is_empty() else done
@@ -141,7 +148,7 @@ def test_a_lost_node_s_trial_moves_to_the_survivor_and_finishes(
     figures.faults = 1
     assert driver.wait(timeout=300) == 0, driver.tail()
     figures.runs = 1
-    check_results(storage / "nodeloss", [("fusion.levels=none", 0), ("fusion.levels=none", 1)], 4, figures,
+    check_results(storage / "nodeloss", [("fusion.levels=4", 0), ("fusion.levels=4", 1)], 4, figures,
                   statuses={"completed"})  # fmt: skip
     rows = ResultsStore(str(storage / "nodeloss")).trials()
     assert rows.filter(pl.col("trial_id") == moved)["attempt"].item() == 2
