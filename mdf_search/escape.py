@@ -4,6 +4,8 @@ Names, descriptions, parameters and paths come from files anyone can write. Show
 would run markup on the terminal (rich's ``[link=…]``, ANSI escapes that clear the screen), scripts and
 remote images in report.md, formulas in a spreadsheet, or extra words in a printed shell command. Each
 output calls the function for its kind on every piece of data it writes, never on its own text.
+LaTeX tables have their own escaper beside the table writer (``report.latex.latex``: it carries tables of
+accents and symbols that only the report needs).
 """
 
 from __future__ import annotations

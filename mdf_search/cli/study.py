@@ -154,7 +154,14 @@ def _check_sweep(spec: SearchSpec, storage: str, fresh: bool, report: bool, repo
             f"`mdf-search resume {root}`, or rename `experiment:`"
         )
     if report and "://" not in root:
-        _writable_dir(Path(report_dir or f"{root}/{REPORT_FOLDER}"), "--report-dir")
+        out = report_dir or f"{root}/{REPORT_FOLDER}"
+        _writable_dir(Path(out), "--report-dir")
+        from mdf_search.report.outdir import ReportError, check_out  # polars: not for `validate`
+
+        try:  # a folder the report would refuse is refused now, not after the whole sweep
+            check_out(out, root)
+        except ReportError as err:
+            raise fail(f"--report-dir: {err}") from None
     return root
 
 

@@ -136,6 +136,18 @@ CASES: list[Case] = [
         setup=layout(SPACE, write("report.md", "mine\n")),
     ),
     Case(
+        "sweep-report-dir-a-users-folder",
+        sweep("--report-dir", "notes"),
+        ("--report-dir", "notes", "--out"),
+        setup=layout(SPACE, write("notes/todo.txt", "mine")),
+    ),
+    Case(
+        "sweep-report-dir-inside-the-experiment",
+        sweep("--report-dir", f"{EXPERIMENT}/trials"),
+        ("--report-dir", "inside"),
+        setup=SPACE,
+    ),
+    Case(
         "sweep-address-http",
         sweep("--address", "http://127.0.0.1:8265"),
         ("--address", "submit"),
