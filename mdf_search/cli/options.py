@@ -19,10 +19,7 @@ from mdf_search.cli.console import fail
 from mdf_search.config import PRECISIONS, SPLITS
 from mdf_search.model.arch import FREEZE_STRATEGIES, INJECTIONS
 from mdf_search.model.presets import PRESETS
-
-# report.leaderboard.FORMATS, which loads polars and scipy (a second per command, --help included); a
-# test holds the two equal until the tuple moves to a module the command line can load cheaply.
-LEADERBOARD_FORMATS = ("table", "csv", "json", "markdown")
+from mdf_search.report.formats import FORMATS as LEADERBOARD_FORMATS
 
 
 def choice(values: Iterable[str]) -> Any:

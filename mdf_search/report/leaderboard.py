@@ -36,11 +36,11 @@ from rich.table import Table
 
 from mdf_search.escape import csv_cell, markdown, terminal
 from mdf_search.report.experiment import HEADLINE, Experiment, ExperimentError, non_finite_note
+from mdf_search.report.formats import FORMATS
 from mdf_search.report.stats import t_interval
 from mdf_search.report.where import apply_where
 from mdf_search.results.schema import PHASE_COLUMNS, Status, param_schema
 
-FORMATS = ("table", "csv", "json", "markdown")
 PHASES_VIEW = "phases"  # --by phases: the phase view
 COST_COLUMNS = ("wall_s", *PHASE_COLUMNS, "startup_s", "gpu_hours", "cpu_hours")  # smaller is better
 
@@ -193,7 +193,7 @@ def _phase_board(exp: Experiment, frame: pl.DataFrame, top: int, where: str | No
     ]
     if where:
         notes.append(f"where: {where} ({frame.height} of {exp.trials.height} trials)")
-    if "train_s" not in frame.columns:
+    if "train_s" not in frame.columns or frame["train_s"].null_count() == frame.height:
         notes.append("no phase times recorded (an experiment from before they were)")
     return Board(phase_frame(frame, group_by).head(top), title, notes)
 

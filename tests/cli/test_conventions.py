@@ -145,7 +145,7 @@ def test_choices_come_from_the_library_s_tuples() -> None:
         options.Freeze: FREEZE_STRATEGIES,
         options.Precision: PRECISIONS,
         options.SplitScheme: SCHEMES,
-        options.Format: FORMATS,  # the copy cli.options keeps until FORMATS can be loaded cheaply
+        options.Format: FORMATS,
     }
     for annotation, values in built.items():
         assert get_args(annotation) == tuple(values)
