@@ -226,6 +226,12 @@ def _run_study(
     leaderboard_command(
         outcome.experiment_root, top=10, by=None, where=None, group_by="arm", fmt="table", watch=False
     )
+    if outcome.unfinished and not outcome.stopped_reason:  # Ctrl-C: Tune saved its state and returned
+        raise fail(
+            f"interrupted: {outcome.unfinished} planned trials unfinished (no report written); continue "
+            f"with `mdf-search resume {outcome.experiment_root}`",
+            code=130,
+        )
     if report and "://" not in outcome.experiment_root:
         out = report_dir or f"{outcome.experiment_root}/{REPORT_FOLDER}"  # beside the results it reads
         code = report_command(outcome.experiment_root, out)  # prints where the report went

@@ -11,6 +11,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+import typer
 from polars.testing import assert_frame_equal
 
 import mdf_search.cli.study as study
@@ -38,31 +39,38 @@ def _tables(root: Path) -> dict[str, pl.DataFrame]:
     }
 
 
+class _View:
+    """The live view, stubbed: ``_run_study`` runs without a terminal."""
+
+    def __init__(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def __enter__(self) -> _View:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        pass
+
+    def on_event(self, *_: Any) -> None:
+        pass
+
+
+def _stub_sweep(monkeypatch: pytest.MonkeyPatch, outcome: SweepOutcome) -> None:
+    """``_run_study`` with Ray, Tune and the live view stubbed: ``run_sweep`` returns ``outcome``."""
+    monkeypatch.setattr(study, "connect", lambda *_, **__: None)
+    monkeypatch.setattr(live, "LiveLeaderboard", _View)
+    monkeypatch.setattr(study, "leaderboard_command", lambda *_, **__: 0)
+    monkeypatch.setattr(study, "run_sweep", lambda *_, **__: outcome)
+
+
 def test_sweep_writes_its_report_under_the_experiment_not_the_working_tree(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``_run_study`` with Ray, Tune and the live view stubbed: the report lands in runs/smoke/report."""
     spec = load_spec(SMOKE)
     root = synthetic_experiment(tmp_path / "runs" / spec.experiment, experiment=spec.experiment)
-
-    class View:
-        def __init__(self, *_: Any, **__: Any) -> None:
-            pass
-
-        def __enter__(self) -> View:
-            return self
-
-        def __exit__(self, *_: Any) -> None:
-            pass
-
-        def on_event(self, *_: Any) -> None:
-            pass
-
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(study, "connect", lambda *_, **__: None)
-    monkeypatch.setattr(live, "LiveLeaderboard", View)
-    monkeypatch.setattr(study, "leaderboard_command", lambda *_, **__: 0)
-    monkeypatch.setattr(study, "run_sweep", lambda *_, **__: SweepOutcome(str(root.resolve()), 0, [], ""))
+    _stub_sweep(monkeypatch, SweepOutcome(str(root.resolve()), 0, [], ""))
     study._run_study(spec, str((tmp_path / "runs").resolve()), None, resume=None, report=True)
     assert (root / "report" / "report.md").is_file() and (root / "report" / MARKER).is_file()
     assert not (tmp_path / "reports").exists()  # the working tree is left as it was
@@ -71,6 +79,22 @@ def test_sweep_writes_its_report_under_the_experiment_not_the_working_tree(
     # a resume writes the same folder again: the marker says the earlier report made it
     study._run_study(spec, str((tmp_path / "runs").resolve()), None, resume=True, report=True)
     assert (root / "report" / "report.md").is_file()
+
+
+def test_an_interrupted_sweep_says_so_exits_130_and_writes_no_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C: Tune saves its state and returns; the command names what is left and how to resume it."""
+    spec = load_spec(SMOKE)
+    root = synthetic_experiment(tmp_path / "runs" / spec.experiment, experiment=spec.experiment)
+    monkeypatch.chdir(tmp_path)
+    _stub_sweep(monkeypatch, SweepOutcome(str(root.resolve()), 1, [], "", unfinished=2))
+    with pytest.raises(typer.Exit) as stopped:
+        study._run_study(spec, str((tmp_path / "runs").resolve()), None, resume=None, report=True)
+    assert stopped.value.exit_code == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert "interrupted: 2 planned trials unfinished" in err and "mdf-search resume" in err
+    assert not (root / "report").exists()
 
 
 def test_nothing_that_reads_the_experiment_reads_its_report_folder(tmp_path: Path) -> None:
