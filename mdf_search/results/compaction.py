@@ -16,6 +16,7 @@ owns one, reads the tables and keeps their schemas; this module moves the files.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,6 +32,7 @@ from mdf_search.results.quarantine import Unusable, listing, open_part
 from mdf_search.results.schema import KEYS, Status
 
 COMPACT = "compact-"
+STALE_TMP_S = 3600.0  # a hidden .tmp this old is a write killed half-way (a live write takes seconds)
 STAGED = ".fold"  # .<name>.parquet.fold: a row file a compaction is moving (hidden; not *.parquet)
 Key = tuple[Any, ...]
 
@@ -168,9 +170,21 @@ class Compaction:
         for path in listing(self.fs, directory, hidden=STAGED):  # 5. the hidden copies go
             if is_staged(path):
                 self.fs.delete_file(path)
+        self._drop_stale_temps(directory)
         self.compact[table_name] = compact if len(fold) else None
         keys = fold.select(list(KEYS[table_name])).to_pylist()
         self.folded[table_name] = {tuple(k.values()) for k in keys}
+
+    def _drop_stale_temps(self, directory: str) -> None:
+        """Delete the hidden ``.<name>.<hex>.tmp`` files of writes killed half-way (``atomic_stream``):
+        no reader ever lists them, and a file older than :data:`STALE_TMP_S` belongs to no live write."""
+        now = time.time()
+        for info in self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True)):
+            name, mtime = info.base_name, info.mtime
+            hidden_tmp = name.startswith(".") and name.endswith(".tmp")
+            if hidden_tmp and mtime is not None and now - mtime.timestamp() > STALE_TMP_S:
+                with contextlib.suppress(FileNotFoundError):  # another writer got there first
+                    self.fs.delete_file(info.path)
 
     @staticmethod
     def _settled(table_name: str, table: pa.Table, trials: Callable[[], pl.DataFrame]) -> pa.ChunkedArray:

@@ -249,3 +249,25 @@ def test_check_sets_aside_unreadable_footers_without_reading_the_data(tmp_path: 
     store.check(("trials",))
     assert [Path(s.part).name for s in store.set_aside] == ["t0002-a1.parquet"]
     assert ResultsStore(str(tmp_path / "exp")).trials().height == 2
+
+
+def test_compaction_deletes_the_temp_files_of_writes_killed_long_ago(tmp_path: Path) -> None:
+    """A write killed half-way leaves a hidden ``.tmp`` no reader lists; compaction removes those older
+    than an hour and leaves a fresh one (a write that may still be running) alone."""
+    import os
+    import time
+
+    from mdf_search.results.compaction import STALE_TMP_S
+
+    store = ResultsStore(str(tmp_path / "exp"))
+    for i in range(3):
+        store.write_trial({"experiment": "e", "trial_id": f"t{i}", "attempt": 1, "status": "completed"})
+    folder = tmp_path / "exp" / "trials"
+    old, fresh = folder / ".t9-a1.parquet.0badc0de.tmp", folder / ".t8-a1.parquet.0fedcba9.tmp"
+    for path in (old, fresh):
+        path.write_bytes(b"PAR1 half a file")
+    stale = time.time() - STALE_TMP_S - 60
+    os.utime(old, (stale, stale))
+    store.compact("trials")
+    assert not old.exists() and fresh.exists()
+    assert store.read("trials").height == 3
