@@ -87,3 +87,29 @@ def check(case: Case, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def ids(cases: list[Case]) -> list[str]:
     return [case.id for case in cases]
+
+
+def layout(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
+    """A case's ``setup`` that runs ``steps`` in order."""
+
+    def setup(tmp: Path) -> None:
+        for step in steps:
+            step(tmp)
+
+    return setup
+
+
+def write(name: str, text: str = "mine\n") -> Callable[[Path], None]:
+    """A setup step: the file ``name`` (under the case's folder) holding ``text``."""
+
+    def step(tmp: Path) -> None:
+        path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    return step
+
+
+def mkdir(name: str) -> Callable[[Path], None]:
+    """A setup step: the folder ``name`` (and its parents)."""
+    return lambda tmp: (tmp / name).mkdir(parents=True, exist_ok=True)

@@ -4,37 +4,14 @@ and an error naming the option or path and the fix, before Ray starts, and chang
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-import mdf_search.cli.study
-from tests.badinput.harness import Case, check, ids
+from tests.badinput.harness import Case, check, ids, layout, mkdir, write
 from tests.badinput.test_spec_yaml import BASE, variant
 
 EXPERIMENT = "runs/bad"  # where BASE's experiment lives under the default --storage runs
-
-
-def layout(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
-    def setup(tmp: Path) -> None:
-        for step in steps:
-            step(tmp)
-
-    return setup
-
-
-def write(name: str, text: str = "") -> Callable[[Path], None]:
-    def step(tmp: Path) -> None:
-        path = tmp / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-
-    return step
-
-
-def mkdir(name: str) -> Callable[[Path], None]:
-    return lambda tmp: (tmp / name).mkdir(parents=True, exist_ok=True)
 
 
 SPACE = write("spec.yaml", BASE)
@@ -229,16 +206,6 @@ CASES: list[Case] = [
     Case("report-missing-experiment", ("report", "runs/absent", "--out", "out"), ("runs/absent",)),
     Case("report-out-without-value", ("report", "runs/x", "--out"), ("--out", "requires an argument")),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A case that gets as far as starting Ray fails at once instead."""
-
-    def refuse(*_: object, **__: object) -> None:
-        raise AssertionError("the command went on to start Ray")
-
-    monkeypatch.setattr(mdf_search.cli.study, "connect", refuse)
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids(CASES))

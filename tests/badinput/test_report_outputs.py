@@ -14,7 +14,7 @@ import pytest
 
 from mdf_search.report.ablation import write_report
 from mdf_search.report.outdir import MARKER
-from tests.badinput.harness import Case, check
+from tests.badinput.harness import Case, check, layout, write
 from tests.report.conftest import write_hostile
 
 REPORT = (  # what a written report may change: its folder and the experiment's report count
@@ -29,28 +29,11 @@ REPORT = (  # what a written report may change: its folder and the experiment's 
 )
 
 
-def layout(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
-    def setup(tmp: Path) -> None:
-        for step in steps:
-            step(tmp)
-
-    return setup
-
-
 def experiment(metrics: dict[int, list[float]] | None = None) -> Callable[[Path], None]:
     """An experiment with markup in every name (``write_hostile``) at ``exp``; ``metrics`` as there."""
 
     def step(tmp: Path) -> None:
         write_hostile(tmp / "exp", "exp", metrics)
-
-    return step
-
-
-def write(name: str, text: str = "mine\n") -> Callable[[Path], None]:
-    def step(tmp: Path) -> None:
-        path = tmp / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
 
     return step
 
