@@ -24,50 +24,36 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-import optuna
 from ray.tune import Callback, Stopper
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
 
-from mdf_search.config import TrialConfig
 from mdf_search.results.schema import Status
 from mdf_search.results.store import ResultsStore
+from mdf_search.search.keys import SELECTED, TUNE_KEYS, config_hash, final_status, selected_view
+from mdf_search.search.optuna_search import ROOT_ATTR, ResumableOptunaSearch, claim_study
+from mdf_search.search.schedulers import PerArmASHA
 from mdf_search.train import predictions
 from mdf_search.train.phases import RUN_KEYS, trial_phases
 from mdf_search.train.selection import Selection
 
+__all__ = [  # the scheduler and the searcher moved to their own modules; their names stay importable here
+    "ROOT_ATTR",
+    "SELECTED",
+    "PerArmASHA",
+    "ResultsWriter",
+    "ResumableOptunaSearch",
+    "SweepGuard",
+    "claim_study",
+    "selected_view",
+]
 log = logging.getLogger(__name__)
-TUNE_KEYS = (
-    "config",
-    "trial_id",
-    "experiment_id",
-    "date",
-    "timestamp",
-    "pid",
-    "hostname",
-    "node_ip",
-    "done",
-    "training_iteration",
-    "time_this_iter_s",
-    "time_total_s",
-    "time_since_restore",
-    "iterations_since_restore",
-    "checkpoint_dir_name",
-    "should_checkpoint",
-    "experiment_tag",
-)
-SELECTED = "selected/"  # the loop's prefix of the selected epoch's metrics
-
-
-def selected_view(result: dict[str, Any]) -> dict[str, Any]:
-    """A report as its trial's row sees it: the selected epoch's metrics replace the reporting epoch's."""
-    own = {k: v for k, v in result.items() if not k.startswith(SELECTED)}
-    return {**own, **{k.removeprefix(SELECTED): v for k, v in result.items() if k.startswith(SELECTED)}}
 
 
 def _scalar_metrics(result: dict[str, Any]) -> dict[str, Any]:
@@ -101,10 +87,12 @@ class ResultsWriter(Callback):
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         selection: Selection | None = None,
         gpus_per_worker: float = 0.0,
+        metrics: Sequence[str] = (),
     ) -> None:
         """``gpus_per_worker``: the GPUs each worker of a trial holds (the spec's resources), for
-        ``gpu_hours``; 0 counts ``cpu_hours`` instead."""
-        self.store = ResultsStore(store_root)
+        ``gpu_hours``; 0 counts ``cpu_hours`` instead. ``metrics``: every metric the study declares
+        (``trial.declared_metrics``): each table part carries their columns from its first row on."""
+        self.store = ResultsStore(store_root, metrics=metrics)
         self.experiment = experiment
         self.provenance = provenance
         self.on_event = on_event
@@ -115,6 +103,9 @@ class ResultsWriter(Callback):
         self._predictions_at: dict[str, int] = {}  # "<trial>-a<attempt>" → selected epoch copied
         self._started: dict[str, float] = {}  # "<trial>-a<attempt>" → when Tune started it (time.time())
         self._arrived: dict[str, float] = {}  # "<trial>-a<attempt>" → when its last report arrived
+        self.spent: dict[str, float] = {}  # "<trial>-a<attempt>" → gpu_hours of its latest row
+        self.carried = Spent()  # what earlier sessions recorded: a resumed attempt's rows add to it
+        self._gpus: dict[str, float] = {}  # "<trial>-a<attempt>" → GPUs it holds, while it runs
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into the experiment state; the event sink (a console) stays here.
@@ -123,16 +114,12 @@ class ResultsWriter(Callback):
     def _base(self, trial: Any, attempt: int | None = None) -> dict[str, Any]:
         config = trial.config
         params = dict(config.get("params", {}))
-        try:
-            config_hash = TrialConfig.from_flat(params).config_hash()
-        except ValueError:
-            config_hash = ""
         return {
             "experiment": self.experiment,
             "trial_id": trial.trial_id,
             "attempt": attempt or _attempt(trial),
             "arm": config.get("arm", ""),
-            "config_hash": config_hash,
+            "config_hash": config_hash(params),
             "host": socket.gethostname(),
             **self.provenance,
             **params,
@@ -158,8 +145,9 @@ class ResultsWriter(Callback):
             "message": message or str(last.get("message", "") or ""),
             "epochs": int(last.get("epoch", 0) or 0),
             "wall_s": wall,
-            "gpu_hours": wall * gpus / 3600,
-            "cpu_hours": wall * workers / 3600 if not gpus else 0.0,
+            # this session's share, plus what earlier sessions recorded for the attempt (a resume)
+            "gpu_hours": wall * gpus / 3600 + self.carried.gpu_hours.get(key, 0.0),
+            "cpu_hours": (wall * workers / 3600 if not gpus else 0.0) + self.carried.cpu_hours.get(key, 0.0),
             "world_size": int(last.get("world_size", workers) or workers),
             "split_hash": str(last.get("split_hash", "") or ""),
             "features_reused": str(last.get("features_reused", "") or ""),  # train/features.py
@@ -168,6 +156,7 @@ class ResultsWriter(Callback):
         }
         row.update(_scalar_metrics(selected_view(last)))
         row.update(phases)
+        self.spent[key] = float(row["gpu_hours"])
         return row
 
     def _copy_predictions(self, trial_id: str, attempt: int, result: dict[str, Any]) -> None:
@@ -188,7 +177,16 @@ class ResultsWriter(Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Tune started an attempt of ``trial`` (its actor is up): the start its phases count from."""
-        self._started[_attempt_key(trial)] = time.time()
+        key = _attempt_key(trial)
+        self._started[key] = time.time()
+        self._gpus[key] = self.gpus_per_worker * int(trial.config.get("params", {}).get("run.workers", 1))
+
+    def in_flight_gpu_hours(self, now: float) -> float:
+        """GPU-hours the running attempts spent since their last row (none of it written yet)."""
+        return sum(
+            max(0.0, now - self._arrived.get(k, self._started.get(k, now))) * gpus / 3600
+            for k, gpus in self._gpus.items()
+        )
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -208,10 +206,9 @@ class ResultsWriter(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        status = str(last.get("status", Status.RUNNING))
-        if status == Status.RUNNING:
-            status = Status.STOPPED_EARLY
+        status = final_status(last)
         self.store.write_trial(self._trial_row(trial, status))
+        self._gpus.pop(_attempt_key(trial), None)
         self.finished += 1
         self._emit(status, trial, selected_view(last))
 
@@ -221,17 +218,20 @@ class ResultsWriter(Callback):
         sweep does not count it as a failed configuration."""
         message = _error_message(trial)
         failed = max(1, int(getattr(trial, "num_failures", 1)))  # Tune counted this failure already
-        last = message.splitlines()[-1] if message else "error"
-        self.store.write_trial(self._trial_row(trial, Status.ERROR, f"retried: {last}", attempt=failed))
+        self.store.write_trial(
+            self._trial_row(trial, Status.ERROR, f"retried: {_cause(message)}", attempt=failed)
+        )
+        self._gpus.pop(_attempt_key(trial, failed), None)
+        log.warning("trial %s attempt %d failed and is retried:\n%s", trial.trial_id, failed, message)
         self._emit("retried", trial, {"message": message})
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         message = _error_message(trial)
         self.errors.append((trial.trial_id, message))
         failed = max(1, int(getattr(trial, "num_failures", 1)))  # Tune counted this failure already
-        self.store.write_trial(
-            self._trial_row(trial, Status.ERROR, message.splitlines()[-1] if message else "error", failed)
-        )
+        self.store.write_trial(self._trial_row(trial, Status.ERROR, _cause(message), failed))
+        self._gpus.pop(_attempt_key(trial, failed), None)
+        log.error("trial %s failed:\n%s", trial.trial_id, message)  # the traceback in the driver's log
         self.finished += 1
         self._emit(Status.ERROR, trial, {"message": message})
 
@@ -250,6 +250,18 @@ def _attempt_key(trial: Any, attempt: int | None = None) -> str:
     return f"{trial.trial_id}-a{attempt or _attempt(trial)}"
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Ray colours the process prefixes of a worker's traceback
+EXCEPTION_LINE = re.compile(r"^[\w.]*(?:Error|Exception|Interrupt|Exit|Failure)\b[^:]*: ")
+
+
+def _cause(message: str) -> str:
+    """The line of a trial's error the trials table keeps: the last exception line (``ValueError: ...``;
+    a Train run's failure ends with its worker's, the root cause), else the last line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    causes = [line for line in lines if EXCEPTION_LINE.match(line)]
+    return (causes or lines or ["error"])[-1]
+
+
 def _error_message(trial: Any) -> str:
     text = getattr(trial, "error_msg", None) or ""
     path = getattr(trial, "error_file", None)
@@ -259,12 +271,54 @@ def _error_message(trial: Any) -> str:
                 text = handle.read()
         except OSError:
             text = ""
-    return str(text).strip()
+    return ANSI.sub("", str(text)).strip()
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What the experiment's trials table records as spent before this session: GPU-hours by attempt
+    (``<trial>-a<attempt>``) and the sweep's busy wall time (seconds in which some trial ran)."""
+
+    gpu_hours: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+    cpu_hours: dict[str, float] = field(default_factory=dict)
+
+
+def recorded_spend(store: ResultsStore) -> Spent:
+    """:class:`Spent` from the trials table: every attempt's ``gpu_hours``, and the union of the
+    attempts' ``[written_at - wall_s, written_at]`` intervals (the time between sessions is not
+    counted). An empty or older table (without those columns) has spent nothing."""
+    trials = store.trials(latest_attempt=False)
+    if trials.is_empty() or "gpu_hours" not in trials.columns:
+        return Spent()
+    keys = [f"{t}-a{a}" for t, a in zip(trials["trial_id"], trials["attempt"], strict=True)]
+    hours = {k: float(h or 0.0) for k, h in zip(keys, trials["gpu_hours"], strict=True)}
+    cpu = trials["cpu_hours"] if "cpu_hours" in trials.columns else [0.0] * len(keys)
+    cpu_hours = {k: float(h or 0.0) for k, h in zip(keys, cpu, strict=True)}
+    if "wall_s" not in trials.columns or "written_at" not in trials.columns:
+        return Spent(hours, 0.0, cpu_hours)
+    ends = [t.timestamp() if t is not None else None for t in trials["written_at"].to_list()]
+    spans = sorted(
+        (end - float(wall), end)
+        for end, wall in zip(ends, trials["wall_s"].to_list(), strict=True)
+        if end is not None and wall is not None and wall > 0
+    )
+    busy, reach = 0.0, -math.inf
+    for start, end in spans:
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return Spent(hours, busy, cpu_hours)
 
 
 class SweepGuard(Stopper):
     """Stops the whole sweep when the first ``max_initial_errors`` finished trials all errored (a code bug
-    burns the budget otherwise) or when the GPU-hour budget is spent."""
+    burns the budget otherwise), or when the GPU-hour or wall-time budget is spent.
+
+    Both budgets count the experiment as a whole, across ``resume``: GPU-hours are the trials table's
+    (``spent``, read when the session starts, then each attempt's latest row as this session's writer
+    writes it: at most one epoch behind), and wall time is the busy time the table records plus this
+    session's."""
 
     def __init__(
         self,
@@ -272,16 +326,32 @@ class SweepGuard(Stopper):
         max_initial_errors: int = 3,
         max_gpu_hours: float = 0.0,
         gpus_per_trial: float = 0.0,
+        max_wall_s: float = 0.0,
+        spent: Spent | None = None,
     ) -> None:
+        """``gpus_per_trial``: 0 when trials hold no GPU (no GPU-hour budget applies)."""
         self.writer = writer
         self.max_initial_errors = max_initial_errors
         self.max_gpu_hours = max_gpu_hours
         self.gpus_per_trial = gpus_per_trial
+        self.max_wall_s = max_wall_s
+        self.spent = spent or Spent()
         self.started = time.monotonic()
         self.reason = ""
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         return False
+
+    def gpu_hours(self) -> float:
+        """GPU-hours the experiment has spent: the table's before this session, updated by this
+        session's rows (a resumed attempt's row carries its earlier sessions'), and what the running
+        attempts spent since their last row."""
+        recorded = sum({**self.spent.gpu_hours, **self.writer.spent}.values())
+        return recorded + self.writer.in_flight_gpu_hours(time.time())
+
+    def wall_s(self) -> float:
+        """Busy wall time the experiment has spent, this session included."""
+        return self.spent.wall_s + time.monotonic() - self.started
 
     def stop_all(self) -> bool:
         errors = len(self.writer.errors)
@@ -291,158 +361,15 @@ class SweepGuard(Stopper):
             )
             return True
         if self.max_gpu_hours > 0 and self.gpus_per_trial > 0:
-            # a conservative upper bound: every trial slot busy since the start
-            used = (time.monotonic() - self.started) / 3600 * self.gpus_per_trial
+            used = self.gpu_hours()
             if used >= self.max_gpu_hours:
-                self.reason = f"GPU-hour budget spent ({used:.2f} of {self.max_gpu_hours})"
+                self.reason = f"GPU-hour budget spent ({used:.2f} of {self.max_gpu_hours:g}, all sessions)"
+                return True
+        if self.max_wall_s > 0:
+            wall = self.wall_s()
+            if wall >= self.max_wall_s:
+                self.reason = (
+                    f"wall-time budget spent ({wall:.0f} s of {self.max_wall_s:.0f} s, all sessions)"
+                )
                 return True
         return False
-
-
-class PerArmASHA(FIFOScheduler):
-    """ASHA within each arm: trials are only compared with trials of the same arm (same scientific values).
-
-    One ``ASHAScheduler`` per arm id (``trial.config["arm"]``); every Tune event is routed to the trial's
-    arm's scheduler. Seeds are part of the trial, so an arm's seeds share a rung schedule.
-    """
-
-    def __init__(
-        self, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float
-    ) -> None:
-        super().__init__()
-        self._metric, self._mode = metric, mode
-        self._kwargs: dict[str, Any] = {
-            "time_attr": "epoch",
-            "metric": metric,
-            "mode": mode,
-            "max_t": max_t,
-            "grace_period": grace_period,
-            "reduction_factor": reduction_factor,
-        }
-        self._arms: dict[str, ASHAScheduler] = {}
-
-    def _for(self, trial: Any) -> ASHAScheduler:
-        arm = str(trial.config.get("arm", ""))
-        if arm not in self._arms:
-            self._arms[arm] = ASHAScheduler(**self._kwargs)
-        return self._arms[arm]
-
-    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        return True
-
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self._for(trial).on_trial_add(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        if "epoch" not in result or self._kwargs["metric"] not in result:
-            return TrialScheduler.CONTINUE  # e.g. an infeasible trial's single report
-        return str(self._for(trial).on_trial_result(tune_controller, trial, result))
-
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
-        self._for(trial).on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        self._for(trial).on_trial_remove(tune_controller, trial)
-
-    def debug_string(self) -> str:
-        return f"PerArmASHA({len(self._arms)} arms)"
-
-
-class ResumableOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that survives a driver killed between Optuna's ``tell`` and Tune's own checkpoint.
-
-    The persistent study then already holds the trial as finished while Tune restores it as unfinished
-    and reruns it (its Train run re-reports the final result); Optuna refuses to update a finished trial.
-    The study keeps the value it was told, and the sweep goes on.
-
-    It also adopts the study's orphans: a driver killed after Optuna's ``ask`` but before Tune's next
-    snapshot leaves RUNNING trials in the study that the restored Tune never heard of. Asking anew
-    would leave them RUNNING forever, and the grid sampler, counting their grid points as taken, would
-    hand a taken point out twice and skip theirs. A new Tune trial takes over the oldest orphan
-    instead (its params are already set), so each planned trial runs once and the study's trial
-    numbers stay continuous.
-    """
-
-    _orphans: list[Any] | None = None  # RUNNING study trials no Tune trial owns; None: not listed yet
-
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        self._orphans = None  # the snapshot's list is stale: list them again against its trials
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if callable(self._space) and trial_id not in self._ot_trials:
-            orphan = self._adopt_orphan()
-            if orphan is not None:
-                self._ot_trials[trial_id] = orphan
-                log.info("trial %s takes over the study's orphaned trial %d", trial_id, orphan.number)
-        return super().suggest(trial_id)
-
-    def _adopt_orphan(self) -> optuna.Trial | None:
-        study = self._ot_study
-        assert study is not None  # set up with the define-by-run space
-        if self._orphans is None:
-            known = {t.number for t in self._ot_trials.values()}
-            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            self._orphans = sorted((t for t in running if t.number not in known), key=lambda t: t.number)
-        if not self._orphans:
-            return None
-        frozen = self._orphans.pop(0)
-        return optuna.Trial(study, frozen._trial_id)
-
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if isinstance(self.metric, str) and self.metric not in result:
-            return  # an oom/diverged/infeasible report: no value to tell (the trial fails in the study)
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            log.info("trial %s was already finished in the Optuna study (resumed sweep)", trial_id)
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
-    ) -> None:
-        """The study is told the study metric at the trial's selected epoch, not at its last one; a
-        trial that ended without one (``oom``, ``diverged``, ``infeasible``) failed (Optuna's default for
-        a result without the metric is ``PRUNED``, which samplers read as a stopped, valid trial)."""
-        if result and isinstance(self.metric, str) and f"{SELECTED}{self.metric}" in result:
-            result = {**result, self.metric: result[f"{SELECTED}{self.metric}"]}
-        elif result and isinstance(self.metric, str) and self.metric not in result:
-            error = True
-        try:
-            super().on_trial_complete(trial_id, result=result, error=error)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            log.info("trial %s was already finished in the Optuna study (resumed sweep)", trial_id)
-
-
-ROOT_ATTR = "experiment_root"  # the Optuna study's user attribute naming the experiment it belongs to
-
-
-def claim_study(storage: Any, name: str, root: str, direction: str) -> None:
-    """Create the study ``name`` in ``storage`` for the experiment at ``root``, or load it when it is
-    this experiment's own (a sweep restarted before Tune saved its state); a study of another experiment
-    is refused with the fix."""
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        load_if_exists=True,
-        direction="minimize" if direction == "min" else "maximize",
-    )
-    owner = study.user_attrs.get(ROOT_ATTR)
-    if owner is None and not study.trials:
-        study.set_user_attr(ROOT_ATTR, root)
-    elif owner != root:
-        where = _without_password(str(getattr(storage, "url", storage)))
-        raise FileExistsError(
-            f"{where}: the Optuna study {name!r} already exists (experiment {owner or 'unknown'}, "
-            f"{len(study.trials)} trials); continue it with `mdf-search resume {owner or '<experiment dir>'}`, "
-            f"or give this experiment another name"
-        )
-
-
-def _without_password(url: str) -> str:
-    """``url`` with any password masked, for messages."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a SQLAlchemy URL: nothing to mask
-        return url

@@ -189,17 +189,36 @@ def suggest_nuisance(spec: SearchSpec, arm: Arm, trial: optuna.Trial) -> dict[st
     return values
 
 
+def factor_levels(spec: SearchSpec) -> dict[str, list[Scalar]]:
+    """Every value each scientific factor takes in some arm: its choices, then its ``otherwise``."""
+    out: dict[str, list[Scalar]] = {}
+    for key, param in spec.scientific.items():
+        levels = list(param.choices or ())
+        if param.has_otherwise and all(canonical(key, param.otherwise) != canonical(key, v) for v in levels):
+            levels.append(param.otherwise)
+        out[key] = levels
+    return out
+
+
 class DefineByRun:
-    """The ``space=`` of Ray's OptunaSearch (a class, not a closure: OptunaSearch pickles it on save)."""
+    """The ``space=`` of Ray's OptunaSearch (a class, not a closure: OptunaSearch pickles it on save).
+
+    Grid and ofat designs also suggest each scientific factor the arm holds, as its own categorical
+    over :func:`factor_levels` (the grid sampler answers with the arm's value): the study then shows
+    the factors to Optuna's importance, slice and parallel-coordinate views, not only the arm id."""
 
     def __init__(self, spec: SearchSpec) -> None:
         self.spec = spec
         self.arms = {a.id: a for a in arms(spec)}
+        self.levels = factor_levels(spec)
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         arm_id = trial.suggest_categorical(ARM_PARAM, list(self.arms))
         seed = trial.suggest_categorical(SEED_PARAM, list(self.spec.seeds))
         arm = self.arms[str(arm_id)]
+        if not self.spec.is_sampler:
+            for key in (k for k in self.levels if k in arm.params):
+                trial.suggest_categorical(key, self.levels[key])
         nuisance = suggest_nuisance(self.spec, arm, trial) if self.spec.is_sampler else None
         params = trial_params(self.spec, arm, int(seed), nuisance)
         return {"params": params, "arm": arm.id}

@@ -22,6 +22,7 @@ QMC sequence's position) is the real study's.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -35,11 +36,30 @@ from mdf_search.search.space import SearchSpec
 
 
 class StudyGridSampler(GridSampler):
-    """``GridSampler`` that leaves stopping to Tune's ``num_samples``.
+    """``GridSampler`` that leaves stopping to Tune's ``num_samples``, and answers the factors.
 
     Optuna's calls ``study.stop()`` after the last grid point, which raises outside ``study.optimize``
     (every ask/tell driver, Ray's OptunaSearch included, would log that error at the end of a sweep).
+    The grid is over (arm, seed); a scientific factor the define-by-run asks for after them takes the
+    value the trial's arm holds (``factors``: arm id → factor → value).
     """
+
+    def __init__(
+        self,
+        search_space: Mapping[str, Sequence[Any]],
+        seed: int | None = None,
+        factors: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(search_space, seed=seed)
+        self._factors = {arm: dict(values) for arm, values in (factors or {}).items()}
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        own = self._factors.get(str(trial.params.get(ARM_PARAM)), {})
+        if param_name in own:
+            return own[param_name]
+        return super().sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Any
@@ -151,7 +171,8 @@ def make_sampler(spec: SearchSpec, seed: int = 0) -> BaseSampler:
     """The study's sampler: a grid over (arm, seed), or round-robin arms with a per-arm TPE/QMC/GP."""
     ids = [a.id for a in arms(spec)]
     if not spec.is_sampler:
-        return StudyGridSampler({ARM_PARAM: ids, SEED_PARAM: list(spec.seeds)}, seed=seed)
+        factors = {a.id: {k: v for k, v in a.params.items() if k in spec.scientific} for a in arms(spec)}
+        return StudyGridSampler({ARM_PARAM: ids, SEED_PARAM: list(spec.seeds)}, seed=seed, factors=factors)
     per_arm = trials_per_arm(spec, len(ids))
     # Optuna's default of 10 random start-up trials would leave a small per-arm budget all random.
     n_startup = max(3, min(10, per_arm // 3))

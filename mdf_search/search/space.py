@@ -28,6 +28,7 @@ from mdf_search.search.spec_schema import (
     Scheduler,
     SpecFile,
     StudyStorage,
+    Tracking,
     pydantic_problems,
     suggest_name,
 )
@@ -131,6 +132,7 @@ class SearchSpec:
     fixed: dict[str, Scalar] = field(default_factory=dict)
     baseline: dict[str, Scalar] | None = None
     reference: dict[str, Scalar] | None = None
+    tracking: Tracking = field(default_factory=Tracking)
 
     @property
     def is_sampler(self) -> bool:
@@ -416,4 +418,5 @@ def load_spec(path: str | Path) -> SearchSpec:
         fixed=fixed,
         baseline=baseline if top.baseline is not None else None,
         reference=reference if top.reference is not None else None,
+        tracking=top.tracking,
     )

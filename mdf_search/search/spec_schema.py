@@ -12,7 +12,8 @@ compared fairly) or **fixed** (everything else)::
     mode: max                          # max | min
     design: grid                       # grid | ofat | tpe | qmc | gp
     seeds: [0, 1, 2]                   # every arm runs with these seeds (not a flat key elsewhere)
-    budget: {trials: 12, epochs: 3, max_wall_time: 30m, max_gpu_hours: 0, trials_per_arm: 4}
+    budget: {trials: 12, epochs: 3, max_wall_time: 30m, max_gpu_hours: 0, trials_per_arm: 4,
+             price_per_gpu_hour: 2.5}
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: none} (default)
     baseline: {fusion.levels: none}    # the arm reports compare against (must match exactly one arm)
     reference: {fusion.levels: "1234", fusion.injection: parallel}  # ofat only: the point factors vary from
@@ -24,8 +25,9 @@ compared fairly) or **fixed** (everything else)::
       freeze.lora_rank: {choices: [4, 8, 16], when: {freeze: lora}, default: 8}
     fixed:
       model.preset: tiny
-    resources: {workers: 2, concurrent_trials: 1, gpus_per_worker: 0, gpu_mem_gb: 80}
+    resources: {workers: 2, concurrent_trials: 1, gpus_per_worker: 0, gpu_mem_gb: 80, max_failures: 1}
     study: {storage: null}             # null = SQLite under the experiment directory; or a SQLAlchemy URL
+    tracking: {backend: mlflow, tracking_uri: file:./mlruns}   # or wandb, tensorboard, none (default)
 
 **Keys.** Every key under ``scientific``/``nuisance``/``fixed`` (and in ``baseline``, ``reference`` and
 ``when``) is a flat key of ``TrialConfig`` (``mdf_search.config.flat_fields()``), except ``seed`` (use
@@ -53,11 +55,25 @@ GPUs (0: CPU workers, or one whole GPU each when the workers run on GPUs; a frac
 trials share a GPU), ``gpu_mem_gb`` per GPU (the memory planner's capacity), ``concurrent_trials``: a
 number, or ``auto``: as many trials as the cluster's CPUs and GPUs hold, and on GPUs, with
 ``gpus_per_worker: 0``, one-worker trials of the tiny and small presets share a GPU (4 and 2 per GPU;
-``search/runner.resolve_resources``).
+``search/resources.resolve_resources``). ``max_failures``: how often Tune retries a crashed trial (a lost
+node, a killed process; each retry resumes from the trial's checkpoint; -1: without end; default 1).
+``placement``: Ray Train's placement strategy of a trial's workers; ``auto`` (default) packs a trial of
+two or more GPU workers onto one node (``STRICT_PACK``) and leaves the rest to Ray (``PACK``);
+``pack``, ``strict_pack`` or ``spread`` choose one.
 
 **Budget.** ``epochs`` (→ ``optim.epochs``), ``trials`` (required for tpe/qmc/gp; a cap for
 grid/ofat), ``trials_per_arm`` (tpe/qmc/gp; default ``trials // arms``), ``max_wall_time`` (``"90s"``,
-``"30m"``, ``"2h"`` or seconds; null = none), ``max_gpu_hours`` (0/null = no cap).
+``"30m"``, ``"2h"`` or seconds; null = none), ``max_gpu_hours`` (0/null = no cap). Both caps count the
+experiment across ``resume`` (what its trials table records). ``price_per_gpu_hour`` (optional, in your
+currency) turns GPU-hours into money in the leaderboard and the report's cost section.
+
+**Tracking.** ``tracking: {backend: mlflow | wandb | tensorboard | none}`` adds Ray Tune's own logger
+callback for that tool: one run per trial with its flat params and per-epoch metrics, grouped by arm
+(an ``arm`` tag in MLflow, the W&B group). Options: mlflow ``tracking_uri`` (a server, ``file:`` URI or
+path; default MLflow's own) and ``experiment_name`` (default: the experiment); wandb ``project``
+(default: the experiment), ``entity`` and ``mode`` (``online``/``offline``; default ``WANDB_MODE``);
+tensorboard none (event files under each trial's Tune directory). Tune's incidental CSV/JSON/TensorBoard
+files stay off.
 
 **Bounds.** Every number is finite (``.nan`` and ``.inf`` are refused: a nan bound would pass every
 check and mean no limit); seeds lie in [0, 2^31-1]; the experiment name is at most 128 characters of
@@ -98,6 +114,19 @@ MAX_GPUS_PER_WORKER = 16.0  # the most GPUs one node holds
 MAX_GPU_MEM_GB = 1024.0
 MAX_GPU_HOURS = 1e7
 MAX_WALL_TIME_S = 366 * 86400.0
+MAX_PRICE_PER_GPU_HOUR = 1e6
+MAX_FAILURES = 1000
+TRACKING_BACKENDS = ("mlflow", "wandb", "tensorboard", "none")
+# tracking: option → the backends that take it
+TRACKING_OPTIONS = {
+    "tracking_uri": ("mlflow",),
+    "experiment_name": ("mlflow",),
+    "project": ("wandb",),
+    "entity": ("wandb",),
+    "mode": ("wandb",),
+}
+# tracking: backend → the package its Ray logger callback imports
+TRACKING_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}
 
 
 class _Model(BaseModel):
@@ -137,6 +166,7 @@ class Budget(_Model):
     max_wall_time: float | None = None  # seconds
     max_gpu_hours: float | None = Field(default=None, ge=0, le=MAX_GPU_HOURS)
     trials_per_arm: int | None = Field(default=None, ge=1, le=MAX_TRIALS)
+    price_per_gpu_hour: float | None = Field(default=None, ge=0, le=MAX_PRICE_PER_GPU_HOUR)
 
     _duration = field_validator("max_wall_time", mode="before")(parse_duration)
 
@@ -166,6 +196,8 @@ class Resources(_Model):
     gpus_per_worker: float = Field(default=0.0, ge=0, le=MAX_GPUS_PER_WORKER)
     cpus_per_worker: float = Field(default=1.0, gt=0, le=MAX_CPUS_PER_WORKER)
     gpu_mem_gb: float = Field(default=GPU_MEM_GB, gt=0, le=MAX_GPU_MEM_GB)
+    max_failures: int = Field(default=1, ge=-1, le=MAX_FAILURES)  # Tune's retries of a crashed trial
+    placement: Literal["auto", "pack", "strict_pack", "spread"] = "auto"
 
     _concurrent = field_validator("concurrent_trials", mode="before")(parse_concurrent_trials)
 
@@ -194,6 +226,37 @@ class StudyStorage(_Model):
     _url = field_validator("storage", mode="before")(parse_study_storage)
 
 
+class Tracking(_Model):
+    """``tracking:``: Ray Tune's logger callbacks for one tracking tool (``search/tracking.py``)."""
+
+    backend: Literal["mlflow", "wandb", "tensorboard", "none"] = "none"
+    tracking_uri: str | None = Field(default=None, min_length=1)  # mlflow: a server URL, file: or a path
+    experiment_name: str | None = Field(default=None, min_length=1)  # mlflow; default: the experiment
+    project: str | None = Field(default=None, min_length=1)  # wandb; default: the experiment
+    entity: str | None = Field(default=None, min_length=1)  # wandb: the team or user
+    mode: Literal["online", "offline"] | None = None  # wandb; default: WANDB_MODE, else online
+
+    def problems(self) -> list[str]:
+        """Options the backend does not take, and a backend whose package is not installed."""
+        import importlib.util
+
+        out = []
+        for option in sorted(self.model_fields_set - {"backend"}):
+            takers = TRACKING_OPTIONS[option]
+            if self.backend not in takers and getattr(self, option) is not None:
+                out.append(
+                    f"tracking.{option}: is an option of backend {' or '.join(takers)}, not of "
+                    f"{self.backend}; remove it or set `backend: {takers[0]}`"
+                )
+        package = TRACKING_PACKAGES.get(self.backend)
+        if package and importlib.util.find_spec(package) is None:
+            out.append(
+                f"tracking.backend: {self.backend} needs the {package} package, which is not installed; "
+                f"install it (pip install 'mdf-search[tracking]') or set `backend: none`"
+            )
+        return out
+
+
 class SpecFile(_Model):
     """The top level of a search-space file; the parameter blocks stay raw mappings here."""
 
@@ -212,10 +275,11 @@ class SpecFile(_Model):
     fixed: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Resources()
     study: StudyStorage = StudyStorage()
+    tracking: Tracking = Tracking()
 
     def cross_field_problems(self) -> list[str]:
         """Rules between top-level keys (the parameter blocks are checked in ``space.load_spec``)."""
-        problems = []
+        problems = self.tracking.problems()
         if len(set(self.seeds)) != len(self.seeds):
             problems.append(f"seeds: duplicate seeds in {short_repr(self.seeds)}; list each once")
         for i, seed in enumerate(self.seeds):

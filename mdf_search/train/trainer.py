@@ -84,6 +84,13 @@ def use_gpu(cfg: TrialConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def placement(workers: int, gpu: bool) -> str:
+    """The default placement of a trial's workers: a trial of two or more GPU workers on one node
+    (``STRICT_PACK``: Ray's ``PACK`` may split it across nodes when one node lacks room at the moment,
+    and its collectives then cross the network); else ``PACK``, Ray Train's default."""
+    return "STRICT_PACK" if gpu and workers > 1 else "PACK"
+
+
 def make_trainer(
     cfg: TrialConfig,
     data: TrialData,
@@ -98,12 +105,14 @@ def make_trainer(
     selection: Selection | None = None,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
+    placement_strategy: str | None = None,
 ) -> Any:
     """The trial's ``TorchTrainer``. ``selection``: the study's metric and mode, which pick the trial's
     epoch (default ``val/macro_f1``, max, as ``mdf-search train`` uses); ``faults``: test hooks (default
     none); ``progress``: a ``train/progress.py`` actor rank 0 publishes its steps to;
     ``cpus_per_worker``/``gpus_per_worker``: what each worker holds (the spec's ``resources``; a GPU
-    fraction lets trials share a GPU, 0 on a GPU run: one whole GPU per worker, Ray Train's default)."""
+    fraction lets trials share a GPU, 0 on a GPU run: one whole GPU per worker, Ray Train's default);
+    ``placement_strategy``: Ray's for the workers' placement group (:func:`placement`'s by default)."""
     gpu = use_gpu(cfg)
     env = worker_env()
     if not gpu:
@@ -124,7 +133,10 @@ def make_trainer(
         },
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=cfg.run.workers, use_gpu=gpu, resources_per_worker=per_worker
+            num_workers=cfg.run.workers,
+            use_gpu=gpu,
+            resources_per_worker=per_worker,
+            placement_strategy=placement_strategy or placement(cfg.run.workers, gpu),
         ),
         run_config=RunConfig(  # type: ignore[call-arg]  # ray.train.RunConfig (v2) has worker_runtime_env
             name=name,

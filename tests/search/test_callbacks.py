@@ -431,16 +431,21 @@ def test_a_success_before_the_failures_keeps_the_sweep_going(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
-    ("max_gpu_hours", "gpus_per_trial", "stops"),
-    [(1.5, 2.0, True), (3.0, 2.0, False), (0.0, 2.0, False), (1.5, 0.0, False)],
+    ("max_gpu_hours", "gpus_per_worker", "stops"),
+    [(1.5, 1.0, True), (3.0, 1.0, False), (0.0, 1.0, False), (1.5, 0.0, False)],
     ids=["spent", "left", "no-budget", "cpu-sweep"],
 )
 def test_the_guard_stops_the_sweep_when_the_gpu_hours_are_spent(
-    max_gpu_hours: float, gpus_per_trial: float, stops: bool, tmp_path: Path
+    max_gpu_hours: float, gpus_per_worker: float, stops: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writer, _ = _writer(tmp_path)
-    guard = SweepGuard(writer, max_gpu_hours=max_gpu_hours, gpus_per_trial=gpus_per_trial)
-    guard.started -= 3600  # an hour in: 2 GPUs x 1 h = 2 GPU-hours at most
+    """A two-worker trial running for an hour without a report yet has spent 2 GPU-hours (1 GPU each)."""
+    writer, _ = _writer(tmp_path, gpus_per_worker=gpus_per_worker)
+    guard = SweepGuard(writer, max_gpu_hours=max_gpu_hours, gpus_per_trial=2 * gpus_per_worker)
+    clock = [1000.0]
+    monkeypatch.setattr(callbacks.time, "time", lambda: clock[0])
+    params = {**TrialConfig.from_flat({}).to_flat(), "run.workers": 2}
+    writer.on_trial_start(0, [], StandInTrial("t1", config={"params": params, "arm": "a"}))
+    clock[0] += 3600
     assert guard.stop_all() is stops
     assert ("GPU-hour budget spent" in guard.reason) is stops
 

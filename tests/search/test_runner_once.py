@@ -11,6 +11,7 @@ import pytest
 
 from mdf_search.config import TrialConfig
 from mdf_search.search import runner
+from mdf_search.search import trial as trial_module
 from mdf_search.search.runner import (
     SHARED_GPU_TRIALS,
     TrialResources,
@@ -136,8 +137,8 @@ def test_prepare_study_prepares_each_data_key_and_counts_each_architecture_once(
         counted.append(arch)
         return "counts"
 
-    monkeypatch.setattr(runner, "prepare_trial_data", prepare)
-    monkeypatch.setattr(runner, "count_parameters", count)
+    monkeypatch.setattr(trial_module, "prepare_trial_data", prepare)
+    monkeypatch.setattr(trial_module, "count_parameters", count)
     spec = grid_spec(tmp_path, seeds=[0, 1, 2])  # every arm x 3 seeds: one data key, an arch per arm
     configs = design_configs(spec)
     archs = {cfg.arch for cfg in configs}
@@ -160,7 +161,7 @@ def test_a_trial_takes_the_prepared_data_and_prepares_only_an_unknown_key(
         calls.append(cfg)
         return _fake_data("own")
 
-    monkeypatch.setattr(runner, "prepare_trial_data", prepare)
+    monkeypatch.setattr(trial_module, "prepare_trial_data", prepare)
     cfg = TrialConfig.from_flat({"model.preset": "tiny"})
     settings = TrialSettings("/x", Selection(), 0.0, 80.0, data={data_key(cfg): _fake_data("study")})
     assert trial_data(cfg, settings) == _fake_data("study") and calls == []
@@ -191,7 +192,9 @@ def _patch_trial_side(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     monkeypatch.setattr(tune_train, "TuneReportCallback", lambda: "tune-callback")
     monkeypatch.setattr(ray.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1"))
     monkeypatch.setattr(ray.tune, "report", reports.append)
-    monkeypatch.setattr(runner, "prepare_trial_data", lambda cfg: pytest.fail("the trial prepared its data"))
+    monkeypatch.setattr(
+        trial_module, "prepare_trial_data", lambda cfg: pytest.fail("the trial prepared its data")
+    )
     return reports
 
 
@@ -257,7 +260,7 @@ def test_data_that_cannot_be_prepared_is_left_to_its_trials(
             raise FileNotFoundError(cfg.data.manifest)
         return _fake_data("ok")
 
-    monkeypatch.setattr(runner, "prepare_trial_data", prepare)
+    monkeypatch.setattr(trial_module, "prepare_trial_data", prepare)
     good = TrialConfig.from_flat({"model.preset": "tiny"})
     bad = good.replace(**{"data.manifest": str(tmp_path / "missing.parquet")})
     data, _ = prepare_study([good, bad, bad], plan_memory=False)
