@@ -145,11 +145,21 @@ def prepare_token_auth(environ: MutableMapping[str, str]) -> None:
 
 def storage_note(storage: str | None) -> str | None:
     """A warning when ``--storage`` is relative (or not given): it would resolve on the cluster, inside
-    the job's temporary working dir."""
+    the job's temporary working dir; and when it is a local path: each node's data cache is node-local
+    (``$MDF_SEARCH_CACHE``, by default ``~/.cache/mdf-search``), so the study's data artefacts reach the
+    other nodes only through that path (``data.artefacts``), which every node must then mount. None for
+    an ``s3://`` / ``gs://`` URI: every node reaches it."""
     if storage is None or ("://" not in storage and not Path(storage).is_absolute()):
         return (
             f"--storage {storage or 'runs (the default)'} is relative: it resolves on the cluster, inside "
             "the job's temporary working dir; give an absolute shared path or an s3:// / gs:// URI"
+        )
+    if "://" not in storage:
+        return (
+            f"--storage {storage}: the data cache of each node is node-local ($MDF_SEARCH_CACHE, by default "
+            "~/.cache/mdf-search), so Train workers on other nodes fetch the study's split, cache and "
+            f"tokenizer from {storage}/<experiment>/artefacts: it must be a path every node mounts (EFS, "
+            "Filestore, NFS); otherwise give an s3:// / gs:// URI"
         )
     return None
 

@@ -12,7 +12,9 @@ folder leaves the part where it is, skips it and warns the same way; so does eve
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -96,11 +98,19 @@ def leaderboard_command(
 
 def report_command(experiment_dir: str, out: str) -> int:
     """Write the ablation report and say where it went: 0 when written, 2 for a missing or empty experiment
-    or a refused ``--out``, 1 when the report was written with failed sections (``ReportError.code``)."""
+    or a refused ``--out``, 1 when the report was written with failed sections (``ReportError.code``).
+
+    ``experiment_dir`` and ``out`` are local paths or URIs (``s3://``, ``gs://``): a report for a URI is
+    built in a local temporary folder and uploaded there (``report.outdir``)."""
     # matplotlib, polars and scipy: loaded when a report is written, not by `mdf-search --help`
     from mdf_search.report.ablation import write_report
     from mdf_search.report.experiment import ExperimentError
+    from mdf_search.report.outdir import MARKER, ReportError, check_remote_out, fetch_remote, publish_remote
     from mdf_search.results.store import TABLES, ResultsError, ResultsStore
+
+    remote = "://" in out
+    staging = Path(tempfile.mkdtemp(prefix="mdf-search-report-")) if remote else None
+    local = staging / Path(out.rstrip("/")).name if staging is not None else None
 
     tables = (*TABLES, "predictions")
     store = ResultsStore(experiment_dir) if "://" in experiment_dir or Path(experiment_dir).is_dir() else None
@@ -112,14 +122,32 @@ def report_command(experiment_dir: str, out: str) -> int:
     try:
         if store is not None:
             store.check(tables)  # unreadable parts set aside (and named) before the report reads them
-        target = write_report(experiment_dir, out)
+        if local is not None:
+            check_remote_out(out, experiment_dir if "://" in experiment_dir else "")
+            fetch_remote(out, local)
+        try:
+            target = write_report(experiment_dir, str(local or out))
+        except ReportError as error:  # written with failed sections (code 1): uploaded all the same
+            if local is not None and error.code == 1 and (local / MARKER).is_file():
+                publish_remote(local, out)
+            raise
+        if local is not None:
+            publish_remote(local, out)
     except (ExperimentError, ResultsError) as error:
         warn()
         print_error(visible(error))
         return int(getattr(error, "code", 2))  # ReportError: 1 when the report itself failed
+    except OSError as error:  # the storage of a URI --out could not be listed or read
+        warn()
+        print_error(visible(ReportError(f"--out {out}: {error}; check the URI and its credentials")))
+        return 2
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     warn()
+    where = out.rstrip("/") if remote else str(target)
     console.print(
-        f"report: {terminal(target / 'report.md')} and {terminal(target / 'report.html')}",
+        f"report: {terminal(where + '/report.md')} and {terminal(where + '/report.html')}",
         highlight=False,
         soft_wrap=True,
     )
@@ -152,9 +180,12 @@ def leaderboard(
 
 @app.command()
 def report(
-    experiment: Annotated[str, typer.Argument(help="experiment directory, e.g. runs/smoke")],
+    experiment: Annotated[
+        str, typer.Argument(help="experiment directory or URI, e.g. runs/smoke or s3://bucket/runs/smoke")
+    ],
     out: Annotated[
-        str | None, typer.Option(help="output directory (default: reports/<experiment name>)")
+        str | None,
+        typer.Option(help="output directory or URI (default: reports/<experiment name>)"),
     ] = None,
 ) -> None:
     """The ablation report: report.md, a self-contained report.html, figures/ and tables/."""

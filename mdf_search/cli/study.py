@@ -7,6 +7,8 @@ when it ends it prints the leaderboard and writes the ablation report. ``mdf-sea
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +20,7 @@ from mdf_search.cli.options import AddressOption, storage_path
 from mdf_search.cli.results import leaderboard_command, report_command
 from mdf_search.cluster import AddressError, connect, ray_address
 from mdf_search.config import ConfigError
+from mdf_search.data import storage as store
 from mdf_search.search.runner import experiment_root, run_sweep
 from mdf_search.search.space import SearchSpec, SpecError, load_spec
 from mdf_search.search.validate import validate_files, validate_spec
@@ -26,15 +29,37 @@ from mdf_search.yamlio import read_yaml_mapping
 app = typer.Typer()
 
 
-def _load_spec(path: Path) -> SearchSpec:
-    """The spec of a search-space file, checked completely (exit 2 with every problem listed)."""
+def _load_spec(path: Path | str) -> SearchSpec:
+    """The spec of a search-space file, checked completely (exit 2 with every problem listed). A URI
+    (``s3://bucket/runs/name/spec.yaml``: an experiment's recorded spec) is read through the storage's
+    filesystem; its messages and ``spec.path`` name the URI."""
+    if not store.is_uri(str(path)):
+        return _checked(Path(path), str(path))
+    uri = str(path)
+    root, _, name = uri.rpartition("/")
+    try:
+        with store.local_copy(root, name) as local:
+            spec = _checked(local, uri)
+    except FileNotFoundError:
+        raise fail(f"{uri}: no such file; give a search-space file, or an experiment's spec.yaml") from None
+    except OSError as err:
+        raise fail(f"{uri}: cannot be read ({err}); check the URI and its credentials") from None
+    return dataclasses.replace(spec, path=uri)
+
+
+def _checked(path: Path, shown: str) -> SearchSpec:
+    """``load_spec`` and ``validate_spec`` of ``path``; messages name ``shown`` (a URI it was copied from)."""
+
+    def named(text: str) -> str:
+        return text.replace(str(path), shown) if str(path) != shown else text
+
     try:
         spec = load_spec(path)
     except SpecError as err:
-        raise fail(str(err)) from None
+        raise fail(named(str(err))) from None
     problems = validate_spec(spec)
     if problems:
-        raise fail(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+        raise fail(named(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)))
     return spec
 
 
@@ -49,9 +74,23 @@ def validate(
             "Collator batch, with fake tensors (no weights; seconds per 11b arm)",
         ),
     ] = False,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="the --storage the sweep will use (with a cluster: where the data reach other nodes)"
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="the Ray cluster the sweep will run on (default RAY_ADDRESS): warn when the trials' data "
+            "cannot reach its other nodes; nothing is contacted"
+        ),
+    ] = None,
 ) -> None:
     """Check search-space files completely without running anything (exit 2 on any problem)."""
-    code, lines = validate_files(files)
+    cluster = bool(address or os.environ.get("RAY_ADDRESS"))
+    code, lines = validate_files(files, cluster=cluster, storage=storage)
     for line in lines:
         console.print(line, highlight=False)
     if deep and code == 0:
@@ -65,6 +104,7 @@ def validate(
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")
 REPORT_FOLDER = "report"  # the sweep's report: <storage>/<experiment>/report (report.outdir.OWN_FOLDER)
 TUNE_STATE = "experiment_state-*.json"  # Tune's experiment checkpoint: what `resume` restores
+SPEC_FILE = "spec.yaml"  # the spec a sweep records beside its results (search.record)
 
 
 def _writable_dir(path: Path, option: str) -> None:
@@ -114,13 +154,47 @@ def _started(root: str) -> bool:
     return any(Path(root).glob(TUNE_STATE))
 
 
-def _differences(recorded: Path, space: Path) -> list[str]:
-    """Top-level keys whose values differ between the recorded spec and ``space``."""
+def _read_mapping(path: str) -> dict[str, object]:
+    """A YAML file's mapping, the file a local path or a URI (exit 2 naming it when it does not load)."""
+    if not store.is_uri(path):
+        try:
+            return read_yaml_mapping(path)
+        except ConfigError as err:
+            raise fail(str(err)) from None
+    root, _, name = path.rpartition("/")
     try:
-        old, new = read_yaml_mapping(recorded), read_yaml_mapping(space)
-    except ConfigError as err:
-        raise fail(str(err)) from None
+        with store.local_copy(root, name) as local:
+            try:
+                return read_yaml_mapping(local)
+            except ConfigError as err:
+                raise fail(str(err).replace(str(local), path)) from None
+    except OSError as err:
+        raise fail(f"{path}: cannot be read ({err}); check the URI and its credentials") from None
+
+
+def _differences(recorded: str, space: str) -> list[str]:
+    """Top-level keys whose values differ between the recorded spec and ``space`` (paths or URIs)."""
+    old, new = _read_mapping(recorded), _read_mapping(space)
     return [key for key in (*old, *(k for k in new if k not in old)) if old.get(key) != new.get(key)]
+
+
+def _check_report_dir(out: str, root: str) -> None:
+    """A ``--report-dir`` (default ``<root>/report``) the report would refuse is refused before Ray
+    starts, not after the whole sweep; a URI is checked through its filesystem."""
+    from mdf_search.report.outdir import ReportError, check_out, check_remote_out  # polars: not for validate
+
+    try:
+        if store.is_uri(out):
+            check_remote_out(out, root)
+        else:
+            _writable_dir(Path(out), "--report-dir")
+            check_out(out, root)
+    except ReportError as err:
+        raise fail(f"--report-dir: {err}") from None
+    except OSError as err:
+        raise fail(
+            f"--report-dir {out}: cannot be listed ({err}); check the URI and its credentials"
+        ) from None
 
 
 def _check_sweep(spec: SearchSpec, storage: str, fresh: bool, report: bool, report_dir: str | None) -> str:
@@ -136,64 +210,88 @@ def _check_sweep(spec: SearchSpec, storage: str, fresh: bool, report: bool, repo
                 f"{root}: is not a directory, so experiment {spec.experiment!r} cannot be written there; "
                 "move the file away, rename `experiment:`, or choose another --storage"
             )
-        recorded = directory / "spec.yaml"
-        if fresh and (recorded.exists() or _started(root)):
-            raise fail(
-                f"{root}: the experiment exists (--fresh refuses to continue it); continue it with "
-                f"`mdf-search resume {root}`, or rename `experiment:` in {spec.path}, or choose another --storage"
-            )
-        if recorded.is_file() and (changed := _differences(recorded, Path(spec.path))):
-            raise fail(
-                f"{recorded}: experiment {spec.experiment!r} was started from a spec that differs from "
-                f"{spec.path} in {', '.join(changed[:8])}; continue it as it was with `mdf-search resume "
-                f"{root}`, or rename `experiment:` to start a new study"
-            )
-    elif fresh and _started(root):
+    try:
+        recorded = store.is_file(root, SPEC_FILE)
+    except OSError as err:
+        raise fail(
+            f"--storage {storage}: cannot be listed ({err}); check the URI and its credentials"
+        ) from None
+    if fresh and (recorded or _started(root)):
         raise fail(
             f"{root}: the experiment exists (--fresh refuses to continue it); continue it with "
-            f"`mdf-search resume {root}`, or rename `experiment:`"
+            f"`mdf-search resume {root}`, or rename `experiment:` in {spec.path}, or choose another --storage"
         )
-    if report and "://" not in root:
-        out = report_dir or f"{root}/{REPORT_FOLDER}"
-        _writable_dir(Path(out), "--report-dir")
-        from mdf_search.report.outdir import ReportError, check_out  # polars: not for `validate`
-
-        try:  # a folder the report would refuse is refused now, not after the whole sweep
-            check_out(out, root)
-        except ReportError as err:
-            raise fail(f"--report-dir: {err}") from None
+    if recorded and (changed := _differences(store.join(root, SPEC_FILE), str(spec.path))):
+        raise fail(
+            f"{store.join(root, SPEC_FILE)}: experiment {spec.experiment!r} was started from a spec that "
+            f"differs from {spec.path} in {', '.join(changed[:8])}; continue it as it was with `mdf-search "
+            f"resume {root}`, or rename `experiment:` to start a new study"
+        )
+    if report:
+        _check_report_dir(report_dir or store.join(root, REPORT_FOLDER), root)
     return root
 
 
-def _check_resume(experiment: Path) -> tuple[SearchSpec, str]:
-    """Everything ``resume`` can check without a cluster: the spec, and the storage it lives in."""
-    if not experiment.exists():
+def _check_resume(experiment: str) -> tuple[SearchSpec, str]:
+    """Everything ``resume`` can check without a cluster: the spec, and the storage it lives in.
+    ``experiment``: a directory or a URI (``s3://bucket/runs/name``)."""
+    if store.is_uri(experiment):
+        return _check_remote_resume(experiment.rstrip("/"))
+    directory = Path(experiment)
+    if not directory.exists():
         raise fail(
             f"{experiment}: no such directory; give an experiment directory (e.g. runs/smoke), or start "
             "the study with `mdf-search sweep SPACE.yaml`"
         )
-    if not experiment.is_dir():
+    if not directory.is_dir():
         raise fail(f"{experiment}: is not a directory; give an experiment directory, e.g. runs/smoke")
-    spec_file = experiment / "spec.yaml"
+    spec_file = directory / SPEC_FILE
     if not spec_file.is_file():
         raise fail(
             f"{experiment}: no spec.yaml; is this an experiment directory written by `mdf-search sweep`?"
         )
     spec = _load_spec(spec_file)
-    if spec.experiment != experiment.resolve().name:
+    if spec.experiment != directory.resolve().name:
         raise fail(
             f"{spec_file}: names experiment {spec.experiment!r}, but the directory is "
-            f"{experiment.resolve().name!r}; Tune restores an experiment under its own name: rename the "
+            f"{directory.resolve().name!r}; Tune restores an experiment under its own name: rename the "
             f"directory back to {spec.experiment!r}"
         )
-    storage = str(experiment.resolve().parent)
-    if not _started(str(experiment.resolve())):
+    storage = str(directory.resolve().parent)
+    if not _started(str(directory.resolve())):
         raise fail(
             f"{experiment}: nothing to resume (no Tune state {TUNE_STATE}: the sweep stopped before its "
             f"first trial); start it again with `mdf-search sweep {spec_file}`"
         )
-    _writable_dir(experiment, "resume")
+    _writable_dir(directory, "resume")
     return spec, storage
+
+
+def _check_remote_resume(root: str) -> tuple[SearchSpec, str]:
+    """``_check_resume`` of an experiment on object storage, read through its filesystem."""
+    _storage(root)  # a known scheme
+    try:
+        has_spec = store.is_file(root, SPEC_FILE)
+    except OSError as err:
+        raise fail(f"{root}: cannot be listed ({err}); check the URI and its credentials") from None
+    if not has_spec:
+        raise fail(
+            f"{root}: no spec.yaml there; give the URI of an experiment written by `mdf-search sweep` "
+            "(--storage, then the experiment's name: e.g. s3://bucket/runs/smoke)"
+        )
+    spec = _load_spec(store.join(root, SPEC_FILE))
+    name = root.rsplit("/", 1)[-1]
+    if spec.experiment != name:
+        raise fail(
+            f"{store.join(root, SPEC_FILE)}: names experiment {spec.experiment!r}, but the folder is "
+            f"{name!r}; Tune restores an experiment under its own name: move it back to {spec.experiment!r}"
+        )
+    if not _started(root):
+        raise fail(
+            f"{root}: nothing to resume (no Tune state {TUNE_STATE}: the sweep stopped before its first "
+            f"trial); start it again with `mdf-search sweep {store.join(root, SPEC_FILE)}`"
+        )
+    return spec, root.rsplit("/", 1)[0]
 
 
 def _check_address(address: str | None) -> None:
@@ -232,8 +330,8 @@ def _run_study(
             f"with `mdf-search resume {outcome.experiment_root}`",
             code=130,
         )
-    if report and "://" not in outcome.experiment_root:
-        out = report_dir or f"{outcome.experiment_root}/{REPORT_FOLDER}"  # beside the results it reads
+    if report:
+        out = report_dir or store.join(outcome.experiment_root, REPORT_FOLDER)  # beside the results it reads
         code = report_command(outcome.experiment_root, out)  # prints where the report went
         if code:
             raise typer.Exit(code)  # the report printed its error; the results are kept
@@ -243,7 +341,12 @@ def _run_study(
 
 @app.command()
 def sweep(
-    space: Annotated[Path, typer.Argument(help="search-space YAML (see search_spaces/)")],
+    space: Annotated[
+        str,
+        typer.Argument(
+            help="search-space YAML (see search_spaces/), or an experiment's recorded spec.yaml URI"
+        ),
+    ],
     storage: Annotated[str, typer.Option(help="results root: a path or an s3:// / gs:// URI")] = "runs",
     address: AddressOption = None,
     fresh: Annotated[
@@ -271,7 +374,9 @@ def sweep(
 
 @app.command()
 def resume(
-    experiment: Annotated[Path, typer.Argument(help="an experiment directory, e.g. runs/smoke")],
+    experiment: Annotated[
+        str, typer.Argument(help="an experiment directory or URI, e.g. runs/smoke or s3://bucket/runs/smoke")
+    ],
     address: Annotated[str | None, typer.Option(help="Ray address")] = None,
 ) -> None:
     """Continue a sweep after a crash or Ctrl-C: finished trials are kept, unfinished ones resume."""

@@ -33,10 +33,12 @@ from typing import Any
 import polars as pl
 
 from mdf_search.config import ConfigError
+from mdf_search.data import storage
 from mdf_search.metrics import DEFAULT_METRIC, DEFAULT_MODE
 from mdf_search.yamlio import read_yaml_mapping
 
 ARMS_FILE = "arms.json"
+SPEC_FILE = "spec.yaml"
 FORMAT = 1
 
 
@@ -125,10 +127,10 @@ def same_value(a: Any, b: Any) -> bool:
 
 # -- arms.json ----------------------------------------------------------------------------------------
 def read_record(experiment_dir: str | Path) -> RecordedSpec:
-    """Read ``<dir>/arms.json``; ``FileNotFoundError`` when absent, ``DesignError`` when unreadable."""
-    path = Path(experiment_dir) / ARMS_FILE
+    """Read ``<dir>/arms.json`` (``dir`` a local path or a URI: ``data.storage``); ``FileNotFoundError``
+    when absent, ``DesignError`` when unreadable."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(storage.read_text(str(experiment_dir), ARMS_FILE))
     except ValueError as err:
         raise DesignError(f"{ARMS_FILE}: not JSON ({err})") from None
     return parse_record(data)
@@ -293,8 +295,9 @@ def load_spec_record(
     experiment_dir: str | Path, trials: pl.DataFrame
 ) -> tuple[RecordedSpec | None, list[str]]:
     """The experiment's recorded spec and notes for the report: arms.json when it loads; else a
-    reconstruction from spec.yaml and the trials table; None when neither file is there."""
-    root = Path(experiment_dir)
+    reconstruction from spec.yaml and the trials table; None when neither file is there.
+    ``experiment_dir``: a local path or a URI (``data.storage``)."""
+    root = str(experiment_dir)
     notes: list[str] = []
     try:
         return read_record(root), notes
@@ -307,14 +310,14 @@ def load_spec_record(
         notes.append(
             f"{err}: arms, factors and baseline are reconstructed from spec.yaml and the trials table"
         )
-    spec_file = root / "spec.yaml"
-    if not spec_file.is_file():
+    if not storage.is_file(root, SPEC_FILE):
         notes[-1] = (
             f"no {ARMS_FILE} and no spec.yaml: metric, factors and baseline unknown; ranking by val/macro_f1 (max)"
         )
         return None, notes
     try:
-        data = read_yaml_mapping(spec_file)
+        with storage.local_copy(root, SPEC_FILE) as spec_file:
+            data = read_yaml_mapping(spec_file)
     except ConfigError as err:
         notes.append(
             f"spec.yaml does not load ({'; '.join(err.problems)}): metric, factors and baseline unknown"

@@ -22,9 +22,11 @@ from typing import Any
 
 import polars as pl
 
+from mdf_search.data import storage
 from mdf_search.metrics import DEFAULT_METRIC, DEFAULT_MODE
 from mdf_search.report.design import (
     ARMS_FILE,
+    SPEC_FILE,
     DesignError,
     RecordedSpec,
     load_spec_record,
@@ -194,10 +196,9 @@ class Experiment:
         return ordered + [v for v in present if v not in ordered]
 
     def provenance(self) -> dict[str, Any]:
-        path = Path(self.root) / "provenance.json"
         try:
-            return dict(json.loads(path.read_text()))
-        except (OSError, ValueError):
+            return dict(json.loads(storage.read_text(self.root, "provenance.json")))
+        except (OSError, ValueError, TypeError):
             return {}
 
 
@@ -238,21 +239,27 @@ def non_finite_note(frame: pl.DataFrame, column: str) -> str | None:
 _SPECS: dict[str, tuple[Any, ...]] = {}  # experiment root -> (file stamps, arms, spec, notes)
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+def _stamp(root: str, name: str) -> tuple[int, ...] | None:
+    if storage.is_uri(root):
+        try:
+            return storage.stamp(root, name)
+        except OSError:
+            return None
     try:
-        st = path.stat()
+        st = (Path(root) / name).stat()
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def recorded_spec(root: Path, trials: pl.DataFrame) -> tuple[RecordedSpec | None, list[str]]:
+def recorded_spec(root: str | Path, trials: pl.DataFrame) -> tuple[RecordedSpec | None, list[str]]:
     """``design.load_spec_record``, read again only when arms.json or spec.yaml changes (modification
     time, size, inode): ``leaderboard --watch`` reloads the results every 2 s, never an unchanged spec.
     A spec reconstructed from spec.yaml depends on the arms in the trials table too, so new arms
     rebuild it. A file that does not load at all (a folder, nesting too deep, ...) becomes a note
-    naming it."""
-    stamp = (_stamp(root / ARMS_FILE), _stamp(root / "spec.yaml"))
+    naming it. ``root``: a local path or a URI (``data.storage``)."""
+    root = str(root)
+    stamp = (_stamp(root, ARMS_FILE), _stamp(root, SPEC_FILE))
     arms = tuple(sorted(str(a) for a in trials["arm"].unique().to_list())) if "arm" in trials.columns else ()
     hit = _SPECS.get(str(root))
     if hit is not None and hit[0] == stamp and hit[1] in (None, arms):
@@ -260,13 +267,13 @@ def recorded_spec(root: Path, trials: pl.DataFrame) -> tuple[RecordedSpec | None
     try:
         spec, notes = load_spec_record(root, trials)
     except (OSError, ValueError, RecursionError, MemoryError) as err:
-        culprit = root / "spec.yaml"
+        culprit = storage.join(root, SPEC_FILE)
         try:
             read_record(root)
         except (FileNotFoundError, DesignError):
             pass
         except (OSError, ValueError, RecursionError, MemoryError):
-            culprit = root / ARMS_FILE
+            culprit = storage.join(root, ARMS_FILE)
         spec = None
         notes = [
             f"{culprit} does not load ({type(err).__name__}: {str(err)[:200]}): metric, factors and "
@@ -281,9 +288,11 @@ def load_experiment(experiment_dir: str) -> Experiment:
     for an experiment that predates it); raise ``ExperimentError`` when the directory is missing or
     holds no readable trials. Parts that cannot be read are set aside (``ResultsStore``) and named in
     ``warnings`` (and ``notes``). Trials with a non-finite study metric are kept in ``trials`` but never
-    selected (``ok``, ``selected``, ``per_seed``); the leaderboard and the report say how many."""
+    selected (``ok``, ``selected``, ``per_seed``); the leaderboard and the report say how many.
+    ``experiment_dir``: a local path or a URI (``s3://bucket/runs/name``), read through the results'
+    filesystem; ``Experiment.root`` keeps a URI as given."""
+    remote = storage.is_uri(experiment_dir)
     root = Path(experiment_dir).expanduser()
-    remote = "://" in experiment_dir
     if not remote and root.exists() and not root.is_dir():
         raise ExperimentError(
             f"{experiment_dir}: a file, not an experiment directory; pass runs/<experiment> as written by "
@@ -312,7 +321,8 @@ def load_experiment(experiment_dir: str) -> Experiment:
         raise ExperimentError(
             f"{experiment_dir}: no trial results yet (trials/*.parquet is empty); is the sweep running?"
         )
-    spec, notes = recorded_spec(root, trials)
+    where = experiment_dir.rstrip("/") if remote else str(root)
+    spec, notes = recorded_spec(where, trials)
     metric, mode = (spec.metric, spec.mode) if spec else (DEFAULT_METRIC, DEFAULT_MODE)
     notes += warnings
-    return Experiment(str(root), spec, trials, epochs, metric, mode, notes, warnings)
+    return Experiment(where, spec, trials, epochs, metric, mode, notes, warnings)

@@ -17,6 +17,13 @@ made it:
   that reads the experiment reads that folder: the results are the Parquet parts directly under
   ``trials/``, ``epochs/`` and ``predictions/`` (``results.store`` lists those folders, not recursively),
   Tune's state is the ``experiment_state-*.json`` at the top, and a report writes no Parquet file.
+
+An ``--out`` URI (``s3://bucket/runs/name/report``, the default of a sweep on object storage) follows
+the same rules through the storage's filesystem (``data.storage``): :func:`check_remote_out` refuses
+what ``check_out`` would, listing only, without downloading; :func:`fetch_remote` copies an earlier
+report there into a local folder, the report is built there as above, and :func:`publish_remote`
+uploads the result and deletes what the new report no longer has (each file is replaced atomically;
+the folder as a whole is not: an object store has no rename of folders).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdf_search.atomic import commit_dir, temp_sibling
+from mdf_search.data import storage
 from mdf_search.report.experiment import ExperimentError
 
 MARKER = ".mdf-search-report.json"
@@ -271,3 +279,48 @@ def publish(tmp: Path, target: Target) -> None:
         os.rename(aside, target.path)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def check_remote_out(out: str, experiment_root: str) -> list[str]:
+    """Check an ``--out`` URI before anything is written, as :func:`check_out` checks a folder: not the
+    experiment, not inside it (except its own :data:`OWN_FOLDER`), not around it, and empty or an
+    earlier report's (its marker). Returns the files there now. Raises :class:`ReportError`."""
+    out = out.rstrip("/")
+    root = experiment_root.rstrip("/")
+    if out == root or (out.startswith(root + "/") and out != f"{root}/{OWN_FOLDER}"):
+        raise ReportError(
+            f"--out {out}: is inside the experiment folder {root}, which holds the results; a report goes to "
+            f"its own folder there or beside it: pass --out {root}/{OWN_FOLDER}"
+        )
+    if root.startswith(out + "/"):
+        raise ReportError(
+            f"--out {out}: holds the experiment folder {root}; a report replaces its folder, so it never "
+            f"goes around the results: pass e.g. --out {root}/{OWN_FOLDER}"
+        )
+    if storage.is_file(out):
+        raise ReportError(f"--out {out}: is a file, not a folder; {FIX.format(out=out)}")
+    present = storage.files(out)
+    if present and MARKER not in present:
+        raise ReportError(
+            f"--out {out}: already holds files no report wrote ({_some(present)}); a report replaces its "
+            f"folder, so it writes only into a new or empty folder or an earlier report's; {FIX.format(out=out)}"
+        )
+    return present
+
+
+def fetch_remote(out: str, local: Path) -> None:
+    """Copy an earlier report at the URI ``out`` (checked by :func:`check_remote_out`) into the local
+    folder ``local``, so the report is built over it as over a local one (the user's files kept)."""
+    if storage.files(out):
+        storage.download_tree(out, "", local)
+
+
+def publish_remote(local: Path, out: str) -> None:
+    """Upload the report built in ``local`` to the URI ``out``; files it no longer has are deleted
+    there (the earlier report's; the user's files were carried over into ``local``)."""
+    try:
+        storage.upload_tree(local, out, "")
+    except OSError as err:
+        raise ReportError(
+            f"--out {out}: uploading the report failed ({err}); run the report again", code=1
+        ) from None

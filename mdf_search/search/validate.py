@@ -30,9 +30,30 @@ def validate_spec(spec: SearchSpec) -> list[str]:
     return check_design(spec)[0]
 
 
-def validate_files(paths: list[str] | list[Path]) -> tuple[int, list[str]]:
+def cache_warning(spec: SearchSpec, storage: str | None) -> str | None:
+    """On a multi-node cluster: a warning when the spec's trials keep their data under a node-local
+    cache root and ``storage`` (``--storage``; None: the default) cannot carry the data artefacts to the
+    other nodes either (``data.artefacts.node_local_note``); None otherwise."""
+    from mdf_search.data.artefacts import node_local_note
+    from mdf_search.train.builders import cache_root
+
+    roots = set()
+    for arm in arms(spec):
+        try:
+            roots.add(str(cache_root(TrialConfig.from_flat(trial_params(spec, arm, spec.seeds[0])))))
+        except (ConfigError, ValueError):
+            continue  # the arm's own problem is reported as such
+    notes = [note for root in sorted(roots) if (note := node_local_note(root, storage))]
+    return notes[0] if notes else None
+
+
+def validate_files(
+    paths: list[str] | list[Path], *, cluster: bool = False, storage: str | None = None
+) -> tuple[int, list[str]]:
     """Exit code (0 ok, 2 any problem) and report lines: a summary per file, then its problems and notes,
-    then what its design can detect (``report.power``) with a warning when a test cannot reach α."""
+    then what its design can detect (``report.power``) with a warning when a test cannot reach α.
+    ``cluster``: the study is for a multi-node cluster: warn when its data cannot reach every node
+    (:func:`cache_warning`, with ``storage`` the ``--storage`` it will run with)."""
     code, lines = 0, []
     for path in paths:
         try:
@@ -54,6 +75,8 @@ def validate_files(paths: list[str] | list[Path]) -> tuple[int, list[str]]:
             lines.append(f"  power: {head}")
             lines.extend(f"    {t}" for t in tests)
             lines.extend(f"  warning: {w}" for w in power.warnings())
+            if cluster and (note := cache_warning(spec, storage)):
+                lines.append(f"  warning: {note}")
         code = max(code, 2 if problems else 0)
     return code, lines
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,9 +45,15 @@ class TrialData:
     cache: str
     tokenizer: str  # directory; "" when the tokenizer comes with model.weights
     label_space: str  # LabelSpace JSON
+    published: str = ""  # experiment root holding copies of split, cache and tokenizer (data/artefacts.py)
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
+
+    def artefacts(self) -> list[tuple[str, str]]:
+        """(kind, local path) of the split, the cache and (when trained) the tokenizer."""
+        found = [("splits", self.split), ("cache", self.cache)]
+        return found + ([("tokenizers", self.tokenizer)] if self.tokenizer else [])
 
 
 def data_key(cfg: TrialConfig) -> tuple[Any, ...]:
@@ -142,6 +148,40 @@ def prepare_trial_data(cfg: TrialConfig, *, workers: int = 2, progress: Any = No
         corpus = [prompt_text(texts[i] or "") for i in train_rows]
         tokenizer = str(prepare_tokenizer(corpus, space, preset.vocab_size, root / "tokenizers"))
     return TrialData(str(manifest), str(split_path), split.hash, str(cache), tokenizer, space.to_json())
+
+
+def publish_trial_data(data: TrialData, root: str) -> TrialData:
+    """Publish the trial's split, cache and tokenizer to the study's storage (``root``: the experiment
+    root, a path or a URI; once per content: an artefact published already is left as it is), so Train
+    workers on any node can fetch them (:func:`local_trial_data`); ``data`` naming ``root``."""
+    from mdf_search.data.artefacts import publish
+
+    for kind, path in data.artefacts():
+        publish(path, kind, root)
+    return replace(data, published=root)
+
+
+def study_trial_data(cfg: TrialConfig, root: str) -> TrialData:
+    """:func:`prepare_trial_data`, then :func:`publish_trial_data` to the experiment root ``root``."""
+    return publish_trial_data(prepare_trial_data(cfg), root)
+
+
+def local_trial_data(data: TrialData, cfg: TrialConfig) -> TrialData:
+    """On a Train worker: the trial's artefacts under this node's own cache root (``cache_root``, from
+    this node's environment), fetched from the study's storage and checked by hash where this node
+    lacks them. A path the sweep's node wrote names a file on *that* node, so a worker never opens it:
+    it finds each artefact by its content-addressed name. Data not published (``mdf-search train``) is
+    used where it is."""
+    if not data.published:
+        return data
+    from mdf_search.data.artefacts import fetch
+
+    root = cache_root(cfg)
+    local = {
+        kind: str(fetch(data.published, kind, Path(path).name, root / kind))
+        for kind, path in data.artefacts()
+    }
+    return replace(data, split=local["splits"], cache=local["cache"], tokenizer=local.get("tokenizers", ""))
 
 
 def load_tokenizer(directory: str | Path) -> Any:

@@ -1,7 +1,8 @@
 """One rank of one trial: the state the epoch loop (``train/loop.py``) works on, and the steps that build it.
 
-:func:`setup_run` reads Ray Train's loop config (written by ``train/trainer.py``), then
-:func:`setup_data` opens the split and the cache and builds this rank's datasets, and
+:func:`setup_run` reads Ray Train's loop config (written by ``train/trainer.py``) and finds the trial's
+data artefacts on this node (``builders.local_trial_data``: fetched from the study's storage where this
+node lacks them), then :func:`setup_data` opens the split and the cache and builds this rank's datasets, and
 :func:`setup_engine` builds the model (under ZeRO-3 construction, from the same seed on every rank, so
 every rank starts from the same weights) and hands it to DeepSpeed.
 
@@ -34,7 +35,7 @@ from mdf_search.metrics import balanced_class_weights
 from mdf_search.model.freezing import parameter_counts
 from mdf_search.model.mdf import task_classes
 from mdf_search.model.presets import get_preset
-from mdf_search.train.builders import TrialData, build_model
+from mdf_search.train.builders import TrialData, build_model, local_trial_data
 from mdf_search.train.deepspeed import build_ds_config, initialize, optimizer_steps, zero3_construction
 from mdf_search.train.faults import Faults
 from mdf_search.train.features import attach_features
@@ -145,10 +146,11 @@ def setup_run(config: Mapping[str, Any], clock: PhaseClock | None = None) -> Run
     counts as ``data_s``, the model and DeepSpeed as ``init_s``); a new one when not given."""
     clock = clock or PhaseClock(config.get("launched_unix"))
     cfg = TrialConfig.from_flat(config["params"])
-    artefacts = TrialData(**config["data"])
     device = _device(cfg)
     world = dist.get_world_size()
     with clock.phase("data_s"):
+        # the sweep's node wrote the paths in config["data"]; this node finds (or fetches) its own copies
+        artefacts = local_trial_data(TrialData(**config["data"]), cfg)
         data = setup_data(cfg, artefacts, device)
     with clock.phase("init_s"):
         model = setup_engine(cfg, artefacts, data, world=world, device=device)

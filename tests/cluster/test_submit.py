@@ -94,10 +94,13 @@ def test_a_valid_space_becomes_the_sweep_entrypoint(monkeypatch: pytest.MonkeyPa
     assert env["working_dir"] == str(ROOT)
 
 
-def test_relative_storage_gets_a_note_and_shared_storage_none() -> None:
+def test_relative_storage_gets_a_note_a_local_path_a_mount_note_and_object_storage_none() -> None:
     assert "runs (the default) is relative" in str(storage_note(None))
     assert "--storage out is relative" in str(storage_note("out"))
-    assert storage_note("/shared/runs") is None and storage_note("s3://bucket/runs") is None
+    # a local path carries the data artefacts to the other nodes only if every node mounts it
+    note = str(storage_note("/shared/runs"))
+    assert "node-local" in note and "/shared/runs/<experiment>/artefacts" in note and "every node mounts" in note
+    assert storage_note("s3://bucket/runs") is None and storage_note("gs://bucket/runs") is None
 
 
 def test_an_unreachable_job_server_says_to_open_a_tunnel(monkeypatch: pytest.MonkeyPatch) -> None:
