@@ -7,6 +7,7 @@ for tracking loads it. The classes live at module level: Tune pickles its callba
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -14,6 +15,8 @@ from ray.air.integrations.wandb import WandbLoggerCallback
 
 from mdf_search.search.keys import final_status
 from mdf_search.search.tracking import _step, epoch_metrics, flat_config
+
+WANDB_MODE = "WANDB_MODE"
 
 
 class ArmMLflowLoggerCallback(MLflowLoggerCallback):
@@ -49,6 +52,18 @@ class ArmMLflowLoggerCallback(MLflowLoggerCallback):
 
 class ArmWandbLoggerCallback(WandbLoggerCallback):
     """Ray's W&B callback with the arm as each run's group, flat params, metrics by epoch."""
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        """Ray's set-up, which asks for an API key unless ``WANDB_MODE`` says offline: ``mode: offline``
+        in the space file says so too (for the set-up only; the runs get it as ``wandb.init``'s mode)."""
+        offline = self.kwargs.get("mode") == "offline" and WANDB_MODE not in os.environ
+        if offline:
+            os.environ[WANDB_MODE] = "offline"
+        try:
+            super().setup(*args, **kwargs)
+        finally:
+            if offline:
+                os.environ.pop(WANDB_MODE, None)
 
     def log_trial_start(self, trial: Any) -> None:
         exclude = [*self._exclude_results, *self.excludes, "config"]

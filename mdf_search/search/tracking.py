@@ -6,7 +6,8 @@
   the runs by arm.
 - ``wandb``: Ray's ``WandbLoggerCallback``; one W&B run per Tune trial (its id is the trial id) in the
   project ``project`` (default: the experiment), its W&B group the arm. ``mode: offline`` (or
-  ``WANDB_MODE=offline``) writes the runs to disk for ``wandb sync``.
+  ``WANDB_MODE=offline``) writes the runs to disk for ``wandb sync``: under ``WANDB_DIR`` when set, else
+  under each trial's directory in Ray's session folder.
 - ``tensorboard``: Ray's ``TBXLoggerCallback``: event files beside each trial's Tune directory.
 
 Each run gets the trial's flat params (``optim.lr``, ``fusion.levels``, ..., plus ``arm``) as its
@@ -61,7 +62,9 @@ def tracking_callbacks(tracking: Any, experiment: str) -> list[Any]:
         ]
     if tracking.backend == "wandb":
         mode = tracking.mode or os.environ.get("WANDB_MODE") or None
-        extra: dict[str, Any] = {k: v for k, v in (("entity", tracking.entity), ("mode", mode)) if v}
+        where = os.environ.get("WANDB_DIR")  # the logging actors do not inherit it: passed as dir=
+        options = (("entity", tracking.entity), ("mode", mode), ("dir", where))
+        extra: dict[str, Any] = {k: v for k, v in options if v}
         from mdf_search.search.trackers import ArmWandbLoggerCallback
 
         return [ArmWandbLoggerCallback(project=tracking.project or experiment, tags=[experiment], **extra)]
