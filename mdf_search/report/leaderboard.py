@@ -15,7 +15,8 @@ that trial's test score.
 column), the median of each phase column over the trials that recorded them (every status: a failed
 trial's time was spent too), the median ``wall_s`` and the phases' share of the summed wall time.
 Ranking by a cost column (``wall_s``, a phase, ``startup_s``, GPU/CPU hours) puts the cheapest first
-and shows the phase columns.
+and shows the phase columns. With ``budget.price_per_gpu_hour`` in the spec, the ungrouped board shows a
+``cost`` column (``gpu_hours`` x the price) and every board a note of the GPU-hours and cost in all.
 
 A non-finite value (inf, -inf, NaN) is no result: such trials rank last, whatever the mode, and a note
 says how many. Every piece of data is made inert for its output (``mdf_search.escape``): rich markup and
@@ -42,7 +43,29 @@ from mdf_search.report.where import apply_where
 from mdf_search.results.schema import PHASE_COLUMNS, Status, param_schema
 
 PHASES_VIEW = "phases"  # --by phases: the phase view
+COST = "cost"  # gpu_hours x budget.price_per_gpu_hour, shown when the study sets a price
 COST_COLUMNS = ("wall_s", *PHASE_COLUMNS, "startup_s", "gpu_hours", "cpu_hours")  # smaller is better
+
+
+def gpu_price(exp: Experiment) -> float | None:
+    """The study's ``budget.price_per_gpu_hour`` (money per GPU-hour, in the user's currency), if set."""
+    budget = exp.spec.budget if exp.spec is not None else None
+    price = getattr(budget, "price_per_gpu_hour", None)
+    if isinstance(price, int | float) and not isinstance(price, bool) and math.isfinite(price) and price >= 0:
+        return float(price)
+    return None
+
+
+def cost_note(frame: pl.DataFrame, price: float | None) -> str | None:
+    """``cost = gpu_hours x price``, and what the trials of ``frame`` spent in all (every status: a
+    failed trial's hours were spent too); None without a price or GPU-hours."""
+    if price is None or "gpu_hours" not in frame.columns:
+        return None
+    hours = float(frame["gpu_hours"].cast(pl.Float64).fill_null(0).sum())
+    return (
+        f"cost = gpu_hours × budget.price_per_gpu_hour ({price:g} per GPU-hour); these {frame.height} "
+        f"trials: {hours:.3f} GPU-hours, cost {hours * price:.2f}"
+    )
 
 
 def param_columns(frame: pl.DataFrame) -> list[str]:
@@ -100,6 +123,9 @@ def leaderboard_frame(
         )
     descending = exp.descending
     notes = list(exp.notes)
+    price = gpu_price(exp)
+    priced = cost_note(frame, price)
+    notes += [priced] if priced else []
     invalid = non_finite_note(frame, metric)
     notes += [invalid] if invalid else []
     if metric.startswith("test/"):
@@ -139,10 +165,12 @@ def leaderboard_frame(
         title = f"{exp.name}: top {metric} (min: the cheapest first)"
         extra = [exp.metric, *(c for c in ("wall_s", *PHASE_COLUMNS) if c != metric)]
     ranked = _sort(frame, metric, descending and not cost).head(top)
+    if priced and price is not None:
+        ranked = ranked.with_columns((pl.col("gpu_hours").cast(pl.Float64) * price).alias(COST))
     in_arm = set(exp.factors)  # the arm id already spells the scientific values
     shown_params = varying(ranked, [p for p in param_columns(ranked) if p != "seed" and p not in in_arm])
     cols = ["trial_id", "arm", "status", *(["seed"] if "seed" in ranked.columns else []), metric, *extra]
-    cols += ["epochs", *([] if cost else ["wall_s"]), *shown_params]
+    cols += ["epochs", *([] if cost else ["wall_s"]), *([COST] if priced else []), *shown_params]
     out = ranked.select([c for c in cols if c in ranked.columns]).with_row_index("rank", offset=1)
     if where:
         notes.append(f"where: {where} ({frame.height} of {exp.trials.height} trials)")
@@ -193,6 +221,8 @@ def _phase_board(exp: Experiment, frame: pl.DataFrame, top: int, where: str | No
     ]
     if where:
         notes.append(f"where: {where} ({frame.height} of {exp.trials.height} trials)")
+    priced = cost_note(frame, gpu_price(exp))
+    notes += [priced] if priced else []
     if "train_s" not in frame.columns or frame["train_s"].null_count() == frame.height:
         notes.append("no phase times recorded (an experiment from before they were)")
     return Board(phase_frame(frame, group_by).head(top), title, notes)

@@ -12,7 +12,7 @@ from mdf_search.report import tables as tb
 from mdf_search.report.compare import Comparison
 from mdf_search.report.document import Section, TableBlock, d
 from mdf_search.report.experiment import Experiment
-from mdf_search.report.leaderboard import phase_frame
+from mdf_search.report.leaderboard import gpu_price, phase_frame
 from mdf_search.results.schema import FAILED, PHASE_COLUMNS, Status
 
 TRAIN_LOSS = ("train/loss", "train_loss")  # the loop's name, then the name experiments before it used
@@ -132,8 +132,34 @@ def phase_blocks(exp: Experiment, sec: Section) -> None:
         )
 
 
+def price_block(exp: Experiment, sec: Section) -> None:
+    """With ``budget.price_per_gpu_hour``: per arm the GPU-hours its trials spent (each trial's latest
+    attempt, whatever its status: a failed trial's hours were spent too) and their cost, and the total."""
+    price, trials = gpu_price(exp), exp.trials
+    if price is None or "gpu_hours" not in trials.columns:
+        return
+    hours = pl.col("gpu_hours").cast(pl.Float64).fill_null(0)
+    per_arm = trials.group_by("arm", maintain_order=True).agg(pl.len().alias("n"), hours.sum().alias("h"))
+    rows = [
+        [d(r["arm"]), str(r["n"]), tb.num(r["h"], 3), tb.num(r["h"] * price, 2)]
+        for r in per_arm.sort("h", descending=True).iter_rows(named=True)
+    ]
+    total = float(per_arm["h"].sum())
+    rows.append(["all", str(trials.height), tb.num(total, 3), tb.num(total * price, 2)])
+    sec.blocks.append(
+        TableBlock(
+            "cost",
+            ["arm", "trials", "GPU-hours", "cost"],
+            rows,
+            f"what the study cost: the trials' GPU-hours (every status) × budget.price_per_gpu_hour "
+            f"({price:g} per GPU-hour)",
+        )
+    )
+
+
 def pareto_section(exp: Experiment, sink: fg.FigureSink) -> Section:
     sec = Section("Cost: where the time goes, Pareto fronts", anchor="pareto")
+    price_block(exp, sec)
     phase_blocks(exp, sec)
     ok = exp.ok()
     if ok.is_empty():

@@ -6,8 +6,9 @@ import io
 import json
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -213,3 +214,56 @@ def test_markup_and_escape_codes_in_data_print_as_text(tmp_path: Path) -> None:
     assert "\\[/\\]\\[link=https://example.invalid\\]x\\[/link\\]\\\\x1b\\[2J" in markdown
     csv = render_text(replace(board, frame=board.frame.with_columns(pl.lit("=1+1").alias("arm"))), "csv")
     assert ",'=1+1," in csv
+
+
+@dataclass(frozen=True)
+class _PricedBudget:
+    """A recorded budget with ``price_per_gpu_hour`` (what arms.json records once it carries the price)."""
+
+    price_per_gpu_hour: float
+    epochs: int | None = 2
+    trials: int | None = None
+    trials_per_arm: int | None = None
+    max_wall_time_s: float | None = None
+    max_gpu_hours: float | None = None
+
+
+def _priced(tmp_path: Path, price: float) -> Any:
+    exp = load_experiment(str(synthetic_experiment(tmp_path / "exp")))
+    assert exp.spec is not None
+    trials = exp.trials.with_columns(pl.lit(0.5).alias("gpu_hours"))
+    return replace(exp, spec=replace(exp.spec, budget=_PricedBudget(price)), trials=trials, _cache={})
+
+
+def test_a_price_per_gpu_hour_adds_a_cost_column_and_a_total(tmp_path: Path) -> None:
+    exp = _priced(tmp_path, 2.0)
+    board = leaderboard_frame(exp, top=3)
+    assert board.frame["cost"].to_list() == [1.0, 1.0, 1.0]  # 0.5 GPU-hours x 2.0
+    total = 0.5 * exp.trials.height
+    (note,) = [n for n in board.notes if n.startswith("cost = gpu_hours")]
+    assert f"{total:.3f} GPU-hours, cost {2 * total:.2f}" in note and "2 per GPU-hour" in note
+    for grouped in (leaderboard_frame(exp, group_by="arm"), leaderboard_frame(exp, by="phases")):
+        assert any(n.startswith("cost = gpu_hours") for n in grouped.notes)
+        assert "cost" not in grouped.frame.columns
+    assert "cost" in render_text(board, "csv").splitlines()[0]
+
+
+def test_without_a_price_there_is_no_cost(tmp_path: Path) -> None:
+    exp = load_experiment(str(synthetic_experiment(tmp_path / "exp")))
+    board = leaderboard_frame(exp, top=3)
+    assert "cost" not in board.frame.columns and not any("price_per_gpu_hour" in n for n in board.notes)
+
+
+def test_the_reports_cost_section_prices_each_arm(tmp_path: Path) -> None:
+    from mdf_search.report.document import Section, TableBlock, d
+    from mdf_search.report.review import price_block
+
+    exp = _priced(tmp_path, 3.0)
+    sec = Section("cost", anchor="cost")
+    price_block(exp, sec)
+    (table,) = [b for b in sec.blocks if isinstance(b, TableBlock)]
+    assert table.rows[-1][0] == "all" and table.rows[-1][3] == f"{0.5 * exp.trials.height * 3:.2f}"
+    assert {r[0] for r in table.rows[:-1]} == {d(a) for a in exp.trials["arm"]}  # cells are marked data
+    empty = Section("cost", anchor="cost")
+    price_block(replace(exp, spec=None, _cache={}), empty)  # no price: no table
+    assert empty.blocks == []
