@@ -139,7 +139,7 @@ def report_command(experiment_dir: str, out: str) -> int:
         return int(getattr(error, "code", 2))  # ReportError: 1 when the report itself failed
     except OSError as error:  # the storage of a URI --out could not be listed or read
         warn()
-        print_error(visible(ReportError(f"--out {out}: {error}; check the URI and its credentials")))
+        print_error(visible(ReportError(f"--out {error}; check the URI and its credentials")))
         return 2
     finally:
         if staging is not None:

@@ -129,8 +129,8 @@ def write_text(root: str, name: str, text: str) -> None:
 
 
 def files(root: str, name: str = "") -> list[str]:
-    """Every file under ``root/name`` (relative, ``/``-separated, sorted); hidden names (``.x``, temporary
-    files in flight) are left out. Empty when the folder is absent."""
+    """Every file under ``root/name`` (relative, ``/``-separated, sorted); files in flight (the hidden
+    temporary names of ``atomic``) are left out. Empty when the folder is absent."""
     fs, base = _fs_path(root, name)
     try:
         found = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
@@ -141,9 +141,14 @@ def files(root: str, name: str = "") -> list[str]:
         if entry.type != pafs.FileType.File:
             continue
         rel = entry.path[len(base) :].lstrip("/")
-        if not any(part.startswith(".") for part in rel.split("/")):
+        if not in_flight(rel.rsplit("/", 1)[-1]):
             out.append(rel)
     return sorted(out)
+
+
+def in_flight(name: str) -> bool:
+    """Whether a file name is one of ``atomic``'s temporaries (``.x.<hex>.tmp``, ``.x.tmp-<pid>-<hex>``)."""
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name)
 
 
 def delete(root: str, name: str) -> None:

@@ -202,6 +202,39 @@ class Experiment:
             return {}
 
 
+def reproduce_commands(root: str, report: str = "report") -> tuple[str, list[list[str]]]:
+    """(where to run them, the commands as argument lists): rerun the study from scratch into a fresh
+    storage root, resume this one, rewrite its report. For a local experiment they run from its
+    directory (no machine path in a report; ``report`` relative to it); for one on object storage
+    they name its URI (``report``: the report's folder under it, or a URI of its own)."""
+    if not storage.is_uri(root):
+        return (
+            "from the experiment directory (the one holding spec.yaml and trials/)",
+            [
+                ["mdf-search", "sweep", "spec.yaml", "--storage", "../rerun", "--fresh"],
+                ["mdf-search", "resume", "."],
+                ["mdf-search", "report", ".", "--out", report],
+            ],
+        )
+    root = root.rstrip("/")
+    out = report if storage.is_uri(report) else storage.join(root, report)
+    return (
+        "from anywhere with access to its storage",
+        [
+            [
+                "mdf-search",
+                "sweep",
+                storage.join(root, SPEC_FILE),
+                "--storage",
+                f"{root.rsplit('/', 1)[0]}/rerun",
+                "--fresh",
+            ],
+            ["mdf-search", "resume", root],
+            ["mdf-search", "report", root, "--out", out],
+        ],
+    )
+
+
 def read_predictions(experiment_dir: str) -> pl.DataFrame:
     """The experiment's per-sample predictions (``ResultsStore.predictions``: one row per trial,
     attempt, split, head and sample); an empty frame when the experiment predates them."""
