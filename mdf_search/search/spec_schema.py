@@ -398,6 +398,8 @@ def _explain(err: Any, model: type[BaseModel]) -> str:
         )
     if kind == "string_pattern_mismatch":
         return f"must be letters, digits, '_', '.', '-' (it names a directory), but got {short_repr(got)}"
+    if kind == "string_too_short":
+        return f"must not be empty, but got {short_repr(got)}; give a value or remove the key"
     if kind == "too_short":
         return f"must not be empty, but got {short_repr(got)}"
     if kind in ("value_error", "assertion_error"):
