@@ -209,7 +209,7 @@ def reproduce_commands(root: str, report: str = "report") -> tuple[str, list[lis
     they name its URI (``report``: the report's folder under it, or a URI of its own)."""
     if not storage.is_uri(root):
         return (
-            "from the experiment directory (the one holding spec.yaml and trials/)",
+            f"from the experiment directory ({Path(root).name}/, the one holding spec.yaml and trials/)",
             [
                 ["mdf-search", "sweep", "spec.yaml", "--storage", "../rerun", "--fresh"],
                 ["mdf-search", "resume", "."],

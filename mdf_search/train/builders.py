@@ -58,10 +58,12 @@ class TrialData:
 
 def data_key(cfg: TrialConfig) -> tuple[Any, ...]:
     """Everything :func:`prepare_trial_data` reads of a trial's config: trials with equal keys share
-    their data artefacts (the sweep driver prepares each key once)."""
+    their data artefacts (the sweep driver prepares each key once). The same on every node: the
+    configured ``data.cache_dir``, not the cache root this node's ``$MDF_SEARCH_CACHE`` makes of it, so
+    a trial driver on another node finds the study's prepared data under the sweep's key."""
     d = cfg.data
     return (
-        str(cache_root(cfg)),
+        d.cache_dir,
         d.manifest,
         d.synthetic_images,
         d.synthetic_size,
