@@ -124,7 +124,7 @@ def test_define_by_run_asks_for_the_arm_the_seed_and_the_active_nuisance(tmp_pat
     plain = space(FixedTrial({"arm": "freeze=none", "seed": 0, "optim.lr": 0.002}))
     assert plain["arm"] == "freeze=none" and "freeze.lora_rank" not in plain["params"]
     grid = define_by_run(grid_spec(tmp_path, design="grid", **fields))  # nuisance held at the defaults
-    held = grid(FixedTrial({"arm": "freeze=lora", "seed": 0}))["params"]
+    held = grid(FixedTrial({"arm": "freeze=lora", "seed": 0, "freeze": "lora"}))["params"]  # + the factor
     assert held["optim.lr"] == pytest.approx(1.0e-3) and held["freeze.lora_rank"] == 4
 
 
@@ -132,3 +132,14 @@ def test_names_and_storage(tmp_path: Path) -> None:
     spec = grid_spec(tmp_path)
     assert study_name(spec) == "d"
     assert default_storage_url(tmp_path / "runs" / "d") == f"sqlite:///{tmp_path.resolve()}/runs/d/optuna.db"
+
+
+def test_factor_levels_are_the_choices_then_otherwise(tmp_path: Path) -> None:
+    from mdf_search.search.designs import factor_levels
+
+    spec = grid_spec(tmp_path)  # fusion.injection: otherwise none when fusion.levels is none
+    levels = factor_levels(spec)
+    assert levels["fusion.levels"] == ["none", "4", "1234"]
+    assert levels["fusion.injection"][-1] == "none" and len(set(levels["fusion.injection"])) == len(
+        levels["fusion.injection"]
+    )

@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from mdf_search.config import TrialConfig
-from mdf_search.search.designs import arms, define_by_run, num_trials, study_name
+from mdf_search.search.designs import arms, define_by_run, factor_levels, num_trials, study_name
 from mdf_search.search.samplers import ArmBudgetSampler, StudyGridSampler, _ArmView, make_sampler
 from mdf_search.search.space import SearchSpec
 from tests.search.designs_helpers import arm_ids, grid_spec
@@ -50,7 +50,11 @@ def test_grid_study_enumerates_every_arm_and_seed_exactly_once(tmp_path: Path) -
     pairs = Counter((config["arm"], config["params"]["seed"]) for _, config in done)
     assert pairs == Counter(itertools.product(arm_ids(spec), spec.seeds))
     for trial, config in done:
-        assert trial.params == {"arm": config["arm"], "seed": config["params"]["seed"]}
+        # (arm, seed), and each scientific factor the arm holds as its own categorical over every level
+        factors = {k: config["params"][k] for k in spec.scientific if k in config["params"]}
+        assert trial.params == {"arm": config["arm"], "seed": config["params"]["seed"], **factors}
+        for key in factors:
+            assert trial.distributions[key].choices == tuple(factor_levels(spec)[key])  # type: ignore[attr-defined]
         assert set(config) == {"params", "arm"}  # Tune's config holds only these
         TrialConfig.from_flat(config["params"])
 
