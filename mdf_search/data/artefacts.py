@@ -11,8 +11,9 @@ Train writes the trials' checkpoints there):
         artefact.json                       every file's SHA-256 and size, and their digest; written last
 
 and a worker whose own cache root lacks ``<kind>/<name>`` *fetches* it: every file is downloaded into a
-temporary folder and checked against artefact.json, then the folder is renamed into place (one
-fetch per node: the node's ranks wait on a lock). A worker whose cache root has the name already (a
+temporary folder (from a local or mounted storage: linked where it shares the file system) and checked
+against artefact.json, then the folder is renamed into place (one fetch per node: the node's ranks wait
+on a lock). A worker whose cache root has the name already (a
 node that built it, a shared cache) uses it as it is.
 
 Why publish rather than rebuild on each node: a node rebuilding would need the dataset's images (a
@@ -211,7 +212,12 @@ def _download(root: str, kind: str, name: str, record: dict[str, Any], target: P
                         "is damaged: remove the folder and run the sweep again"
                     )
 
-            storage.download_file(root, f"{prefix(kind, name)}/{rel}", local, check)
+            published_file = Path(root).expanduser() / prefix(kind, name) / rel
+            if storage.is_uri(root) or not published_file.is_file():
+                storage.download_file(root, f"{prefix(kind, name)}/{rel}", local, check)
+            else:  # a local (or mounted) folder: checked, then linked where it shares this file system
+                check(sha256_file(published_file), published_file.stat().st_size)
+                storage.link_or_copy(published_file, local)
         if record.get("single_file"):
             os.replace(tmp / name, target)
         else:

@@ -50,6 +50,7 @@ def test_publish_then_fetch_on_a_node_without_it(tmp_path: Path) -> None:
     got = fetch(root, "cache", built.name, tmp_path / "worker" / "cache")
     assert got == tmp_path / "worker" / "cache" / built.name
     assert (got / "sub" / "images.npy").read_bytes() == (built / "sub" / "images.npy").read_bytes()
+    assert os.path.samefile(got / "sub" / "images.npy", built / "sub" / "images.npy")  # checked, then linked
     assert sorted(p.name for p in got.rglob("*")) == ["images.npy", "meta.json", "sub"]
     assert fetch(root, "cache", built.name, tmp_path / "head" / "cache") == built  # there: used as it is
 
@@ -80,14 +81,14 @@ def test_ranks_of_one_node_fetch_once(tmp_path: Path, monkeypatch: pytest.Monkey
     built = _artefact(tmp_path / "head")
     root = str(tmp_path / "runs" / "exp")
     publish(built, "cache", root)
-    downloads: list[str] = []
-    real = storage.download_file
+    copies: list[str] = []
+    real = storage.link_or_copy
 
-    def counted(*args: object, **kwargs: object) -> None:
-        downloads.append(str(args[1]))
-        real(*args, **kwargs)  # type: ignore[arg-type]
+    def counted(source: Path, target: Path) -> None:
+        copies.append(str(source))
+        real(source, target)
 
-    monkeypatch.setattr(storage, "download_file", counted)
+    monkeypatch.setattr(storage, "link_or_copy", counted)
     results: list[Path] = []
     threads = [
         threading.Thread(
@@ -100,7 +101,7 @@ def test_ranks_of_one_node_fetch_once(tmp_path: Path, monkeypatch: pytest.Monkey
     for t in threads:
         t.join()
     assert len(set(results)) == 1 and len(results) == 4
-    assert len(downloads) == 2  # the artefact's two files, once
+    assert len(copies) == 2  # the artefact's two files, once
 
 
 def test_a_worker_finds_the_trials_data_by_name_in_its_own_cache(
