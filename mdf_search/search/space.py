@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from mdf_search.config import ConfigError, flat_fields
 from mdf_search.fields import short_repr
+from mdf_search.search.spec_errors import pydantic_problems, suggest_name
 from mdf_search.search.spec_schema import (
     SAMPLER_DESIGNS,
     Budget,
@@ -29,8 +30,6 @@ from mdf_search.search.spec_schema import (
     SpecFile,
     StudyStorage,
     Tracking,
-    pydantic_problems,
-    suggest_name,
 )
 from mdf_search.yamlio import read_yaml_mapping
 
