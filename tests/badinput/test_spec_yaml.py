@@ -83,7 +83,57 @@ LATIN1 = variant(("experiment: bad\n", "experiment: bad\ndescription: rétinopat
 HUGE_INT = "9" * 5001
 BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 
+TRACK = "study: {storage: null}\n"
+RESOURCES = "resources: {workers: 1, concurrent_trials: 1}"
+BUDGET = "budget: {trials: 4, epochs: 1, max_wall_time: 10m}"
+
 CASES: list[Case] = [
+    # Tracking, failures and cost (issue 14).
+    spec_case(
+        "tracking-backend-typo",
+        variant((TRACK, TRACK + "tracking: {backend: mlflw}\n")),
+        r"tracking\.backend",
+        "did you mean 'mlflow'",
+    ),
+    spec_case(
+        "tracking-option-of-another-backend",
+        variant((TRACK, TRACK + "tracking: {backend: mlflow, project: p}\n")),
+        r"tracking\.project",
+        "backend wandb",
+    ),
+    spec_case(
+        "tracking-unknown-key",
+        variant((TRACK, TRACK + "tracking: {backend: wandb, grup: g}\n")),
+        r"tracking\.grup",
+        "choose among",
+    ),
+    spec_case(
+        "tracking-a-scalar", variant((TRACK, TRACK + "tracking: mlflow\n")), "tracking", "must be a mapping"
+    ),
+    spec_case(
+        "tracking-empty-uri",
+        variant((TRACK, TRACK + 'tracking: {backend: mlflow, tracking_uri: ""}\n')),
+        r"tracking\.tracking_uri",
+        "remove the key",
+    ),
+    spec_case(
+        "max-failures-below-minus-one",
+        variant((RESOURCES, RESOURCES[:-1] + ", max_failures: -2}")),
+        r"resources\.max_failures",
+        ">= -1",
+    ),
+    spec_case(
+        "placement-typo",
+        variant((RESOURCES, RESOURCES[:-1] + ", placement: strict}")),
+        r"resources\.placement",
+        "did you mean 'strict_pack'",
+    ),
+    spec_case(
+        "negative-price",
+        variant((BUDGET, BUDGET[:-1] + ", price_per_gpu_hour: -1}")),
+        r"budget\.price_per_gpu_hour",
+        ">= 0",
+    ),
     # Finding 3: limits before anything expands.
     spec_case("alias-bomb-460-bytes", bomb(9), "alias", "expand", r"limit|at most", "anchor"),
     spec_case("alias-bomb-one-more-level", bomb(10), "alias", "expand", r"limit|at most"),
