@@ -99,7 +99,9 @@ def test_relative_storage_gets_a_note_a_local_path_a_mount_note_and_object_stora
     assert "--storage out is relative" in str(storage_note("out"))
     # a local path carries the data artefacts to the other nodes only if every node mounts it
     note = str(storage_note("/shared/runs"))
-    assert "node-local" in note and "/shared/runs/<experiment>/artefacts" in note and "every node mounts" in note
+    assert (
+        "node-local" in note and "/shared/runs/<experiment>/artefacts" in note and "every node mounts" in note
+    )
     assert storage_note("s3://bucket/runs") is None and storage_note("gs://bucket/runs") is None
 
 

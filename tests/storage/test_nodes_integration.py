@@ -178,7 +178,7 @@ def _space(n: Nodes, name: str, seeds: list[int], arms: list[str]) -> str:
 
 def _workers_nodes(n: Nodes) -> dict[str, list[str]]:
     """The nodes that ran Train workers, and the node without trial slots (the second one)."""
-    return n.python(  # type: ignore[no-any-return]
+    return n.python(
         "import json; from ray.util.state import list_actors, list_nodes;"
         f"a = list_actors(address={n.dashboard!r}, detail=True, limit=10000, raise_on_missing_output=False);"
         f"ns = list_nodes(address={n.dashboard!r}, limit=100, detail=True);"
