@@ -76,7 +76,6 @@ def worker_env() -> dict[str, str]:
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
     for key in (
         "TORCH_EXTENSIONS_DIR",
-        "MDF_SEARCH_CACHE",
         "MDF_SEARCH_FEATURE_REUSE",
         "HF_HOME",
         "HF_HUB_OFFLINE",

@@ -23,7 +23,7 @@ from mdf_search.report import figures as fg
 from mdf_search.report import tables as tb
 from mdf_search.report.compare import Comparison, seed_values
 from mdf_search.report.document import Section, TableBlock, d
-from mdf_search.report.experiment import HEADLINE, Experiment
+from mdf_search.report.experiment import HEADLINE, Experiment, reproduce_commands
 from mdf_search.report.stats import relative_change, summarize, t_interval
 from mdf_search.results.schema import Status
 
@@ -71,21 +71,12 @@ def provenance_section(exp: Experiment, count: int, out: Path | None = None) -> 
         ["report number", f"{count} (counted in reports.log)"],
     ]
     sec.blocks.append(TableBlock("provenance", ["field", "value"], rows))
+    where, commands = reproduce_commands(exp.root, _relative(out, exp.root))
     sec.text(
-        f"Reproduce, from the experiment directory ({d(exp.name)}/, the one holding spec.yaml and trials/): "
-        "rerun from scratch into a fresh storage root, resume this one after a crash, rewrite this report:"
+        f"Reproduce, {d(where)}: rerun from scratch into a fresh storage root, resume this one after a "
+        "crash, rewrite this report:"
     )
-    sec.text(
-        "\n".join(
-            escape.shell(words)
-            for words in (
-                ["mdf-search", "sweep", "spec.yaml", "--storage", "../rerun", "--fresh"],
-                ["mdf-search", "resume", "."],
-                ["mdf-search", "report", ".", "--out", _relative(out, exp.root)],
-            )
-        ),
-        "code",
-    )
+    sec.text("\n".join(escape.shell(words) for words in commands), "code")
     return sec
 
 

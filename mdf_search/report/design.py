@@ -80,6 +80,7 @@ class RecordedBudget:
     trials_per_arm: int | None = None
     max_wall_time_s: float | None = None
     max_gpu_hours: float | None = None
+    price_per_gpu_hour: float | None = None  # money per GPU-hour, for the cost column and table
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def parse_record(data: Any) -> RecordedSpec:
                 _int(budget["trials_per_arm"]),
                 _float(budget["max_wall_time_s"]),
                 _float(budget["max_gpu_hours"]),
+                _float(budget.get("price_per_gpu_hour")),  # absent from arms.json written before it
             ),
             storage=None if data["storage"] is None else str(data["storage"]),
             scientific={k: _domain(k, v) for k, v in data["scientific"].items()},
@@ -242,6 +244,7 @@ def reconstruct(spec: Mapping[str, Any], trials: pl.DataFrame) -> RecordedSpec:
             _number(raw_budget.get("trials_per_arm"), int),
             _number(raw_budget.get("max_wall_time"), float),
             _number(raw_budget.get("max_gpu_hours"), float),
+            _number(raw_budget.get("price_per_gpu_hour"), float),
         ),
         storage=_mapping(spec.get("study")).get("storage"),
         scientific=scientific,

@@ -132,6 +132,7 @@ def design_record(data: Mapping[str, Any]) -> dict[str, Any]:
             "trials_per_arm": budget.get("trials_per_arm"),
             "max_wall_time_s": budget.get("max_wall_time"),
             "max_gpu_hours": budget.get("max_gpu_hours"),
+            "price_per_gpu_hour": budget.get("price_per_gpu_hour"),
         },
         "storage": data["study"]["storage"],
         "scientific": SCIENTIFIC,

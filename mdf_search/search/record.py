@@ -42,6 +42,7 @@ def design_record(spec: SearchSpec) -> dict[str, Any]:
             "trials_per_arm": budget.trials_per_arm,
             "max_wall_time_s": budget.max_wall_time,
             "max_gpu_hours": budget.max_gpu_hours,
+            "price_per_gpu_hour": budget.price_per_gpu_hour,
         },
         "storage": spec.study.storage,
         "scientific": {key: _domain(param) for key, param in spec.scientific.items()},

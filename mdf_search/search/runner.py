@@ -37,7 +37,6 @@ import importlib.metadata as md
 import json
 import logging
 import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from mdf_search.cluster import TRIAL_SLOT, quiet_tune, verbose
 from mdf_search.config import TrialConfig
 from mdf_search.results.schema import Status
 from mdf_search.search.designs import default_storage_url, define_by_run, num_trials, study_name
-from mdf_search.search.record import write_design_record
+from mdf_search.search.record import record_spec
 from mdf_search.search.resources import (
     SHARED_GPU_TRIALS,
     TrialResources,
@@ -64,7 +63,7 @@ from mdf_search.search.trial import (
     trial_data,
     trial_driver,
 )
-from mdf_search.train.builders import cache_root
+from mdf_search.train.builders import cache_root, publish_trial_data
 from mdf_search.train.faults import Faults
 from mdf_search.train.selection import Selection
 
@@ -282,6 +281,8 @@ def run_sweep(
         if trial is trial_driver
         else ({}, {})  # a function trial uses none of the study's data
     )
+    # Train workers on every node fetch the artefacts from the study's storage (data/artefacts.py)
+    data = {key: publish_trial_data(prepared, root) for key, prepared in data.items()}
     settings = TrialSettings(
         experiment_root=root,
         selection=selection,
@@ -309,17 +310,6 @@ def _unfinished(spec: Any, writer: Any) -> int:
 
 
 def _record_spec(spec: Any, root: str) -> None:
-    """Keep the spec (resume reads it) and its resolved design (``arms.json``, which reports and the live
-    view read) next to the results; never overwrite either once there."""
-    if "://" in root:
-        return
-    directory = Path(root)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / "spec.yaml"
-    source = Path(spec.path)
-    if not target.exists():
-        shutil.copyfile(source, target)
-    write_design_record(spec, directory)
-    (directory / "provenance.json").write_text(
-        json.dumps({**provenance(), "spec": str(source), "cwd": os.getcwd()}, indent=1)
-    )
+    """Keep the spec (resume reads it), its resolved design (``arms.json``) and this session's provenance
+    next to the results, on a local path or a URI alike (``search.record.record_spec``)."""
+    record_spec(spec, root, provenance())

@@ -25,7 +25,7 @@ from mdf_search.config import TrialConfig
 from mdf_search.model.arch import ArchConfig
 from mdf_search.results.schema import Status
 from mdf_search.search.designs import arms, trial_params
-from mdf_search.train.builders import TrialData, data_key, prepare_trial_data
+from mdf_search.train.builders import TrialData, data_key, prepare_trial_data, study_trial_data
 from mdf_search.train.faults import Faults
 from mdf_search.train.memory import ParamCounts, count_parameters, plan_trial, worker_gpu_mem_gb
 from mdf_search.train.selection import Selection
@@ -53,7 +53,7 @@ class TrialSettings:
 def trial_data(cfg: TrialConfig, settings: TrialSettings) -> TrialData:
     """The trial's data artefacts: the study's, prepared once by the sweep; else prepared here."""
     prepared = settings.data.get(data_key(cfg))
-    return prepared if prepared is not None else prepare_trial_data(cfg)
+    return prepared if prepared is not None else study_trial_data(cfg, settings.experiment_root)
 
 
 TrialFunction = Callable[[dict[str, Any], TrialSettings], None]

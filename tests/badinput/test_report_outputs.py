@@ -132,8 +132,13 @@ CASES: list[Case] = [
     Case(
         "out-a-uri",
         ("report", "exp", "--out", "s3://bucket/reports/exp"),
-        ("--out s3://bucket/reports/exp", "local folder, not a URI", "copy the folder up"),
+        ("--out s3://bucket/reports/exp", "check the URI and its credentials"),
         setup=EXP,
+        env={
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+            "AWS_ACCESS_KEY_ID": "x",
+            "AWS_SECRET_ACCESS_KEY": "x",
+        },
     ),
     Case(
         "out-a-symbolic-link",

@@ -102,7 +102,8 @@ def test_sweep_continues_an_existing_experiment_of_the_same_spec(
 ) -> None:
     calls = _no_ray(monkeypatch)
     _started_experiment(tmp_path)
-    result = invoke("sweep", str(SMOKE), "--storage", str(tmp_path / "runs"), "--report-dir", str(tmp_path))
+    report_dir = str(tmp_path / "report")  # beside the results; a folder around them is refused
+    result = invoke("sweep", str(SMOKE), "--storage", str(tmp_path / "runs"), "--report-dir", report_dir)
     assert result.exit_code == 99 and calls == ["connect"], result.output  # every check passed
 
 

@@ -73,6 +73,7 @@ def test_the_record_holds_the_resolved_design(tmp_path: Path) -> None:
         "trials_per_arm": 5,
         "max_wall_time_s": 7200.0,
         "max_gpu_hours": None,
+        "price_per_gpu_hour": None,
     }
     assert record["storage"] == "sqlite:///elsewhere.db"
     assert record["scientific"] == {"fusion.levels": {"choices": ["none", "1234"], "default": "none"}}
@@ -118,8 +119,13 @@ def test_the_sweep_records_spec_and_design_where_it_keeps_the_spec(tmp_path: Pat
     _record_spec(spec, str(root))
     assert json.loads((root / ARMS_FILE).read_text()) == design_record(spec)
     assert (root / "spec.yaml").read_text() == (tmp_path / "space.yaml").read_text()
-    _record_spec(spec, "s3://bucket/runs/tuned")  # remote storage: nothing is written locally
-    assert not Path("s3:").exists()
+    priced_file = _spec_file(
+        tmp_path, {**SAMPLER, "budget": {**SAMPLER["budget"], "price_per_gpu_hour": 2.5}}
+    )
+    priced = load_spec(priced_file)
+    assert read_record(root).budget.price_per_gpu_hour is None  # the price reaches the record...
+    _record_spec(priced, str(tmp_path / "runs" / "priced"))
+    assert read_record(tmp_path / "runs" / "priced").budget.price_per_gpu_hour == 2.5  # ...and is read back
 
 
 @pytest.mark.parametrize("text", ["{", "[]", '{"format": 2}', '{"format": 1, "arms": []}'])

@@ -157,11 +157,12 @@ def test_a_trial_takes_the_prepared_data_and_prepares_only_an_unknown_key(
 ) -> None:
     calls: list[TrialConfig] = []
 
-    def prepare(cfg: TrialConfig) -> TrialData:
+    def prepare(cfg: TrialConfig, root: str) -> TrialData:  # prepared, then published to the study
         calls.append(cfg)
+        assert root == "/x"
         return _fake_data("own")
 
-    monkeypatch.setattr(trial_module, "prepare_trial_data", prepare)
+    monkeypatch.setattr(trial_module, "study_trial_data", prepare)
     cfg = TrialConfig.from_flat({"model.preset": "tiny"})
     settings = TrialSettings("/x", Selection(), 0.0, 80.0, data={data_key(cfg): _fake_data("study")})
     assert trial_data(cfg, settings) == _fake_data("study") and calls == []
@@ -193,7 +194,7 @@ def _patch_trial_side(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     monkeypatch.setattr(ray.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1"))
     monkeypatch.setattr(ray.tune, "report", reports.append)
     monkeypatch.setattr(
-        trial_module, "prepare_trial_data", lambda cfg: pytest.fail("the trial prepared its data")
+        trial_module, "study_trial_data", lambda cfg, root: pytest.fail("the trial prepared its data")
     )
     return reports
 
@@ -260,7 +261,8 @@ def test_data_that_cannot_be_prepared_is_left_to_its_trials(
             raise FileNotFoundError(cfg.data.manifest)
         return _fake_data("ok")
 
-    monkeypatch.setattr(trial_module, "prepare_trial_data", prepare)
+    monkeypatch.setattr(trial_module, "prepare_trial_data", prepare)  # the study's, once per key
+    monkeypatch.setattr(trial_module, "study_trial_data", lambda cfg, root: prepare(cfg))  # a trial's own
     good = TrialConfig.from_flat({"model.preset": "tiny"})
     bad = good.replace(**{"data.manifest": str(tmp_path / "missing.parquet")})
     data, _ = prepare_study([good, bad, bad], plan_memory=False)
