@@ -180,6 +180,10 @@ def _tuner(
     # A restored Tuner takes the trainable again: this session's settings, from the same recorded spec.
     trainable = tune.with_resources(tune.with_parameters(trial, settings=settings), {TRIAL_SLOT: 1})
     quiet_tune()  # Tune's incidental loggers off (tracking adds its own), its box only when verbose
+    if not verbose():  # Optuna's INFO lines ("A new study created ...") would break the live view
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_config = tune.RunConfig(
         name=spec.experiment,
         storage_path=storage_path,
