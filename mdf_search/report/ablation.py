@@ -22,7 +22,7 @@ from pathlib import Path
 from mdf_search.report import analysis, compare, curves, exports, outdir, review, sampler
 from mdf_search.report.document import Report, Section, Text, d, plain, to_html, to_markdown, write_tables
 from mdf_search.report.experiment import Experiment, load_experiment
-from mdf_search.report.figures import FigureSink
+from mdf_search.report.figures import FigureSink, report_style
 from mdf_search.report.finite import SetAside, finite
 from mdf_search.report.importance import importance_section
 from mdf_search.report.latex import write_latex_tables
@@ -131,7 +131,8 @@ def write_report(experiment_dir: str, out: str) -> Path:
     exp, aside = finite(exp)
     tmp = outdir.staging(target)
     try:
-        report, failed = build_report(exp, tmp, reports_so_far(exp) + 1, target.path, aside)
+        with report_style():  # the same experiment draws the same figures, whatever the process set
+            report, failed = build_report(exp, tmp, reports_so_far(exp) + 1, target.path, aside)
         write_tables(report, tmp / "tables")
         write_latex_tables(report, tmp / "tables")
         (tmp / "report.md").write_text(to_markdown(report), encoding="utf-8")

@@ -8,6 +8,7 @@ dollar sign, never a formula that fails to parse; captions mark their data with 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -30,7 +31,9 @@ from mdf_search.report.document import FigureBlock, d
 log = logging.getLogger(__name__)
 BASE, BEST, OTHER = "#8c959f", "#cf222e", "#0969da"
 PALETTE = ["#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#57606a", "#bf3989", "#0a3069"]
-plt.rcParams.update(
+# matplotlib's defaults (not whatever the process holds now), then the report's own settings
+STYLE: dict[str, Any] = {k: v for k, v in matplotlib.rcParamsDefault.items() if k != "backend"}
+STYLE.update(
     {
         "figure.dpi": 110,
         "axes.spines.top": False,
@@ -45,6 +48,12 @@ plt.rcParams.update(
         "text.parse_math": False,
     }
 )
+
+
+def report_style() -> contextlib.AbstractContextManager[None]:
+    """The report's matplotlib settings for as long as it draws, whatever another library left in
+    ``plt.rcParams`` (a style Optuna applied, a test's settings): the same experiment, the same bytes."""
+    return plt.rc_context(STYLE)  # type: ignore[arg-type]  # (rc keys are typed as a Literal)
 
 
 DPI = 150
