@@ -303,7 +303,27 @@ def run_sweep(
         spec, root, storage_path, on_event, restore, settings, resources.concurrent_trials, trial
     )
     tuner.fit()  # after Ctrl-C too: Tune stops its trials, saves its state and returns
-    return SweepOutcome(root, writer.finished, writer.errors, guard.reason, _unfinished(spec, writer))
+    unfinished = _unfinished(spec, writer)
+    if not unfinished and not guard.reason:
+        _close_lost(writer.store)
+    return SweepOutcome(root, writer.finished, writer.errors, guard.reason, unfinished)
+
+
+LOST = (
+    "lost: the sweep's driver was killed before Ray Tune recorded this trial; Tune ran its arm and seed again"
+)
+
+
+def _close_lost(store: Any) -> None:
+    """A study that ran to its end has no running trial: a row still ``running`` belongs to a trial the
+    driver started just before it was killed and Tune's restored state never knew (its Optuna trial was
+    adopted by another). It is closed as an error saying so, so that no row stays ``running`` forever."""
+    trials = store.trials()
+    if trials.is_empty():
+        return
+    for row in trials.filter(trials["status"] == Status.RUNNING).iter_rows(named=True):
+        log.warning("trial %s: %s", row["trial_id"], LOST)
+        store.write_trial({**row, "status": Status.ERROR.value, "message": LOST})
 
 
 def _unfinished(spec: Any, writer: Any) -> int:

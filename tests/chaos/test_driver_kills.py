@@ -91,7 +91,10 @@ def test_driver_killed_at_seeded_points_then_resumed(tmp_path: Path) -> None:
     check_study(f"sqlite:///{root / 'optuna.db'}", "killed", len(planned))
     for before, after in itertools.pairwise(history):
         assert after[: len(before)] == before
-    figures.notes = f"schedule {kills}; epochs trained again after a kill: {epochs.height - 3 * len(planned)}"
+    figures.notes = (
+        f"schedule {kills}; epochs trained again after a kill: {epochs.height - 3 * len(planned)}"
+        + (f"; {figures.notes}" if figures.notes else "")
+    )
     figures.record()
 
 

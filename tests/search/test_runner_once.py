@@ -270,3 +270,18 @@ def test_data_that_cannot_be_prepared_is_left_to_its_trials(
     settings = TrialSettings("/x", Selection(), 0.0, 80.0, data=data)
     with pytest.raises(FileNotFoundError, match=r"missing\.parquet"):
         trial_data(bad, settings)
+
+
+def test_a_finished_study_closes_a_row_left_running_as_lost(tmp_path: Path) -> None:
+    """A driver killed just after a trial's first row, before Tune saved it: the trial is unknown to
+    the restored Tune, its arm and seed run again, and its row is closed as lost when the study ends."""
+    from mdf_search.results.store import ResultsStore
+    from mdf_search.search.runner import LOST, _close_lost
+
+    store = ResultsStore(str(tmp_path / "exp"))
+    store.write_trial({"experiment": "e", "trial_id": "t1", "attempt": 1, "status": "completed"})
+    store.write_trial({"experiment": "e", "trial_id": "t2", "attempt": 1, "status": "running"})
+    _close_lost(store)
+    rows = {r["trial_id"]: r for r in store.trials().iter_rows(named=True)}
+    assert rows["t1"]["status"] == "completed" and rows["t1"]["message"] is None
+    assert rows["t2"]["status"] == "error" and rows["t2"]["message"] == LOST
