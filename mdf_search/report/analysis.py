@@ -88,7 +88,7 @@ def _relative(out: Path | None, root: str) -> str:
 
 
 def _counts(trials: pl.DataFrame) -> dict[str, int]:
-    return dict(sorted(trials.group_by("status").len().iter_rows(), key=lambda kv: -kv[1]))
+    return dict(sorted(trials.group_by("status").len().iter_rows(), key=lambda kv: (-kv[1], str(kv[0]))))
 
 
 def _budget(exp: Experiment) -> str:
@@ -224,6 +224,7 @@ def factor_section(exp: Experiment, sink: fg.FigureSink) -> Section:
         points: dict[str, list[float]] = {}
         for row in ok.select([factor, exp.metric]).iter_rows():
             points.setdefault(str(row[0]), []).append(float(row[1]))
+        points = {lv: sorted(v) for lv, v in points.items()}  # dots and sums whatever the rows' order
         means = {lv: (float(np.mean(v)), *t_interval(v)) for lv, v in points.items()}
         best = {lv: best_fn(v) for lv, v in points.items()}
         sec.blocks.append(fg.factor_figure(sink, factor, exp.metric, levels, points, means, best))
@@ -232,8 +233,11 @@ def factor_section(exp: Experiment, sink: fg.FigureSink) -> Section:
              "nuisance parameters, as the tuning playbook recommends.")  # fmt: skip
     for a, b in list(itertools.combinations(exp.factors, 2))[:3]:
         series: dict[str, dict[str, tuple[float, float, float]]] = {}
-        for (bv, av), part in ok.group_by([b, a]):
-            values = part[exp.metric].to_list()
+        b_levels = [str(v) for v in exp.value_order(b)]
+        for (bv, av), part in sorted(  # a fixed series order: each level of b keeps its colour
+            ok.group_by([b, a]), key=lambda kv: (_level_rank(b_levels, kv[0][0]), str(kv[0][1]))
+        ):
+            values = sorted(part[exp.metric].to_list())
             series.setdefault(str(bv), {})[str(av)] = (float(np.mean(values)), *t_interval(values))
         a_levels = [str(v) for v in exp.value_order(a)]
         if len(series) > 1 and len(a_levels) > 1:
@@ -243,6 +247,12 @@ def factor_section(exp: Experiment, sink: fg.FigureSink) -> Section:
                 f"{d(a)} × {d(b)}: only one combination level exists (conditional factor); no interaction plot."
             )
     return sec
+
+
+def _level_rank(levels: list[str], value: object) -> tuple[int, str]:
+    """Where ``value`` sits in a factor's declared order; values the spec does not list go last, by name."""
+    text = str(value)
+    return (levels.index(text), "") if text in levels else (len(levels), text)
 
 
 def _arm_class_means(frame: pl.DataFrame, arm: str, classes: list[str]) -> dict[str, float]:

@@ -40,6 +40,12 @@ HEADLINE = ("val/accuracy", "val/macro_f1", "val/macro_recall", "val/auroc")
 TASK_HEADS = ("disease", "type")  # metric namespaces of task=dual (metrics.metrics_for_tasks)
 
 
+def in_trial_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame``'s rows by trial id (and attempt): a fixed order for anything drawn or fitted from them."""
+    keys = [k for k in ("trial_id", "attempt") if k in frame.columns]
+    return frame.sort(keys, nulls_last=True, maintain_order=True) if keys else frame
+
+
 class ExperimentError(ValueError):
     """The experiment directory is missing or has no results yet."""
 
@@ -94,10 +100,11 @@ class Experiment:
         return ids[0] if len(ids) == 1 else None
 
     def ok(self) -> pl.DataFrame:
-        """Trials that finished with a value of the study metric (completed or stopped early)."""
+        """Trials that finished with a value of the study metric (completed or stopped early), in trial
+        order whatever order the tables were read in (figures drawn from them are the same bytes)."""
         if self.metric not in self.trials.columns:
             return self.trials.head(0)
-        return self.trials.filter(pl.col("status").is_in(FINISHED_OK) & finite(self.metric))
+        return in_trial_order(self.trials.filter(pl.col("status").is_in(FINISHED_OK) & finite(self.metric)))
 
     def selected(self, statuses: tuple[str, ...] = (Status.COMPLETED,)) -> pl.DataFrame:
         """One trial row per (arm, seed): among its trials with a status in ``statuses`` and a value of

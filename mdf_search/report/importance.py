@@ -20,7 +20,7 @@ import polars as pl
 from mdf_search.report import figures as fg
 from mdf_search.report import tables as tb
 from mdf_search.report.document import Section, TableBlock, d
-from mdf_search.report.experiment import Experiment
+from mdf_search.report.experiment import Experiment, in_trial_order
 from mdf_search.results.schema import Status
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,12 @@ def _study_from_parquet(exp: Experiment) -> tuple[Any, list[str]]:
     import optuna
     from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
-    ok = exp.trials.filter(
-        (pl.col("status") == Status.COMPLETED)
-        & pl.col(exp.metric).is_not_null()
-        & pl.col(exp.metric).is_not_nan()
+    ok = in_trial_order(  # the forest's fit depends on the order of its rows
+        exp.trials.filter(
+            (pl.col("status") == Status.COMPLETED)
+            & pl.col(exp.metric).is_not_null()
+            & pl.col(exp.metric).is_not_nan()
+        )
     )
     dists: dict[str, BaseDistribution] = {}
     for key in exp.factors:
