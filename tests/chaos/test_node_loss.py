@@ -5,13 +5,10 @@ its last checkpointed epoch and finishes."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,46 +18,13 @@ import polars as pl
 import pytest
 
 from mdf_search.results.store import ResultsStore
+from tests.raynodes import PORTS_PER_NODE, free_ports, node_ports, start_node, stop, wait_nodes
 from tests.search.test_sweep_integration import FIXED, _spec
 
 from .helpers import ROOT, Figures, check_results, start_driver, trained, write_plan
 from .trials import PLAN_ENV
 
 pytestmark = pytest.mark.integration
-BIN = Path(sys.executable).parent
-
-
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as handle:
-        return subprocess.Popen(
-            [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-             "--num-gpus=0", '--resources={"trial_slot": 1}', "--disable-usage-stats", *args],
-            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -76,43 +40,25 @@ def two_nodes(
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1",
                PYTHONPATH=str(ROOT), **{PLAN_ENV: str(plan_path)})  # fmt: skip
-    gcs, dash, *p = _ports(14)
-
-    def ports(q: list[int]) -> list[str]:
-        return [f"--node-manager-port={q[0]}", f"--object-manager-port={q[1]}",
-                f"--dashboard-agent-listen-port={q[2]}", f"--dashboard-agent-grpc-port={q[3]}",
-                f"--runtime-env-agent-port={q[4]}", f"--metrics-export-port={q[5]}"]  # fmt: skip
-
-    head = _node(["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                  f"--temp-dir={tmp / 'h'}", *ports(p[0:6])],
-                 {**env, "MDF_CHAOS_NODE": "head"}, tmp_path / "head.log")  # fmt: skip
+    gcs, dash, *p = free_ports(2 + 2 * PORTS_PER_NODE)
+    slot = ["--num-cpus=2", '--resources={"trial_slot": 1}']
+    logs = [tmp_path / "head.log", tmp_path / "victim.log"]
+    head = start_node([*slot, "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                       f"--temp-dir={tmp / 'h'}", *node_ports(p[:PORTS_PER_NODE])],
+                      {**env, "MDF_CHAOS_NODE": "head"}, logs[0])  # fmt: skip
     procs = [head]
     try:
         address = f"127.0.0.1:{gcs}"
-        _wait_nodes(address, env, 1, tmp_path / "head.log")
-        victim = _node([f"--address={address}", f"--temp-dir={tmp / 'v'}", *ports(p[6:12])],
-                       {**env, "MDF_CHAOS_NODE": "victim"}, tmp_path / "victim.log")  # fmt: skip
+        wait_nodes(address, env, 1, logs)
+        victim = start_node([*slot, f"--address={address}", f"--temp-dir={tmp / 'v'}",
+                             *node_ports(p[PORTS_PER_NODE:])], {**env, "MDF_CHAOS_NODE": "victim"}, logs[1])  # fmt: skip
         procs.append(victim)
-        _wait_nodes(address, env, 2, tmp_path / "victim.log")
+        wait_nodes(address, env, 2, logs)
         yield address, victim, env
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _wait_nodes(address: str, env: dict[str, str], n: int, log: Path) -> None:
-    code = (f"import ray; ray.init(address={address!r}, logging_level='ERROR');"
-            "print(sum(1 for x in ray.nodes() if x['Alive']))")  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
-        )
-        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(n)]:
-            return
-        time.sleep(2)
-    pytest.fail(f"the cluster did not reach {n} node(s):\n{log.read_text()[-2000:]}")
 
 
 def test_a_lost_node_s_trial_moves_to_the_survivor_and_finishes(
@@ -144,7 +90,7 @@ def test_a_lost_node_s_trial_moves_to_the_survivor_and_finishes(
         on_victim = done.filter(pl.col("node") == "victim") if not done.is_empty() else done
     assert not on_victim.is_empty(), driver.tail()
     moved = on_victim["trial_id"][0]
-    _stop(victim, signal.SIGKILL)  # the node is lost: its raylet and its workers die at once
+    stop(victim, signal.SIGKILL)  # the node is lost: its raylet and its workers die at once
     figures.faults = 1
     assert driver.wait(timeout=300) == 0, driver.tail()
     figures.runs = 1

@@ -9,18 +9,14 @@ real cluster's nodes do from IAM or a secret; nothing secret travels in a runtim
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +29,10 @@ import yaml
 from moto.server import ThreadedMotoServer
 
 from mdf_search.results.store import ResultsStore
+from tests import raynodes as rn
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 TOP_LEVEL_SKIP = {".venv", "venv", ".git", "runs", "reports", "data", ".cache", ".mypy_cache", ".ruff_cache",
                   ".pytest_cache", "mdf_search.egg-info", "build", "dist"}  # fmt: skip
 FIXED = {
@@ -48,17 +44,6 @@ FIXED = {
     "film.placement": "none",
     "fusion.injection": "parallel",
 }
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass
@@ -86,34 +71,6 @@ class Cluster:
                              text=True, timeout=timeout, cwd=self.workdir)  # fmt: skip
         assert out.returncode == 0, out.stderr[-3000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _start_node(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as handle:
-        return subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops its node's processes on SIGTERM
-        try:
-            proc.wait(timeout=15)  # it can linger (its autoscaler monitor): then SIGKILL
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    with contextlib.suppress(ProcessLookupError):  # anything left in the group
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _wait_for(predicate: Any, what: str, timeout: float, logs: list[Path]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    tails = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in logs if p.exists())
-    pytest.fail(f"timed out waiting for {what}\n{tails}")
 
 
 def _copy_repo(dst: Path) -> None:
@@ -152,7 +109,7 @@ def cluster(session_tmp: Path) -> Iterator[Cluster]:
     endpoint = f"http://{host}:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
     env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # `mdf-search` / `ray` of this environment
+        PATH=f"{rn.BIN}{os.pathsep}{env.get('PATH', '')}",  # `mdf-search` / `ray` of this environment
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         RAY_USAGE_STATS_ENABLED="0",
@@ -170,39 +127,26 @@ def cluster(session_tmp: Path) -> Iterator[Cluster]:
     workdir = tmp / "repo"
     _copy_repo(workdir)
 
-    gcs_port, dash_port, *p = _free_ports(16)
-    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0",
-              '--resources={"trial_slot": 1}', "--disable-usage-stats"]  # fmt: skip
-
-    def ports(q: list[int]) -> list[str]:
-        return [f"--node-manager-port={q[0]}", f"--object-manager-port={q[1]}",
-                f"--dashboard-agent-listen-port={q[2]}", f"--dashboard-agent-grpc-port={q[3]}",
-                f"--runtime-env-agent-port={q[4]}", f"--metrics-export-port={q[5]}"]  # fmt: skip
-
-    head_cmd = [str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dash_port}", f"--ray-client-server-port={p[12]}",
-                f"--temp-dir={tmp / 'h'}", *common, *ports(p[0:6])]  # fmt: skip
-    worker_cmd = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs_port}", f"--temp-dir={tmp / 'w'}",
-                  *common, *ports(p[6:12])]  # fmt: skip
+    gcs_port, dash_port, client_port, *p = rn.free_ports(3 + 2 * rn.PORTS_PER_NODE)
+    slot = ["--num-cpus=2", '--resources={"trial_slot": 1}']
+    head_args = [*slot, "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+                 f"--ray-client-server-port={client_port}", f"--temp-dir={tmp / 'h'}", *rn.node_ports(p[:rn.PORTS_PER_NODE])]  # fmt: skip
+    worker_args = [*slot, f"--address=127.0.0.1:{gcs_port}", f"--temp-dir={tmp / 'w'}", *rn.node_ports(p[rn.PORTS_PER_NODE:])]  # fmt: skip
     c = Cluster(env=env, gcs=f"127.0.0.1:{gcs_port}", dashboard=f"http://127.0.0.1:{dash_port}",
                 workdir=workdir, tmp=tmp, bucket="mdf")  # fmt: skip
     logs = [tmp / "head.log", tmp / "worker.log"]
     try:
-        c.procs.append(_start_node(head_cmd, env, logs[0]))
-        _wait_for(lambda: _dashboard_up(c.dashboard), "the head's dashboard", 90, logs)
-        c.procs.append(_start_node(worker_cmd, env, logs[1]))
-        nodes_code = (
-            f"import json, ray; ray.init(address={c.gcs!r}, logging_level='ERROR');"
-            "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))"
-        )
-        _wait_for(lambda: c.python(nodes_code) == 2, "the second node to join", 90, logs)
+        c.procs.append(rn.start_node(head_args, env, logs[0]))
+        rn.wait_for(lambda: rn.dashboard_up(c.dashboard), "the head's dashboard", 90, logs)
+        c.procs.append(rn.start_node(worker_args, env, logs[1]))
+        rn.wait_nodes(c.gcs, env, 2, logs, timeout=90)
         assert _listening(c.procs[0].pid, dash_port) == {"127.0.0.1"}, (
             "the dashboard must be on loopback only"
         )
         yield c
     finally:
         for proc in reversed(c.procs):
-            _stop(proc)
+            rn.stop(proc)
         moto.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -224,21 +168,13 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
-def _dashboard_up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/api/gcs_healthz", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def test_ray_job_submit_runs_a_study_and_writes_parquet(cluster: Cluster) -> None:
     """`ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- mdf-search sweep ...`."""
     space = _write_space(cluster.workdir, "cluster_job", seeds=[0], concurrent=1)
     storage = cluster.tmp / "runs"  # a shared path: both nodes are on this machine
     started = time.monotonic()
     result = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
+        [str(rn.BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
          "--runtime-env", "cluster/runtime_env.yaml", "--",
          "mdf-search", "sweep", space, "--storage", str(storage)],
         cwd=cluster.workdir, env=cluster.env, capture_output=True, text=True, timeout=600,
@@ -255,7 +191,7 @@ def test_ray_job_submit_runs_a_study_and_writes_parquet(cluster: Cluster) -> Non
 def test_clients_without_the_token_are_refused(cluster: Cluster, tmp_path: Path) -> None:
     empty_home = tmp_path / "home"
     empty_home.mkdir()
-    cmd = [str(BIN / "ray"), "job", "list", "--address", cluster.dashboard]
+    cmd = [str(rn.BIN / "ray"), "job", "list", "--address", cluster.dashboard]
     # No RAY_AUTH_MODE, no token: the job server answers 401.
     no_token = cluster.client_env(RAY_AUTH_MODE=None, RAY_AUTH_TOKEN=None, HOME=str(empty_home))
     refused = subprocess.run(cmd, env=no_token, capture_output=True, text=True, timeout=120)

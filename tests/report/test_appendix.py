@@ -14,6 +14,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import optuna
+import polars as pl
 import pytest
 
 from mdf_search.report import curves
@@ -106,6 +107,13 @@ def test_the_same_experiment_writes_the_same_figure_bytes(grid_report: Path, tmp
     assert figures and figures == {rel: h for rel, h in second.items() if rel.startswith("figures/")}
 
 
+def _reordered(frame: pl.DataFrame, k: int) -> pl.DataFrame:
+    """``frame`` as read (k = 0), reversed (1) or shuffled (seed k)."""
+    return (
+        frame if k == 0 else frame.reverse() if k == 1 else frame.sample(fraction=1.0, shuffle=True, seed=k)
+    )
+
+
 def test_figures_do_not_depend_on_the_row_order_of_the_tables(grid_report: Path, tmp_path: Path) -> None:
     """Polars' group_by gives its groups in no fixed order (seen: a CI run drew the interaction figure's
     series in another order, so in other colours): every figure is drawn from a fixed order, whatever
@@ -116,20 +124,7 @@ def test_figures_do_not_depend_on_the_row_order_of_the_tables(grid_report: Path,
     trials, epochs = exp.trials, exp.epochs
     drawn = []
     for k in range(3):
-        exp.trials = (
-            trials
-            if k == 0
-            else trials.reverse()
-            if k == 1
-            else trials.sample(fraction=1.0, shuffle=True, seed=k)
-        )
-        exp.epochs = (
-            epochs
-            if k == 0
-            else epochs.reverse()
-            if k == 1
-            else epochs.sample(fraction=1.0, shuffle=True, seed=k)
-        )
+        exp.trials, exp.epochs = _reordered(trials, k), _reordered(epochs, k)
         exp._cache.clear()
         with fg.report_style():
             build_report(exp, tmp_path / str(k), reports=1)

@@ -35,11 +35,10 @@ from moto.server import ThreadedMotoServer
 from mdf_search.data import storage
 from mdf_search.data.artefacts import ARTEFACTS, KINDS
 from mdf_search.results.store import ResultsStore
-from tests.cluster.test_cluster_integration import _dashboard_up, _free_ports, _start_node, _stop, _wait_for
+from tests import raynodes as rn
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 FIXED = {  # the smallest trial the integration tests train (tests/cluster/test_cluster_integration.py)
     "model.preset": "tiny",
     "data.synthetic_images": 48,
@@ -74,7 +73,7 @@ class Nodes:
         return env
 
     def mdf(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "mdf-search"), *args, "--address", self.gcs], env=self.client_env(),
+        return subprocess.run([str(rn.BIN / "mdf-search"), *args, "--address", self.gcs], env=self.client_env(),
                               cwd=self.tmp, capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
     def python(self, code: str) -> Any:
@@ -101,7 +100,7 @@ def nodes(moto: str) -> Iterator[Nodes]:
     tmp = Path(tempfile.mkdtemp(prefix="mdfn-", dir="/tmp"))  # short: AF_UNIX paths live under it
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "MDF_SEARCH_CACHE"))}
     base.update(
-        PATH=f"{BIN}{os.pathsep}{base.get('PATH', '')}",
+        PATH=f"{rn.BIN}{os.pathsep}{base.get('PATH', '')}",
         PYTHONPATH=str(ROOT),  # this checkout's code on every node and client
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(32),
@@ -116,35 +115,24 @@ def nodes(moto: str) -> Iterator[Nodes]:
     for folder in (*homes.values(), *caches.values()):
         folder.mkdir(parents=True)
     envs = {name: {**base, "HOME": str(homes[name]), "MDF_SEARCH_CACHE": str(caches[name])} for name in homes}
-    gcs_port, dash_port, *p = _free_ports(16)
-
-    def ports(q: list[int]) -> list[str]:
-        return [f"--node-manager-port={q[0]}", f"--object-manager-port={q[1]}",
-                f"--dashboard-agent-listen-port={q[2]}", f"--dashboard-agent-grpc-port={q[3]}",
-                f"--runtime-env-agent-port={q[4]}", f"--metrics-export-port={q[5]}"]  # fmt: skip
-
-    common = ["--block", "--node-ip-address=127.0.0.1", "--num-gpus=0", "--disable-usage-stats"]
-    head_cmd = [str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dash_port}", f"--ray-client-server-port={p[12]}", f"--temp-dir={tmp / 'h'}",
-                "--num-cpus=0", '--resources={"trial_slot": 2}', *common, *ports(p[0:6])]  # fmt: skip
-    worker_cmd = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs_port}", f"--temp-dir={tmp / 'w'}",
-                  "--num-cpus=2", *common, *ports(p[6:12])]  # fmt: skip
+    gcs_port, dash_port, client_port, *p = rn.free_ports(3 + 2 * rn.PORTS_PER_NODE)
+    head_args = ["--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+                 f"--ray-client-server-port={client_port}", f"--temp-dir={tmp / 'h'}", "--num-cpus=0",
+                 '--resources={"trial_slot": 2}', *rn.node_ports(p[:rn.PORTS_PER_NODE])]  # fmt: skip
+    worker_args = [f"--address=127.0.0.1:{gcs_port}", f"--temp-dir={tmp / 'w'}", "--num-cpus=2",
+                   *rn.node_ports(p[rn.PORTS_PER_NODE:])]  # fmt: skip
     n = Nodes(tmp, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", envs["head"], caches["worker"],
               homes["head"])  # fmt: skip
     logs = [tmp / "head.log", tmp / "worker.log"]
     try:
-        n.procs.append(_start_node(head_cmd, envs["head"], logs[0]))
-        _wait_for(lambda: _dashboard_up(n.dashboard), "the head's dashboard", 120, logs)
-        n.procs.append(_start_node(worker_cmd, envs["worker"], logs[1]))
-        alive = (
-            f"import json, ray; ray.init(address={n.gcs!r}, logging_level='ERROR');"
-            "print(json.dumps(sum(1 for x in ray.nodes() if x['Alive'])))"
-        )
-        _wait_for(lambda: n.python(alive) == 2, "the second node to join", 120, logs)
+        n.procs.append(rn.start_node(head_args, envs["head"], logs[0]))
+        rn.wait_for(lambda: rn.dashboard_up(n.dashboard), "the head's dashboard", 120, logs)
+        n.procs.append(rn.start_node(worker_args, envs["worker"], logs[1]))
+        rn.wait_nodes(n.gcs, envs["head"], 2, logs)
         yield n
     finally:
         for proc in reversed(n.procs):
-            _stop(proc)
+            rn.stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -219,7 +207,7 @@ def test_a_study_on_s3_survives_its_driver_and_reports_from_the_uri(nodes: Nodes
     root = "s3://mdf/runs/s3study"
     space = _space(nodes, "s3study", [0, 1], ["none", "4"])
     started = time.monotonic()
-    driver = subprocess.Popen([str(BIN / "mdf-search"), "sweep", space, "--storage", "s3://mdf/runs", "--address",
+    driver = subprocess.Popen([str(rn.BIN / "mdf-search"), "sweep", space, "--storage", "s3://mdf/runs", "--address",
                                nodes.gcs], env=nodes.client_env(), cwd=nodes.tmp, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     aws = {**AWS, "AWS_ENDPOINT_URL": moto}
@@ -234,7 +222,7 @@ def test_a_study_on_s3_survives_its_driver_and_reports_from_the_uri(nodes: Nodes
             done = not trials.is_empty() and (trials["status"] == "completed").any()
             return bool(done) and any(f.startswith("experiment_state-") for f in storage.files(root))
 
-        _wait_for(one_done, "the first trial on S3", 600, [])
+        rn.wait_for(one_done, "the first trial on S3", 600, [])
         assert driver.poll() is None, (driver.stdout.read() if driver.stdout else b"")[-4000:]
         os.killpg(driver.pid, signal.SIGKILL)  # the driver dies; the cluster and the bucket stay
         driver.wait()
@@ -252,7 +240,7 @@ def test_a_study_on_s3_survives_its_driver_and_reports_from_the_uri(nodes: Nodes
         )
         # the resumed sweep's report went beside the results, on S3
         assert {"report.md", "report.html"} <= set(storage.files(root, "report"))
-        report = subprocess.run([str(BIN / "mdf-search"), "report", root, "--out", str(nodes.tmp / "report")],
+        report = subprocess.run([str(rn.BIN / "mdf-search"), "report", root, "--out", str(nodes.tmp / "report")],
                                 env=nodes.client_env(), cwd=nodes.tmp, capture_output=True, text=True,
                                 timeout=600)  # fmt: skip
         assert report.returncode == 0, (report.stdout + report.stderr)[-4000:]
