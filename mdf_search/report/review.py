@@ -263,7 +263,7 @@ def power_warnings(cmp: Comparison) -> list[str]:
 
 def edge_warnings(exp: Experiment, cmp: Comparison) -> list[str]:
     out: list[str] = []
-    ok = exp.ok().sort(exp.metric, descending=exp.descending)
+    ok = exp.ok().sort(exp.metric, descending=exp.descending, maintain_order=True)  # ties: lowest trial id
     if exp.spec is None or ok.is_empty():
         return out
     best = ok.row(0, named=True)
@@ -308,7 +308,7 @@ def edge_warnings(exp: Experiment, cmp: Comparison) -> list[str]:
 def gap_warnings(exp: Experiment) -> list[str]:
     """Overfitting: the best trial's train/X against val/X at the epoch it kept (its ``train/accuracy``
     and ``train/loss`` are reported per epoch, so the epochs table is read first, the trial row after)."""
-    ok = exp.ok().sort(exp.metric, descending=exp.descending)
+    ok = exp.ok().sort(exp.metric, descending=exp.descending, maintain_order=True)  # ties: lowest trial id
     if ok.is_empty():
         return []
     best = ok.row(0, named=True)
