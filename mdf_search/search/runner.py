@@ -41,7 +41,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mdf_search.cluster import TRIAL_SLOT, quiet_tune, verbose
 from mdf_search.config import TrialConfig
@@ -66,6 +66,9 @@ from mdf_search.search.trial import (
 from mdf_search.train.builders import cache_root, publish_trial_data
 from mdf_search.train.faults import Faults
 from mdf_search.train.selection import Selection
+
+if TYPE_CHECKING:
+    from mdf_search.results.store import ResultsStore
 
 __all__ = [  # names that moved to resources.py and trial.py stay importable here
     "SHARED_GPU_TRIALS",
@@ -314,7 +317,7 @@ LOST = (
 )
 
 
-def _close_lost(store: Any) -> None:
+def _close_lost(store: ResultsStore) -> None:
     """A study that ran to its end has no running trial: a row still ``running`` belongs to a trial the
     driver started just before it was killed and Tune's restored state never knew (its Optuna trial was
     adopted by another). It is closed as an error saying so, so that no row stays ``running`` forever."""
